@@ -1,0 +1,24 @@
+/* Levelled, thread-safe logging to stderr; never logs secrets (callers must not pass them). */
+#ifndef COFI_LOG_H
+#define COFI_LOG_H
+
+enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
+
+/* Sets the lowest level that is printed (default LOG_INFO). Thread-safe. */
+void log_set_level(enum log_level level);
+
+/* Parses "debug", "info", "warn" or "error". Returns 0, or -1 and leaves *out unchanged. */
+int log_parse_level(const char *s, enum log_level *out);
+
+/* Sets the program name shown on every line (a static string; default "cofi"). */
+void log_set_ident(const char *ident);
+
+/* Prints one line: "2026-11-27T01:02:03.456Z LEVEL ident: message". Thread-safe; can't fail. */
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,51 @@
+/* PostgreSQL connections: a fixed-size pool and parameterised-query helpers. */
+#ifndef COFI_DB_H
+#define COFI_DB_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "common/error.h"
+
+struct db_pool;
+
+/* Creates a pool of `size` connections to conninfo (connected lazily). Returns 0 or a
+ * negative cofi_status; *out is a new pool the caller closes with db_pool_close. */
+int db_pool_open(struct db_pool **out, const char *conninfo, int size, struct cofi_err *err);
+
+/* Closes every connection and frees the pool. Accepts NULL. Every connection must have
+ * been released. */
+void db_pool_close(struct db_pool *pool);
+
+/* Borrows a healthy connection, waiting while all are in use, (re)connecting when needed.
+ * Returns NULL with err COFI_E_UNAVAILABLE when the database can't be reached. The caller
+ * must give it back with db_release. Thread-safe. */
+PGconn *db_acquire(struct db_pool *pool, struct cofi_err *err);
+
+/* Gives a connection back. A connection whose status is bad is reset on the next acquire.
+ * Accepts NULL. Thread-safe. */
+void db_release(struct db_pool *pool, PGconn *conn);
+
+/* Opens one connection outside any pool (for the engine's own threads). Returns NULL with
+ * err COFI_E_UNAVAILABLE on failure. */
+PGconn *db_connect(const char *conninfo, struct cofi_err *err);
+
+/* Runs one parameterised statement (text parameters, NULL for SQL NULL; text results).
+ * Returns a new PGresult (PGRES_TUPLES_OK or PGRES_COMMAND_OK) the caller must PQclear, or
+ * NULL with err filled: COFI_E_UNAVAILABLE when the connection is lost, COFI_E_CONFLICT
+ * for a unique violation (sqlstate 23505), COFI_E_INTERNAL otherwise; err->sqlstate holds
+ * the server's code. */
+PGresult *db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                  struct cofi_err *err);
+
+/* As db_exec for statements whose result is not needed. Returns 0 or a negative status. */
+int db_command(PGconn *conn, const char *sql, int nparams, const char *const *params,
+               struct cofi_err *err);
+
+/* True when the connection is usable (CONNECTION_OK). Accepts NULL (false). */
+bool db_conn_ok(PGconn *conn);
+
+/* Writes a redacted form of conninfo (password removed) for logs into out. */
+void db_redact(const char *conninfo, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,54 @@
+/* The pipeline engine: claims calls from PostgreSQL and drives them through the stages. */
+#ifndef COFI_ENGINE_H
+#define COFI_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/error.h"
+#include "server/config.h"
+
+struct engine;
+
+/* Live view of one mediator node, as seen by this instance. Strings are borrowed from the
+ * configuration and live as long as it does. */
+struct node_live {
+    const char *id;
+    const char *url;
+    int capacity;
+    bool healthy;
+    int in_flight; /* requests this instance has in flight to the node */
+};
+
+/* Recent figures for one stage, as seen by this instance (a sliding window of about 60 s). */
+struct stage_live {
+    int concurrency_limit;   /* sum of node capacities, or llm.concurrency */
+    int in_flight;           /* requests this instance has in flight at this stage */
+    double throughput_per_s; /* completions per second over the window */
+    double p50_ms, p95_ms, p99_ms; /* request latency over the window; 0 when none */
+};
+
+/* Starts the engine's threads for this instance (id used as lease owner). cfg must outlive
+ * the engine. Returns 0 or a negative cofi_status; *out is owned by the caller, who ends
+ * it with engine_stop. */
+int engine_start(struct engine **out, const struct cofi_config *cfg, const char *instance_id,
+                 struct cofi_err *err);
+
+/* Tells the engine that a batch was started, resumed or cancelled, so it looks at once
+ * instead of at its next poll. Thread-safe; can't fail; accepts NULL. */
+void engine_wake(struct engine *e);
+
+/* Fills *out for stage (0..6). Thread-safe; can't fail; with e NULL fills zeros and the
+ * configured limit is unknown (0). */
+void engine_stage_live(struct engine *e, int stage, struct stage_live *out);
+
+/* Copies up to max nodes into out and returns the number of configured nodes.
+ * Thread-safe; accepts e NULL (returns 0). */
+size_t engine_nodes(struct engine *e, struct node_live *out, size_t max);
+
+/* Stops dispatching, waits up to grace_ms for in-flight requests to finish and be recorded,
+ * releases this instance's claims (so another instance can take them at once), stops the
+ * threads and frees the engine. Accepts NULL. */
+void engine_stop(struct engine *e, int grace_ms);
+
+#endif

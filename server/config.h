@@ -1,0 +1,72 @@
+/* The configuration file (CONTRACTS §6): parsed once at start-up into one immutable struct. */
+#ifndef COFI_CONFIG_H
+#define COFI_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/error.h"
+
+struct cofi_node_cfg {
+    char *id;
+    char *url; /* without a trailing slash */
+    int capacity;
+};
+
+struct cofi_token_cfg {
+    char *env;   /* the variable the token was read from (for logs) */
+    char *token; /* the secret itself: never log it */
+    bool write;  /* scope "write" (also allows reads) or "read" */
+};
+
+struct cofi_worker_cfg {
+    int timeout_ms;
+    int max_attempts;
+    int backoff_base_ms; /* first retry waits about this long (jittered), doubling */
+    int backoff_max_ms;  /* cap on one wait */
+};
+
+struct cofi_config {
+    char *listen_host;
+    int listen_port;
+    char *database_url; /* a secret may be inside: never log it whole */
+    char *input_root;   /* canonical (realpath) */
+    size_t max_body_bytes;
+
+    struct cofi_node_cfg *nodes;
+    size_t node_count;
+    struct cofi_worker_cfg mediator;
+    int health_interval_ms; /* mediator.health_interval_ms: GET /health period */
+
+    char *llm_url;
+    int llm_concurrency;
+    struct cofi_worker_cfg llm;
+    char *nlp_api_key; /* from COFI_NLP_API_KEY or NULL */
+
+    struct cofi_token_cfg *tokens; /* auth.tokens; token_count == 0 means the API is open */
+    size_t token_count;
+
+    /* cofi's own keys (optional in the file) */
+    char *log_level;       /* "info" */
+    int http_threads;      /* 4 */
+    int db_pool_size;      /* 8 */
+    int shutdown_grace_ms; /* 30000 */
+    int lease_ms;          /* 15000: an instance whose heartbeat is older loses its claims */
+};
+
+/* Fills cfg with the defaults of every optional key. Can't fail; cfg owns nothing yet. */
+void config_defaults(struct cofi_config *cfg);
+
+/* Reads the JSON file at path (path may be NULL: defaults only), applies the environment
+ * overrides COFI_DATABASE_URL, COFI_LISTEN, COFI_NLP_API_KEY and validates everything.
+ * Returns 0, or a negative cofi_status with err->msg naming the offending key or value;
+ * on error cfg is left empty (nothing to free). */
+int config_load(const char *path, struct cofi_config *cfg, struct cofi_err *err);
+
+/* Parses a JSON text already in memory (for tests); otherwise as config_load. */
+int config_parse(const char *text, struct cofi_config *cfg, struct cofi_err *err);
+
+/* Frees everything cfg owns. Accepts NULL and an empty config. */
+void config_free(struct cofi_config *cfg);
+
+#endif
