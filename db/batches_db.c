@@ -1,0 +1,593 @@
+/* SQL of the batch resource; every statement is parameterised. */
+#include "db/batches_db.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db/db.h"
+
+/* RFC 3339 UTC with milliseconds, or NULL. */
+#define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+/* The columns batch_from_row reads, in this order (BATCH_NCOLS of them). The progress
+ * subquery runs in the same statement as the row, so the counts are one snapshot. */
+#define BATCH_COLS                                                                                 \
+    "b.id, b.name, b.state, b.mode, b.file_count, b.metadata::text, " TS("b.created_at") ", " TS(  \
+        "b.started_at") ", " TS("b.finished_at") ", "                                              \
+                                                 "extract(epoch FROM clock_timestamp() - "         \
+                                                 "b.started_at)::float8, "                         \
+                                                 "(SELECT string_agg(p.stage || ' ' || p.status "  \
+                                                 "|| ' ' || p.n, ',') "                            \
+                                                 "FROM batch_progress p WHERE p.batch_id = b.id "  \
+                                                 "AND p.n <> 0)"
+#define BATCH_NCOLS 11
+
+#define ID_TEXT_LEN 24
+
+static void rollback(PGconn *conn)
+{
+    struct cofi_err ignored;
+    (void)db_command(conn, "ROLLBACK", 0, NULL, &ignored);
+}
+
+static const char *value_or_null(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
+}
+
+static json_t *text_or_null(const PGresult *r, int row, int col)
+{
+    const char *v = value_or_null(r, row, col);
+    return v != NULL ? json_string(v) : json_null();
+}
+
+int batches_db_text_array(struct buf *out, const json_t *files)
+{
+    if (buf_append(out, "{", 1) != 0) {
+        return -2;
+    }
+    size_t i;
+    const json_t *f;
+    json_array_foreach(files, i, f)
+    {
+        if (!json_is_string(f)) {
+            return -1;
+        }
+        const char *s = json_string_value(f);
+        size_t n = json_string_length(f);
+        if (buf_append(out, i == 0 ? "\"" : ",\"", i == 0 ? 1 : 2) != 0) {
+            return -2;
+        }
+        size_t start = 0;
+        for (size_t k = 0; k < n; k++) {
+            if (s[k] == '"' || s[k] == '\\') {
+                if (buf_append(out, s + start, k - start) != 0 || buf_append(out, "\\", 1) != 0) {
+                    return -2;
+                }
+                start = k;
+            }
+        }
+        if (buf_append(out, s + start, n - start) != 0 || buf_append(out, "\"", 1) != 0) {
+            return -2;
+        }
+    }
+    return buf_append(out, "}", 1) != 0 ? -2 : 0;
+}
+
+int batches_db_parse_progress(const char *text, struct stage_counts out[STAGE_COUNT])
+{
+    const char *p = text;
+    while (p != NULL && *p != '\0') {
+        char *end;
+        long stage = strtol(p, &end, 10);
+        if (end == p || *end != ' ') {
+            return -1;
+        }
+        p = end + 1;
+        const char *sp = strchr(p, ' ');
+        if (sp == NULL || sp - p >= 16) {
+            return -1;
+        }
+        char status[16];
+        memcpy(status, p, (size_t)(sp - p));
+        status[sp - p] = '\0';
+        int st = call_status_from_name(status);
+        p = sp + 1;
+        long long n = strtoll(p, &end, 10);
+        if (end == p || st < 0 || stage < 0 || stage > STAGE_COUNT ||
+            (*end != ',' && *end != '\0')) {
+            return -1;
+        }
+        stage_counts_add(out, (int)stage, st, (int64_t)n);
+        p = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
+json_t *batches_db_eta(bool running, int64_t file_count, const struct stage_counts *llm2,
+                       double elapsed_s)
+{
+    if (!running) {
+        return json_null();
+    }
+    int64_t finished = file_count - llm2->pending - llm2->running;
+    if (finished <= 0 || elapsed_s < 0) {
+        return json_null();
+    }
+    double eta = (double)(file_count - finished) * elapsed_s / (double)finished;
+    return json_real(eta);
+}
+
+json_t *batches_db_stages_json(const struct stage_counts counts[STAGE_COUNT])
+{
+    json_t *arr = json_array();
+    if (arr == NULL) {
+        return NULL;
+    }
+    for (int s = 0; s < STAGE_COUNT; s++) {
+        const struct stage_counts *c = &counts[s];
+        json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "name", stage_name(s), "pending",
+                              (json_int_t)c->pending, "running", (json_int_t)c->running, "done",
+                              (json_int_t)c->done, "failed", (json_int_t)c->failed, "skipped",
+                              (json_int_t)c->skipped);
+        if (o == NULL || json_array_append_new(arr, o) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+/* jsonb prints big numbers in full; jansson refuses integers past 64 bits, so read those
+ * as reals. */
+static json_t *load_jsonb(const char *text)
+{
+    json_t *v = json_loads(text, JSON_DECODE_ANY, NULL);
+    if (v == NULL) {
+        v = json_loads(text, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
+    }
+    return v != NULL ? v : json_null();
+}
+
+/* Builds the batch object from the BATCH_COLS starting at column `col` of row `row`.
+ * Returns a new reference, or NULL when out of memory. */
+static json_t *batch_from_row(const PGresult *r, int row, int col)
+{
+    struct stage_counts counts[STAGE_COUNT];
+    memset(counts, 0, sizeof counts);
+    (void)batches_db_parse_progress(value_or_null(r, row, col + 10), counts);
+
+    int64_t file_count = strtoll(PQgetvalue(r, row, col + 4), NULL, 10);
+    const char *state = PQgetvalue(r, row, col + 2);
+    const char *elapsed = value_or_null(r, row, col + 9);
+    bool running = strcmp(state, "running") == 0 && elapsed != NULL;
+    const char *meta = value_or_null(r, row, col + 5);
+
+    json_t *o = json_object();
+    if (o == NULL) {
+        return NULL;
+    }
+    int rc = 0;
+    rc |= json_object_set_new(o, "id", json_integer(strtoll(PQgetvalue(r, row, col), NULL, 10)));
+    rc |= json_object_set_new(o, "name", text_or_null(r, row, col + 1));
+    rc |= json_object_set_new(o, "state", json_string(state));
+    rc |= json_object_set_new(o, "mode", json_string(PQgetvalue(r, row, col + 3)));
+    rc |= json_object_set_new(o, "file_count", json_integer(file_count));
+    rc |= json_object_set_new(o, "metadata", meta != NULL ? load_jsonb(meta) : json_null());
+    rc |= json_object_set_new(o, "created_at", text_or_null(r, row, col + 6));
+    rc |= json_object_set_new(o, "started_at", text_or_null(r, row, col + 7));
+    rc |= json_object_set_new(o, "finished_at", text_or_null(r, row, col + 8));
+    rc |= json_object_set_new(o, "stages", batches_db_stages_json(counts));
+    rc |= json_object_set_new(o, "eta_seconds",
+                              batches_db_eta(running, file_count, &counts[STAGE_LLM2],
+                                             running ? strtod(elapsed, NULL) : 0.0));
+    if (rc != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int nomem(struct cofi_err *err)
+{
+    return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+}
+
+static int batch_select(PGconn *conn, const char *id_text, json_t **out, struct cofi_err *err)
+{
+    const char *params[1] = {id_text};
+    PGresult *r = db_exec(conn, "SELECT " BATCH_COLS " FROM batches b WHERE b.id = $1::bigint", 1,
+                          params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    int rc = 0;
+    if (PQntuples(r) == 0) {
+        rc = cofi_err_set(err, COFI_E_NOT_FOUND, "no batch %s", id_text);
+    } else {
+        *out = batch_from_row(r, 0, 0);
+        if (*out == NULL) {
+            rc = nomem(err);
+        }
+    }
+    PQclear(r);
+    return rc;
+}
+
+int batches_db_get(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err)
+{
+    *out = NULL;
+    char id_text[ID_TEXT_LEN];
+    snprintf(id_text, sizeof id_text, "%" PRId64, id);
+    return batch_select(conn, id_text, out, err);
+}
+
+int batches_db_list(PGconn *conn, int64_t cursor, int limit, const char *state, json_t **out,
+                    struct cofi_err *err)
+{
+    *out = NULL;
+    char cur[ID_TEXT_LEN];
+    char lim[16];
+    snprintf(cur, sizeof cur, "%" PRId64, cursor > 0 ? cursor : INT64_MAX);
+    snprintf(lim, sizeof lim, "%d", limit + 1);
+    const char *params[3] = {cur, lim, state};
+    PGresult *r;
+    if (state == NULL) {
+        r = db_exec(conn,
+                    "SELECT " BATCH_COLS " FROM batches b WHERE b.id < $1::bigint "
+                    "ORDER BY b.id DESC LIMIT $2::integer",
+                    2, params, err);
+    } else {
+        r = db_exec(conn,
+                    "SELECT " BATCH_COLS " FROM batches b WHERE b.id < $1::bigint AND b.state = $3 "
+                    "ORDER BY b.id DESC LIMIT $2::integer",
+                    3, params, err);
+    }
+    if (r == NULL) {
+        return err->code;
+    }
+    int rows = PQntuples(r);
+    int shown = rows > limit ? limit : rows;
+    json_t *arr = json_array();
+    json_t *page = json_object();
+    int rc = arr != NULL && page != NULL ? 0 : -1;
+    for (int i = 0; i < shown && rc == 0; i++) {
+        rc = json_array_append_new(arr, batch_from_row(r, i, 0));
+    }
+    json_t *next = rows > limit ? json_string(PQgetvalue(r, shown - 1, 0)) : json_null();
+    PQclear(r);
+    if (rc == 0) {
+        rc |= json_object_set_new(page, "batches", arr);
+        arr = NULL;
+        rc |= json_object_set_new(page, "next_cursor", next);
+        next = NULL;
+    }
+    json_decref(arr);
+    json_decref(next);
+    if (rc != 0) {
+        json_decref(page);
+        return nomem(err);
+    }
+    *out = page;
+    return 0;
+}
+
+/* Reads a batch's row and whether its request_hash equals the hash in column 0/1 layout of
+ * find_idempotent; shared result handling for both idempotency look-ups. Returns 0 with
+ * *out NULL (no batch), 0 with *out the batch (same hash) or COFI_E_CONFLICT. */
+static int idempotent_result(const PGresult *r, int same_col, int batch_col, json_t **out,
+                             struct cofi_err *err)
+{
+    if (PQntuples(r) == 0 || PQgetisnull(r, 0, batch_col)) {
+        return 0;
+    }
+    if (strcmp(PQgetvalue(r, 0, same_col), "t") != 0) {
+        return cofi_err_set(err, COFI_E_CONFLICT,
+                            "this Idempotency-Key was used for another request (batch %s)",
+                            PQgetvalue(r, 0, batch_col));
+    }
+    *out = batch_from_row(r, 0, batch_col);
+    return *out != NULL ? 0 : nomem(err);
+}
+
+int batches_db_find_idempotent(PGconn *conn, const char *key, const char *canonical, char hash[65],
+                               json_t **out, struct cofi_err *err)
+{
+    *out = NULL;
+    const char *params[2] = {canonical, key};
+    PGresult *r = db_exec(conn,
+                          "WITH h AS (SELECT encode(sha256(convert_to($1::text, 'UTF8')), 'hex') "
+                          "AS hash) "
+                          "SELECT h.hash, b.request_hash IS NOT DISTINCT FROM h.hash, " BATCH_COLS
+                          " FROM h LEFT JOIN batches b ON b.idempotency_key = $2",
+                          2, params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    int rc;
+    if (PQntuples(r) != 1 || PQgetlength(r, 0, 0) != 64) {
+        rc = cofi_err_set(err, COFI_E_INTERNAL, "unexpected result of the idempotency look-up");
+    } else {
+        memcpy(hash, PQgetvalue(r, 0, 0), 65);
+        rc = idempotent_result(r, 1, 2, out, err);
+    }
+    PQclear(r);
+    return rc;
+}
+
+static int existing_by_key(PGconn *conn, const struct batch_new *b, json_t **out,
+                           struct cofi_err *err)
+{
+    const char *params[2] = {b->idempotency_key, b->request_hash};
+    PGresult *r = db_exec(conn,
+                          "SELECT b.request_hash IS NOT DISTINCT FROM $2, " BATCH_COLS
+                          " FROM batches b WHERE b.idempotency_key = $1",
+                          2, params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    int rc = idempotent_result(r, 0, 1, out, err);
+    if (rc == 0 && *out == NULL) {
+        rc = cofi_err_set(err, COFI_E_INTERNAL, "the batch of an Idempotency-Key vanished");
+    }
+    PQclear(r);
+    return rc;
+}
+
+int batches_db_create(PGconn *conn, const struct batch_new *b, json_t **out, bool *created,
+                      struct cofi_err *err)
+{
+    *out = NULL;
+    *created = false;
+    struct buf arr;
+    buf_init(&arr, SIZE_MAX / 4);
+    int rc = batches_db_text_array(&arr, b->files);
+    if (rc != 0) {
+        buf_free(&arr);
+        return rc == -1 ? cofi_err_set(err, COFI_E_BAD_REQUEST, "files must be strings")
+                        : nomem(err);
+    }
+    char count[ID_TEXT_LEN];
+    snprintf(count, sizeof count, "%zu", json_array_size(b->files));
+
+    PGresult *r = NULL;
+    rc = db_command(conn, "BEGIN", 0, NULL, err);
+    if (rc != 0) {
+        buf_free(&arr);
+        return rc;
+    }
+    const char *bp[6] = {b->name, b->mode, count, b->metadata, b->idempotency_key, b->request_hash};
+    r = db_exec(conn,
+                "INSERT INTO batches (name, mode, file_count, metadata, idempotency_key, "
+                "request_hash) VALUES ($1, $2, $3::integer, $4::jsonb, $5, $6) "
+                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+                6, bp, err);
+    if (r == NULL) {
+        rc = err->code;
+        goto fail;
+    }
+    if (PQntuples(r) == 0) {
+        /* Another request with this key won the race: answer with its batch. */
+        PQclear(r);
+        r = NULL;
+        rollback(conn);
+        buf_free(&arr);
+        return existing_by_key(conn, b, out, err);
+    }
+    char id_text[ID_TEXT_LEN];
+    snprintf(id_text, sizeof id_text, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    r = NULL;
+
+    const char *cp[2] = {id_text, arr.data};
+    rc = db_command(
+        conn,
+        "INSERT INTO calls (batch_id, seq, file) "
+        "SELECT $1::bigint, ord - 1, f FROM unnest($2::text[]) WITH ORDINALITY AS t(f, ord)",
+        2, cp, err);
+    buf_free(&arr);
+    if (rc != 0) {
+        goto fail;
+    }
+    rc = batch_select(conn, id_text, out, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    rc = db_command(conn, "COMMIT", 0, NULL, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    *created = true;
+    return 0;
+
+fail:
+    PQclear(r);
+    buf_free(&arr);
+    json_decref(*out);
+    *out = NULL;
+    rollback(conn);
+    return rc;
+}
+
+int batches_db_run(PGconn *conn, int64_t id, const char *mode, json_t **out, struct cofi_err *err)
+{
+    *out = NULL;
+    char id_text[ID_TEXT_LEN];
+    snprintf(id_text, sizeof id_text, "%" PRId64, id);
+    const char *params[2] = {id_text, mode};
+    PGresult *r = db_exec(conn,
+                          "UPDATE batches AS b SET state = 'running', mode = coalesce($2, b.mode), "
+                          "started_at = coalesce(b.started_at, now()) "
+                          "WHERE b.id = $1::bigint AND b.state = 'created' RETURNING " BATCH_COLS,
+                          2, params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    if (PQntuples(r) == 1) {
+        *out = batch_from_row(r, 0, 0);
+        PQclear(r);
+        return *out != NULL ? 0 : nomem(err);
+    }
+    PQclear(r);
+
+    /* Not created (any more): answer from its current state. */
+    json_t *batch;
+    int rc = batch_select(conn, id_text, &batch, err);
+    if (rc != 0) {
+        return rc;
+    }
+    const char *state = json_string_value(json_object_get(batch, "state"));
+    const char *cur_mode = json_string_value(json_object_get(batch, "mode"));
+    if (strcmp(state, "running") != 0) {
+        rc = cofi_err_set(err, COFI_E_CONFLICT, "batch %s is %s and can't be run", id_text, state);
+    } else if (mode != NULL && strcmp(mode, cur_mode) != 0) {
+        rc = cofi_err_set(err, COFI_E_CONFLICT, "batch %s is already running in %s mode", id_text,
+                          cur_mode);
+    }
+    if (rc != 0) {
+        json_decref(batch);
+        return rc;
+    }
+    *out = batch;
+    return 0;
+}
+
+static bool retryable(const struct cofi_err *err)
+{
+    return strcmp(err->sqlstate, "40P01") == 0 || strcmp(err->sqlstate, "40001") == 0;
+}
+
+/* One attempt of batches_db_cancel. */
+static int cancel_once(PGconn *conn, const char *id_text, json_t **out, struct cofi_err *err)
+{
+    const char *params[1] = {id_text};
+    int rc = db_command(conn, "BEGIN", 0, NULL, err);
+    if (rc != 0) {
+        return rc;
+    }
+    PGresult *r = db_exec(conn,
+                          "UPDATE batches SET state = 'cancelled' WHERE id = $1::bigint "
+                          "AND state IN ('created', 'running') RETURNING id",
+                          1, params, err);
+    if (r == NULL) {
+        rc = err->code;
+        goto fail;
+    }
+    int changed = PQntuples(r);
+    PQclear(r);
+    if (changed == 0) {
+        rollback(conn);
+        json_t *batch;
+        rc = batch_select(conn, id_text, &batch, err);
+        if (rc != 0) {
+            return rc;
+        }
+        const char *state = json_string_value(json_object_get(batch, "state"));
+        if (strcmp(state, "cancelled") != 0) {
+            json_decref(batch);
+            return cofi_err_set(err, COFI_E_CONFLICT, "batch %s is %s and can't be cancelled",
+                                id_text, state);
+        }
+        *out = batch;
+        return 0;
+    }
+    rc = db_command(conn,
+                    "UPDATE calls SET status = 'cancelled' "
+                    "WHERE batch_id = $1::bigint AND status = 'pending'",
+                    1, params, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    /* A new statement, so calls claimed meanwhile are seen as running. */
+    rc = db_command(conn,
+                    "UPDATE batches SET finished_at = now() WHERE id = $1::bigint "
+                    "AND finished_at IS NULL AND NOT EXISTS (SELECT 1 FROM batch_progress p "
+                    "WHERE p.batch_id = $1::bigint AND p.status = 'running' AND p.n > 0)",
+                    1, params, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    rc = batch_select(conn, id_text, out, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    rc = db_command(conn, "COMMIT", 0, NULL, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    return 0;
+
+fail:
+    json_decref(*out);
+    *out = NULL;
+    rollback(conn);
+    return rc;
+}
+
+int batches_db_cancel(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err)
+{
+    *out = NULL;
+    char id_text[ID_TEXT_LEN];
+    snprintf(id_text, sizeof id_text, "%" PRId64, id);
+    int rc = 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        rc = cancel_once(conn, id_text, out, err);
+        if (rc == 0 || !retryable(err)) {
+            break;
+        }
+    }
+    return rc;
+}
+
+int batches_db_stage_counts(PGconn *conn, int stage, int64_t batch_id, struct stage_counts *counts,
+                            int64_t *queued, struct cofi_err *err)
+{
+    char stage_text[8];
+    char id_text[ID_TEXT_LEN];
+    snprintf(stage_text, sizeof stage_text, "%d", stage);
+    snprintf(id_text, sizeof id_text, "%" PRId64, batch_id);
+    const char *params[2] = {stage_text, id_text};
+    PGresult *r;
+    /* Rows of stages before `stage` only ever count as pending or skipped there, which the
+     * stage status does not report: leave them out. */
+    if (batch_id == 0) {
+        r = db_exec(conn,
+                    "SELECT p.stage, p.status, sum(p.n)::bigint FROM batch_progress p "
+                    "WHERE p.stage >= $1::smallint AND p.n <> 0 GROUP BY 1, 2",
+                    1, params, err);
+    } else {
+        r = db_exec(conn,
+                    "SELECT p.stage, p.status, p.n FROM batches b LEFT JOIN batch_progress p "
+                    "ON p.batch_id = b.id AND p.stage >= $1::smallint AND p.n <> 0 "
+                    "WHERE b.id = $2::bigint",
+                    2, params, err);
+    }
+    if (r == NULL) {
+        return err->code;
+    }
+    if (batch_id != 0 && PQntuples(r) == 0) {
+        PQclear(r);
+        return cofi_err_set(err, COFI_E_NOT_FOUND, "no batch %s", id_text);
+    }
+    struct stage_counts all[STAGE_COUNT];
+    memset(all, 0, sizeof all);
+    int64_t waiting = 0;
+    for (int i = 0; i < PQntuples(r); i++) {
+        if (PQgetisnull(r, i, 0)) {
+            continue;
+        }
+        int cs = atoi(PQgetvalue(r, i, 0));
+        int st = call_status_from_name(PQgetvalue(r, i, 1));
+        int64_t n = strtoll(PQgetvalue(r, i, 2), NULL, 10);
+        stage_counts_add(all, cs, st, n);
+        if (cs == stage && st == CALL_PENDING) {
+            waiting += n;
+        }
+    }
+    PQclear(r);
+    *counts = all[stage];
+    *queued = waiting;
+    return 0;
+}

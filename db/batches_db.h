@@ -1,0 +1,103 @@
+/* The SQL of the batch resource: create, read, list, run, cancel, per-stage progress. */
+#ifndef COFI_BATCHES_DB_H
+#define COFI_BATCHES_DB_H
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/error.h"
+#include "pipeline/stages.h"
+
+/* The functions taking a PGconn use it for their statements only and leave it outside any
+ * transaction (they roll back what they began on error). A connection serves one thread at
+ * a time; the functions keep no state, so they are thread-safe with distinct connections.
+ * Database errors come back as db_exec reports them (COFI_E_UNAVAILABLE when the
+ * connection is lost, COFI_E_INTERNAL otherwise). */
+
+/* A batch to insert. Every pointer is borrowed. */
+struct batch_new {
+    const char *name;            /* NULL for none */
+    const char *mode;            /* "pipelined" or "staged" */
+    const char *metadata;        /* JSON text of an object, or NULL */
+    const json_t *files;         /* array of strings (relative paths), at least one */
+    const char *idempotency_key; /* NULL for none */
+    const char *request_hash;    /* with a key: hex SHA-256 of the canonical request */
+};
+
+/* Builds a batch object (the API's JSON) for the batch with this id. Returns 0 with *out a
+ * new reference, COFI_E_NOT_FOUND when there is no such batch, or another negative status;
+ * *out is NULL on error. One statement: the batch row and its progress are one snapshot. */
+int batches_db_get(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err);
+
+/* Lists batches newest first, with id < cursor (cursor 0: from the newest), at most limit
+ * of them, only those in `state` unless it is NULL. Returns 0 with *out a new reference to
+ * {"batches": [...], "next_cursor": str|null}; on error *out is NULL. */
+int batches_db_list(PGconn *conn, int64_t cursor, int limit, const char *state, json_t **out,
+                    struct cofi_err *err);
+
+/* Looks up the batch created with idempotency key `key` and computes in the database the
+ * hash of `canonical` (hex SHA-256 of its UTF-8 bytes) into hash (65 bytes).
+ * Returns 0 with *out NULL when no batch has the key; 0 with *out a new reference to the
+ * batch object when one has it and the same hash; COFI_E_CONFLICT when one has it with
+ * another hash; or another negative status (*out NULL). */
+int batches_db_find_idempotent(PGconn *conn, const char *key, const char *canonical, char hash[65],
+                               json_t **out, struct cofi_err *err);
+
+/* Inserts the batch and one call per file (seq 0, 1, ... in array order) in one
+ * transaction. Returns 0 with *out a new reference to the batch object and *created true;
+ * when another request inserted a batch with the same idempotency key first, 0 with *out
+ * that batch and *created false if its request hash is the same, else COFI_E_CONFLICT. On
+ * error nothing is written and *out is NULL. */
+int batches_db_create(PGconn *conn, const struct batch_new *b, json_t **out, bool *created,
+                      struct cofi_err *err);
+
+/* Starts a batch: created → running (mode set when not NULL, started_at now), with one
+ * conditional UPDATE. A running batch is left as it is (COFI_E_CONFLICT if mode is given and
+ * differs from its mode); cancelled or completed ones → COFI_E_CONFLICT; unknown →
+ * COFI_E_NOT_FOUND. Returns 0 with *out a new reference to the batch object (*out NULL on
+ * error). */
+int batches_db_run(PGconn *conn, int64_t id, const char *mode, json_t **out, struct cofi_err *err);
+
+/* Cancels a created or running batch in one transaction: the batch becomes cancelled, its
+ * pending calls cancelled, and finished_at is set when none of its calls is running. An
+ * already cancelled batch is left as it is; a completed one → COFI_E_CONFLICT; unknown →
+ * COFI_E_NOT_FOUND. Retries a few times on deadlock or serialization failure.
+ * Returns 0 with *out a new reference to the batch object (*out NULL on error, and then
+ * nothing was changed). */
+int batches_db_cancel(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err);
+
+/* Per-stage counts for pipeline stage `stage` from batch_progress, summed over every batch
+ * (batch_id 0) or for one batch (COFI_E_NOT_FOUND if it does not exist). Fills *counts (the
+ * API's counts at that stage) and *queued (calls at that stage waiting: status pending).
+ * One statement. On error the outputs are unchanged. */
+int batches_db_stage_counts(PGconn *conn, int stage, int64_t batch_id, struct stage_counts *counts,
+                            int64_t *queued, struct cofi_err *err);
+
+/* ---- pure helpers, exposed for tests ---- */
+
+/* Appends the PostgreSQL text-array literal of the strings in files ({"a","b\"c"}; every
+ * element quoted, '"' and '\' escaped) to out. Returns 0; -1 when an element is not a
+ * string; -2 when out is full or out of memory (out may hold a partial literal). */
+int batches_db_text_array(struct buf *out, const json_t *files);
+
+/* Parses the progress text the batch queries produce ("stage status n" triples separated
+ * by ',', e.g. "0 pending 5,1 running 2"; NULL or "" for none) and adds every triple to
+ * out with stage_counts_add. Returns 0, or -1 on a malformed triple (those before it are
+ * added). */
+int batches_db_parse_progress(const char *text, struct stage_counts out[STAGE_COUNT]);
+
+/* eta_seconds of a batch: NULL unless running; with f = calls finished at llm2
+ * (file_count - pending - running of stage llm2) and elapsed_s since started_at,
+ * (file_count - f) * elapsed_s / f when f > 0, else NULL. Returns a new reference (json null
+ * or real). */
+json_t *batches_db_eta(bool running, int64_t file_count, const struct stage_counts *llm2,
+                       double elapsed_s);
+
+/* The "stages" array of a batch object from counts. Returns a new reference or NULL when
+ * out of memory. */
+json_t *batches_db_stages_json(const struct stage_counts counts[STAGE_COUNT]);
+
+#endif

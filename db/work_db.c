@@ -1,0 +1,165 @@
+/* SQL of the work queue: registration, leases, claims, the batched flush, batch completion. */
+#include "db/work_db.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "db/db.h"
+
+int work_register(PGconn *c, const char *instance, const char *host, int pid, struct cofi_err *err)
+{
+    char spid[16];
+    snprintf(spid, sizeof spid, "%d", pid);
+    const char *p[] = {instance, host, spid};
+    int rc = db_command(c,
+                        "INSERT INTO instances (id, hostname, pid) VALUES ($1, $2, $3::int) "
+                        "ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname, "
+                        "pid = EXCLUDED.pid, started_at = now(), heartbeat_at = now()",
+                        3, p, err);
+    if (rc != 0) {
+        return rc;
+    }
+    return db_command(c,
+                      "UPDATE calls SET status = 'pending', lease_owner = NULL "
+                      "WHERE lease_owner = $1 AND status = 'running'",
+                      1, p, err);
+}
+
+int work_heartbeat(PGconn *c, const char *instance, const char *host, int pid,
+                   struct cofi_err *err)
+{
+    char spid[16];
+    snprintf(spid, sizeof spid, "%d", pid);
+    const char *p[] = {instance, host, spid};
+    /* An upsert: a row another instance removed as expired comes back with this beat. */
+    return db_command(c,
+                      "INSERT INTO instances (id, hostname, pid) VALUES ($1, $2, $3::int) "
+                      "ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+                      3, p, err);
+}
+
+int work_recover_expired(PGconn *c, int lease_ms, long *recovered, struct cofi_err *err)
+{
+    char ms[16];
+    snprintf(ms, sizeof ms, "%d", lease_ms);
+    const char *p[] = {ms};
+    PGresult *r = db_exec(c,
+                          "WITH dead AS (DELETE FROM instances "
+                          "  WHERE heartbeat_at < now() - make_interval(secs => $1::int / 1000.0) "
+                          "  RETURNING id) "
+                          "UPDATE calls SET status = 'pending', lease_owner = NULL "
+                          "WHERE status = 'running' AND (lease_owner IN (SELECT id FROM dead) "
+                          "  OR lease_owner NOT IN (SELECT id FROM instances))",
+                          1, p, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    *recovered = atol(PQcmdTuples(r));
+    PQclear(r);
+    return 0;
+}
+
+int work_unregister(PGconn *c, const char *instance, struct cofi_err *err)
+{
+    const char *p[] = {instance};
+    int rc = db_command(c,
+                        "UPDATE calls SET status = 'pending', lease_owner = NULL "
+                        "WHERE lease_owner = $1 AND status = 'running'",
+                        1, p, err);
+    if (rc != 0) {
+        return rc;
+    }
+    return db_command(c, "DELETE FROM instances WHERE id = $1", 1, p, err);
+}
+
+PGresult *work_active_batches(PGconn *c, struct cofi_err *err)
+{
+    return db_exec(c,
+                   "SELECT b.id, b.mode, b.state, "
+                   "  (SELECT min(p.stage) FROM batch_progress p WHERE p.batch_id = b.id "
+                   "     AND p.status IN ('pending', 'running') AND p.n > 0) "
+                   "FROM batches b "
+                   "WHERE b.state = 'running' OR (b.state = 'cancelled' AND b.finished_at IS NULL) "
+                   "ORDER BY b.id",
+                   0, NULL, err);
+}
+
+PGresult *work_finish_batches(PGconn *c, const char *ids, struct cofi_err *err)
+{
+    const char *p[] = {ids};
+    return db_exec(
+        c,
+        "UPDATE batches b SET finished_at = now(), state = CASE "
+        "  WHEN b.state = 'cancelled' THEN 'cancelled' "
+        "  WHEN EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
+        "               AND p.status IN ('failed', 'cancelled') AND p.n > 0) "
+        "    THEN 'completed_with_errors' "
+        "  ELSE 'completed' END "
+        "WHERE b.id = ANY($1::bigint[]) AND b.finished_at IS NULL "
+        "  AND b.state IN ('running', 'cancelled') "
+        "  AND NOT EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
+        "                  AND p.status IN ('pending', 'running') AND p.n > 0) "
+        "RETURNING b.id, b.state",
+        1, p, err);
+}
+
+PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limit,
+                     struct cofi_err *err)
+{
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", limit);
+    const char *p[] = {instance, spec, lim};
+    return db_exec(
+        c,
+        "WITH b AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS b(id bigint, lo int, hi int)), "
+        "cand AS (SELECT c.id FROM b, LATERAL ("
+        "    SELECT c.id FROM calls c WHERE c.batch_id = b.id AND c.status = 'pending' "
+        "      AND c.stage BETWEEN b.lo AND b.hi "
+        "      AND (c.not_before IS NULL OR c.not_before <= now()) "
+        "    LIMIT $3::int FOR UPDATE SKIP LOCKED) c "
+        "  LIMIT $3::int) "
+        "UPDATE calls c SET status = 'running', lease_owner = $1, "
+        "  stage_started_at = coalesce(c.stage_started_at, now()) "
+        "FROM cand WHERE c.id = cand.id "
+        "RETURNING c.id, c.batch_id, c.stage, c.file, c.node, c.file_name, c.attempts, "
+        "  (SELECT jsonb_object_agg((ARRAY['distribute','denoise','ivr','lid','stt','llm1',"
+        "'llm2'])[s.stage + 1], s.result) FROM call_stages s "
+        "   WHERE s.call_id = c.id AND s.state = 'done' AND s.stage < c.stage)",
+        3, p, err);
+}
+
+PGresult *work_flush(PGconn *c, const char *instance, const char *calls_json,
+                     const char *stages_json, struct cofi_err *err)
+{
+    const char *p[] = {instance, calls_json, stages_json};
+    return db_exec(
+        c,
+        "WITH r AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS r(id bigint, stage smallint, "
+        "    status text, attempts int, last_error text, node text, file_name text, "
+        "    started_ms bigint)), "
+        "u AS (UPDATE calls c SET stage = r.stage, "
+        "    status = CASE WHEN b.state = 'cancelled' AND r.status IN ('pending', 'running') "
+        "                  THEN 'cancelled' ELSE r.status END, "
+        "    attempts = r.attempts, last_error = r.last_error, node = r.node, "
+        "    file_name = r.file_name, not_before = NULL, "
+        "    stage_started_at = to_timestamp(r.started_ms / 1000.0), "
+        "    lease_owner = CASE WHEN r.status = 'running' AND b.state <> 'cancelled' "
+        "                       THEN c.lease_owner END "
+        "  FROM r, batches b "
+        "  WHERE c.id = r.id AND c.lease_owner = $1 AND c.status = 'running' "
+        "    AND b.id = c.batch_id "
+        "  RETURNING c.id, c.batch_id, c.status), "
+        "s AS (INSERT INTO call_stages AS cs (call_id, stage, state, attempts, last_error, "
+        "    started_at, finished_at, result) "
+        "  SELECT x.call_id, x.stage, x.state, x.attempts, x.last_error, "
+        "    to_timestamp(x.started_ms / 1000.0), to_timestamp(x.finished_ms / 1000.0), x.result "
+        "  FROM jsonb_to_recordset($3::jsonb) AS x(call_id bigint, stage smallint, state text, "
+        "    attempts int, last_error text, started_ms bigint, finished_ms bigint, result jsonb) "
+        "  WHERE x.call_id IN (SELECT id FROM u) "
+        "  ON CONFLICT (call_id, stage) DO UPDATE SET state = EXCLUDED.state, "
+        "    attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, "
+        "    started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, "
+        "    result = EXCLUDED.result) "
+        "SELECT id, batch_id, status FROM u",
+        3, p, err);
+}

@@ -1,0 +1,53 @@
+/* The work queue in PostgreSQL: instances, claims, the batched flush of results, batch ends. */
+#ifndef COFI_WORK_DB_H
+#define COFI_WORK_DB_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+/* Registers (or re-registers) this instance and returns to pending every call it still
+ * held from an earlier life under the same id. Returns 0 or a negative status. */
+int work_register(PGconn *c, const char *instance, const char *host, int pid, struct cofi_err *err);
+
+/* Renews this instance's lease (re-creating its row if another instance had removed it as
+ * expired). Returns 0 or a negative status. */
+int work_heartbeat(PGconn *c, const char *instance, const char *host, int pid,
+                   struct cofi_err *err);
+
+/* Returns to pending every call claimed by an instance whose heartbeat is older than
+ * lease_ms, and forgets those instances. *recovered gets the number of calls. */
+int work_recover_expired(PGconn *c, int lease_ms, long *recovered, struct cofi_err *err);
+
+/* Returns to pending every call this instance holds and removes the instance. */
+int work_unregister(PGconn *c, const char *instance, struct cofi_err *err);
+
+/* The batches that need the engine: running, or cancelled with work still in flight.
+ * Returns a new PGresult with columns id, mode, state, current stage (min stage with
+ * pending or running calls; NULL when none), or NULL with err. */
+PGresult *work_active_batches(PGconn *c, struct cofi_err *err);
+
+/* Ends every batch in ids (a PostgreSQL array literal "{1,2}") that has nothing pending or
+ * running: completed, completed_with_errors, or (cancelled) sets finished_at. Returns a new
+ * PGresult (id, state) of the batches ended, or NULL with err. */
+PGresult *work_finish_batches(PGconn *c, const char *ids, struct cofi_err *err);
+
+/* Claims up to limit pending calls for this instance. spec is a JSON array of
+ * {"id": batch, "lo": stage, "hi": stage}. Returns a new PGresult with columns
+ * id, batch_id, stage, file, node, file_name, attempts, prev (jsonb of earlier results),
+ * or NULL with err. */
+PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limit,
+                     struct cofi_err *err);
+
+/* Writes a batch of transitions in one statement. calls_json is an array of
+ * {"id","stage","status","attempts","last_error","node","file_name","started_ms"} (at most
+ * one per call), stages_json an array of {"call_id","stage","state","attempts","last_error",
+ * "started_ms","finished_ms","result"} (at most one per call and stage). Only calls still
+ * claimed by this instance are written. Returns a new PGresult (id, batch_id, status) of
+ * the calls written, or NULL with err. */
+PGresult *work_flush(PGconn *c, const char *instance, const char *calls_json,
+                     const char *stages_json, struct cofi_err *err);
+
+#endif

@@ -1,0 +1,445 @@
+/* The batch resource: POST/GET /batches, GET /batches/{id}, POST /batches/{id}/run|cancel. */
+#include "handlers/handlers.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "db/batches_db.h"
+
+#define MAX_FILE_ERRORS 20
+
+static const char *const batch_states[] = {"created", "running", "completed",
+                                           "completed_with_errors", "cancelled"};
+
+/* True when the relative path climbs above its starting directory ("a/../../b"). */
+static bool escapes_lexically(const char *file)
+{
+    int depth = 0;
+    const char *p = file;
+    while (*p != '\0') {
+        while (*p == '/') {
+            p++;
+        }
+        const char *end = strchr(p, '/');
+        size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+        if (n == 2 && p[0] == '.' && p[1] == '.') {
+            depth--;
+            if (depth < 0) {
+                return true;
+            }
+        } else if (n > 0 && !(n == 1 && p[0] == '.')) {
+            depth++;
+        }
+        p += n;
+    }
+    return false;
+}
+
+int batches_check_file(const char *root, const char *file, size_t file_len, const char **reason)
+{
+    if (file_len == 0) {
+        *reason = "is empty";
+        return -1;
+    }
+    if (strlen(file) != file_len) {
+        *reason = "contains a NUL character";
+        return -1;
+    }
+    if (file[0] == '/') {
+        *reason = "is absolute (paths are relative to input_root)";
+        return -1;
+    }
+    if (escapes_lexically(file)) {
+        *reason = "leaves input_root";
+        return -1;
+    }
+    char path[PATH_MAX];
+    int n = snprintf(path, sizeof path, "%s/%s", root, file);
+    if (n < 0 || (size_t)n >= sizeof path) {
+        *reason = "is too long";
+        return -1;
+    }
+    char real[PATH_MAX];
+    if (realpath(path, real) == NULL) {
+        switch (errno) {
+        case EACCES:
+            *reason = "is not readable";
+            break;
+        case ENAMETOOLONG:
+            *reason = "is too long";
+            break;
+        case ELOOP:
+            *reason = "has a symbolic link loop";
+            break;
+        default:
+            *reason = "does not exist";
+            break;
+        }
+        return -1;
+    }
+    size_t root_len = strlen(root);
+    bool inside =
+        (root_len == 1 && root[0] == '/') ||
+        (strncmp(real, root, root_len) == 0 && (real[root_len] == '/' || real[root_len] == '\0'));
+    if (!inside) {
+        *reason = "leaves input_root";
+        return -1;
+    }
+    struct stat st;
+    if (stat(real, &st) != 0) {
+        *reason = "does not exist";
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        *reason = "is not a regular file";
+        return -1;
+    }
+    /* A file nobody may read counts as unreadable even when cofid runs as root. */
+    if (access(real, R_OK) != 0 || (st.st_mode & (S_IRUSR | S_IRGRP | S_IROTH)) == 0) {
+        *reason = "is not readable";
+        return -1;
+    }
+    return 0;
+}
+
+/* Checks every file of the batch on disk. Returns 0, or COFI_E_INVALID with *ext
+ * {"errors": [{"file", "reason"}, ...]} (the first MAX_FILE_ERRORS bad files). */
+static int check_files(const char *root, const json_t *files, json_t **ext, struct cofi_err *err)
+{
+    json_t *errors = NULL;
+    size_t bad = 0;
+    size_t i;
+    const json_t *f;
+    json_array_foreach(files, i, f)
+    {
+        const char *reason;
+        if (batches_check_file(root, json_string_value(f), json_string_length(f), &reason) == 0) {
+            continue;
+        }
+        if (bad == 0) {
+            errors = json_array();
+            cofi_err_set(err, COFI_E_INVALID, "file \"%s\" %s", json_string_value(f), reason);
+        }
+        json_array_append_new(errors, json_pack("{s:O, s:s}", "file", f, "reason", reason));
+        bad++;
+        if (bad == MAX_FILE_ERRORS) {
+            break;
+        }
+    }
+    if (bad == 0) {
+        return 0;
+    }
+    if (bad > 1) {
+        char first[sizeof err->msg];
+        snprintf(first, sizeof first, "%s", err->msg);
+        cofi_err_set(err, COFI_E_INVALID, "%zu%s files are invalid, the first: %s", bad,
+                     bad == MAX_FILE_ERRORS ? " or more" : "", first);
+    }
+    *ext = json_pack("{s:o}", "errors", errors);
+    return COFI_E_INVALID;
+}
+
+/* The request body of POST /batches, checked for shape and types; values borrowed from
+ * the parsed body. */
+struct create_body {
+    const char *name;
+    const json_t *files;
+    const json_t *metadata; /* an object or NULL */
+    const char *mode;
+};
+
+static int parse_create_body(const json_t *root, struct create_body *b, struct cofi_err *err)
+{
+    if (!json_is_object(root)) {
+        return cofi_err_set(err, COFI_E_BAD_REQUEST, "the body must be a JSON object");
+    }
+    memset(b, 0, sizeof *b);
+    b->mode = "pipelined";
+    const char *key;
+    const json_t *v;
+    json_object_foreach((json_t *)root, key, v)
+    {
+        if (strcmp(key, "name") == 0) {
+            if (json_is_string(v)) {
+                if (req_json_has_nul(v)) {
+                    return cofi_err_set(err, COFI_E_INVALID, "name contains a NUL character");
+                }
+                b->name = json_string_value(v);
+            } else if (!json_is_null(v)) {
+                return cofi_err_set(err, COFI_E_BAD_REQUEST, "name must be a string or null");
+            }
+        } else if (strcmp(key, "files") == 0) {
+            if (!json_is_array(v)) {
+                return cofi_err_set(err, COFI_E_BAD_REQUEST, "files must be an array of strings");
+            }
+            b->files = v;
+        } else if (strcmp(key, "metadata") == 0) {
+            if (json_is_object(v)) {
+                if (req_json_has_nul(v)) {
+                    return cofi_err_set(err, COFI_E_INVALID, "metadata contains a NUL character");
+                }
+                b->metadata = v;
+            } else if (!json_is_null(v)) {
+                return cofi_err_set(err, COFI_E_BAD_REQUEST, "metadata must be an object or null");
+            }
+        } else if (strcmp(key, "mode") == 0) {
+            int rc = req_check_mode(v, &b->mode, err);
+            if (rc != 0) {
+                return rc;
+            }
+        } else {
+            return cofi_err_set(err, COFI_E_BAD_REQUEST, "unknown key \"%s\"", key);
+        }
+    }
+    if (b->files == NULL) {
+        return cofi_err_set(err, COFI_E_BAD_REQUEST, "files is required");
+    }
+    size_t i;
+    const json_t *f;
+    json_array_foreach(b->files, i, f)
+    {
+        if (!json_is_string(f)) {
+            return cofi_err_set(err, COFI_E_BAD_REQUEST, "files[%zu] must be a string", i);
+        }
+    }
+    if (json_array_size(b->files) == 0) {
+        return cofi_err_set(err, COFI_E_INVALID, "files must not be empty");
+    }
+    if (json_array_size(b->files) > INT32_MAX) {
+        return cofi_err_set(err, COFI_E_INVALID, "too many files");
+    }
+    return 0;
+}
+
+static void set_location(struct http_reply *rep, const json_t *batch)
+{
+    snprintf(rep->location, sizeof rep->location, "/batches/%" JSON_INTEGER_FORMAT,
+             json_integer_value(json_object_get(batch, "id")));
+}
+
+/* The idempotent repeat: looks the key up. Returns 0 with *batch NULL (go on and create) or
+ * the existing batch; or an error. Fills hash on success. */
+static int find_repeat(const struct cofi_app *app, const char *key, const json_t *root,
+                       char hash[65], json_t **batch, struct cofi_err *err)
+{
+    char *canonical = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
+    if (canonical == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    PGconn *conn = req_db_acquire(app, err);
+    if (conn == NULL) {
+        free(canonical);
+        return err->code;
+    }
+    int rc = batches_db_find_idempotent(conn, key, canonical, hash, batch, err);
+    db_release(app->db, conn);
+    free(canonical);
+    return rc;
+}
+
+int handle_batches_create(const struct cofi_app *app, const struct http_req *req,
+                          struct http_reply *rep, struct cofi_err *err)
+{
+    const char *key = req->idempotency_key;
+    if (key != NULL) {
+        int rc = req_check_idempotency_key(key, err);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    json_t *root;
+    int rc = req_json_body(req, /* required= */ true, &root, err);
+    if (rc != 0) {
+        return rc;
+    }
+    struct create_body body;
+    char *metadata = NULL;
+    json_t *batch = NULL;
+    char hash[65] = {0};
+    rc = parse_create_body(root, &body, err);
+    if (rc != 0) {
+        goto done;
+    }
+    if (key != NULL) {
+        rc = find_repeat(app, key, root, hash, &batch, err);
+        if (rc != 0 || batch != NULL) {
+            goto done;
+        }
+    }
+    rc = check_files(app->cfg->input_root, body.files, &rep->problem_ext, err);
+    if (rc != 0) {
+        goto done;
+    }
+    if (body.metadata != NULL) {
+        metadata = json_dumps(body.metadata, JSON_COMPACT);
+        if (metadata == NULL) {
+            rc = cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+            goto done;
+        }
+    }
+    struct batch_new nb = {
+        .name = body.name,
+        .mode = body.mode,
+        .metadata = metadata,
+        .files = body.files,
+        .idempotency_key = key,
+        .request_hash = key != NULL ? hash : NULL,
+    };
+    PGconn *conn = req_db_acquire(app, err);
+    if (conn == NULL) {
+        rc = err->code;
+        goto done;
+    }
+    bool created = false;
+    rc = batches_db_create(conn, &nb, &batch, &created, err);
+    db_release(app->db, conn);
+    if (rc == 0 && created) {
+        log_info("batch %" JSON_INTEGER_FORMAT " created with %zu files",
+                 json_integer_value(json_object_get(batch, "id")), json_array_size(body.files));
+    }
+    if (rc == 0) {
+        rep->status = created ? 201 : 200;
+    }
+
+done:
+    if (rc == 0 && batch != NULL) {
+        if (rep->status == 0) {
+            rep->status = 200; /* an idempotent repeat */
+        }
+        set_location(rep, batch);
+        rep->body = batch;
+    } else {
+        json_decref(batch);
+    }
+    free(metadata);
+    json_decref(root);
+    return rc;
+}
+
+int handle_batches_list(const struct cofi_app *app, const struct http_req *req,
+                        struct http_reply *rep, struct cofi_err *err)
+{
+    int limit;
+    int64_t cursor;
+    int rc = req_parse_limit(req->query(req, "limit"), &limit, err);
+    if (rc == 0) {
+        rc = req_parse_cursor(req->query(req, "cursor"), &cursor, err);
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    const char *state = req->query(req, "state");
+    if (state != NULL) {
+        const char *found = NULL;
+        for (size_t i = 0; i < sizeof batch_states / sizeof batch_states[0]; i++) {
+            if (strcmp(state, batch_states[i]) == 0) {
+                found = batch_states[i];
+            }
+        }
+        if (found == NULL) {
+            return cofi_err_set(err, COFI_E_BAD_REQUEST,
+                                "state must be one of created, running, completed, "
+                                "completed_with_errors, cancelled");
+        }
+        state = found;
+    }
+    PGconn *conn = req_db_acquire(app, err);
+    if (conn == NULL) {
+        return err->code;
+    }
+    rc = batches_db_list(conn, cursor, limit, state, &rep->body, err);
+    db_release(app->db, conn);
+    if (rc == 0) {
+        rep->status = 200;
+    }
+    return rc;
+}
+
+/* Reads the {id} path segment: a path that can't name a batch names an unknown one. */
+static int batch_id_param(const struct http_req *req, int64_t *id, struct cofi_err *err)
+{
+    if (req->param_count < 1 || req_parse_id(req->params[0], id) != 0) {
+        return cofi_err_set(err, COFI_E_NOT_FOUND, "no such batch");
+    }
+    return 0;
+}
+
+int handle_batch_get(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                     struct cofi_err *err)
+{
+    int64_t id;
+    int rc = batch_id_param(req, &id, err);
+    if (rc != 0) {
+        return rc;
+    }
+    PGconn *conn = req_db_acquire(app, err);
+    if (conn == NULL) {
+        return err->code;
+    }
+    rc = batches_db_get(conn, id, &rep->body, err);
+    db_release(app->db, conn);
+    if (rc == 0) {
+        rep->status = 200;
+    }
+    return rc;
+}
+
+typedef int (*batch_action_fn)(PGconn *conn, int64_t id, const char *mode, json_t **out,
+                               struct cofi_err *err);
+
+static int cancel_action(PGconn *conn, int64_t id, const char *mode, json_t **out,
+                         struct cofi_err *err)
+{
+    (void)mode; /* accepted for symmetry with run, and ignored */
+    return batches_db_cancel(conn, id, out, err);
+}
+
+/* run and cancel: check the id and the optional body, act, wake the engine, answer 202. */
+static int batch_action(const struct cofi_app *app, const struct http_req *req,
+                        struct http_reply *rep, batch_action_fn act, const char *what,
+                        struct cofi_err *err)
+{
+    int64_t id;
+    int rc = batch_id_param(req, &id, err);
+    if (rc != 0) {
+        return rc;
+    }
+    const char *mode;
+    rc = req_parse_action_body(req, &mode, err);
+    if (rc != 0) {
+        return rc;
+    }
+    PGconn *conn = req_db_acquire(app, err);
+    if (conn == NULL) {
+        return err->code;
+    }
+    rc = act(conn, id, mode, &rep->body, err);
+    db_release(app->db, conn);
+    if (rc != 0) {
+        return rc;
+    }
+    engine_wake(app->engine);
+    log_info("batch %" PRId64 " %s: now %s", id, what,
+             json_string_value(json_object_get(rep->body, "state")));
+    rep->status = 202;
+    return 0;
+}
+
+int handle_batch_run(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                     struct cofi_err *err)
+{
+    return batch_action(app, req, rep, batches_db_run, "run", err);
+}
+
+int handle_batch_cancel(const struct cofi_app *app, const struct http_req *req,
+                        struct http_reply *rep, struct cofi_err *err)
+{
+    return batch_action(app, req, rep, cancel_action, "cancel", err);
+}

@@ -1,0 +1,150 @@
+/* The REST handlers, one file per resource, and the request/reply types they share with
+ * server/http.c. A handler knows nothing of libmicrohttpd: it reads a struct http_req,
+ * fills a struct http_reply on success, or returns a negative cofi_status with err filled
+ * (server/problem.c turns that into the HTTP error). */
+#ifndef COFI_HANDLERS_H
+#define COFI_HANDLERS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "server/app.h"
+
+#define HTTP_MAX_PARAMS 2
+
+/* Content type of every JSON success body. */
+#define HTTP_JSON_TYPE "application/json; charset=utf-8"
+
+/* One request, as the HTTP layer hands it over. Every pointer is borrowed and lives until
+ * the handler returns. */
+struct http_req {
+    const char *method;                  /* "GET", "POST" (HEAD arrives as "GET") */
+    const char *path;                    /* the decoded path, without the query */
+    const char *params[HTTP_MAX_PARAMS]; /* the path's {…} segments, in order */
+    size_t param_count;                  /* how many of params are set */
+    const char *body;                    /* NUL-terminated body, or NULL when empty */
+    size_t body_len;                     /* 0 when there is no body */
+    const char *content_type;            /* the Content-Type header, or NULL */
+    const char *idempotency_key;         /* the Idempotency-Key header, or NULL */
+    /* Returns the value of query parameter `name` (borrowed), or NULL when absent. */
+    const char *(*query)(const struct http_req *req, const char *name);
+    void *query_ctx; /* for `query` only */
+};
+
+/* What a successful handler answers. Start from HTTP_REPLY_INIT; free with http_reply_free. */
+struct http_reply {
+    int status;          /* 200, 201 or 202 */
+    json_t *body;        /* owned: the reply holds this reference (NULL with `raw`) */
+    const char *raw;     /* static body served as is instead of `body` (never freed) */
+    size_t raw_len;      /* length of raw */
+    char location[64];   /* Location header when not empty */
+    json_t *problem_ext; /* on error: owned object of extension members for the problem */
+};
+
+#define HTTP_REPLY_INIT                                                                            \
+    {                                                                                              \
+        0, NULL, NULL, 0, {0}, NULL                                                                \
+    }
+
+/* Releases what the reply owns and resets it to HTTP_REPLY_INIT. Accepts NULL. */
+void http_reply_free(struct http_reply *rep);
+
+/* Every handler: returns 0 with rep filled (status and body), or a negative cofi_status with
+ * err filled (and maybe rep->problem_ext); then nothing was changed in the database unless
+ * the status says otherwise. Handlers are thread-safe: they share only app, whose pool and
+ * engine are thread-safe. */
+typedef int (*handler_fn)(const struct cofi_app *app, const struct http_req *req,
+                          struct http_reply *rep, struct cofi_err *err);
+
+/* handlers/batches.c */
+int handle_batches_create(const struct cofi_app *app, const struct http_req *req,
+                          struct http_reply *rep, struct cofi_err *err);
+int handle_batches_list(const struct cofi_app *app, const struct http_req *req,
+                        struct http_reply *rep, struct cofi_err *err);
+int handle_batch_get(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                     struct cofi_err *err);
+int handle_batch_run(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                     struct cofi_err *err);
+int handle_batch_cancel(const struct cofi_app *app, const struct http_req *req,
+                        struct http_reply *rep, struct cofi_err *err);
+
+/* handlers/calls.c */
+int handle_calls_list(const struct cofi_app *app, const struct http_req *req,
+                      struct http_reply *rep, struct cofi_err *err);
+int handle_call_get(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                    struct cofi_err *err);
+
+/* handlers/stages.c */
+int handle_stage_status(const struct cofi_app *app, const struct http_req *req,
+                        struct http_reply *rep, struct cofi_err *err);
+
+/* handlers/health.c */
+int handle_healthz(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                   struct cofi_err *err);
+int handle_readyz(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                  struct cofi_err *err);
+
+/* handlers/openapi.c */
+int handle_openapi(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                   struct cofi_err *err);
+
+/* ---- handlers/request.c: parsing shared by the handlers; pure, thread-safe ---- */
+
+#define PAGE_LIMIT_DEFAULT 50
+#define PAGE_LIMIT_MAX     1000
+
+/* Parses a resource id: decimal digits only, 1 ≤ id ≤ 2^63-1. Returns 0 with *out set, or
+ * -1 (NULL, empty, sign, space, other characters, 0, overflow) leaving *out unchanged. */
+int req_parse_id(const char *s, int64_t *out);
+
+/* Parses ?limit=: NULL gives PAGE_LIMIT_DEFAULT; otherwise an integer 1..PAGE_LIMIT_MAX.
+ * Returns 0, or COFI_E_BAD_REQUEST with err filled and *out unchanged. */
+int req_parse_limit(const char *s, int *out, struct cofi_err *err);
+
+/* Parses ?cursor= (the decimal id of the last row of the previous page): NULL gives 0 (from
+ * the start). Returns 0, or COFI_E_BAD_REQUEST with err filled and *out unchanged. */
+int req_parse_cursor(const char *s, int64_t *out, struct cofi_err *err);
+
+/* True when content_type is application/json, case-insensitive, optionally followed by
+ * parameters (";charset=utf-8"). False for NULL. */
+bool req_is_json_type(const char *content_type);
+
+/* Parses the request body as JSON. An empty body gives *out NULL and 0 when !required, and
+ * COFI_E_BAD_REQUEST when required. A body whose Content-Type is not JSON →
+ * COFI_E_MEDIA_TYPE; malformed JSON or duplicate keys → COFI_E_BAD_REQUEST. On success *out
+ * is a new reference (or NULL for no body); on error *out is NULL. */
+int req_json_body(const struct http_req *req, bool required, json_t **out, struct cofi_err *err);
+
+/* Checks a "mode" value: not a string → COFI_E_BAD_REQUEST; a string other than
+ * "pipelined"/"staged" → COFI_E_INVALID. Returns 0 with *mode the static name. */
+int req_check_mode(const json_t *v, const char **mode, struct cofi_err *err);
+
+/* The optional body of POST /batches/{id}/run and /cancel: empty, or a JSON object whose
+ * only allowed key is "mode" (see req_check_mode). Returns 0 with *mode the static mode name
+ * or NULL when none was given; or 400/415/422 with err filled. */
+int req_parse_action_body(const struct http_req *req, const char **mode, struct cofi_err *err);
+
+/* Checks an Idempotency-Key header value: 1 to 200 printable ASCII characters.
+ * Returns 0 or COFI_E_BAD_REQUEST with err filled. */
+int req_check_idempotency_key(const char *key, struct cofi_err *err);
+
+/* Borrows a database connection from app->db for one request. Returns it, or NULL with err
+ * COFI_E_UNAVAILABLE. The caller gives it back with db_release. Thread-safe. */
+PGconn *req_db_acquire(const struct cofi_app *app, struct cofi_err *err);
+
+/* True when a JSON value holds a NUL character in any string or object key, at any depth
+ * (PostgreSQL can store neither). */
+bool req_json_has_nul(const json_t *v);
+
+/* ---- handlers/batches.c, exposed for tests ---- */
+
+/* Checks one submitted file against input_root (canonical, no trailing slash unless it is
+ * "/"): a relative path with no NUL, whose realpath exists, stays inside root, is a regular
+ * file and is readable. Returns 0, or -1 with *reason a static sentence ("does not exist",
+ * "leaves input_root", ...). Thread-safe (touches only the filesystem). */
+int batches_check_file(const char *root, const char *file, size_t file_len, const char **reason);
+
+#endif

@@ -1,0 +1,113 @@
+/* The stage resource: GET /stages/{name}/status. */
+#include "handlers/handlers.h"
+
+#include <stdlib.h>
+
+#include "db/batches_db.h"
+#include "pipeline/stages.h"
+
+#define NODES_ON_STACK 32
+
+/* The limit when the engine does not know it: node capacities, or llm.concurrency. */
+static int configured_limit(const struct cofi_config *cfg, int stage)
+{
+    if (stage_is_llm(stage)) {
+        return cfg->llm_concurrency;
+    }
+    int sum = 0;
+    for (size_t i = 0; i < cfg->node_count; i++) {
+        sum += cfg->nodes[i].capacity;
+    }
+    return sum;
+}
+
+/* The "nodes" array: the engine's live view, or the configured nodes (unhealthy, idle)
+ * when there is no engine. Returns a new reference, NULL when out of memory. */
+static json_t *nodes_json(const struct cofi_app *app)
+{
+    struct node_live local[NODES_ON_STACK];
+    struct node_live *nodes = local;
+    size_t n = engine_nodes(app->engine, local, NODES_ON_STACK);
+    if (n > NODES_ON_STACK) {
+        nodes = calloc(n, sizeof *nodes);
+        if (nodes == NULL) {
+            return NULL;
+        }
+        n = engine_nodes(app->engine, nodes, n);
+    }
+    if (app->engine == NULL) {
+        n = 0;
+    }
+    json_t *arr = json_array();
+    int rc = arr != NULL ? 0 : -1;
+    if (n > 0) {
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            rc = json_array_append_new(
+                arr, json_pack("{s:s, s:s, s:b, s:i}", "id", nodes[i].id, "url", nodes[i].url,
+                               "healthy", nodes[i].healthy, "in_flight", nodes[i].in_flight));
+        }
+    } else {
+        const struct cofi_config *cfg = app->cfg;
+        for (size_t i = 0; i < cfg->node_count && rc == 0; i++) {
+            rc = json_array_append_new(arr, json_pack("{s:s, s:s, s:b, s:i}", "id",
+                                                      cfg->nodes[i].id, "url", cfg->nodes[i].url,
+                                                      "healthy", 0, "in_flight", 0));
+        }
+    }
+    if (nodes != local) {
+        free(nodes);
+    }
+    if (rc != 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+int handle_stage_status(const struct cofi_app *app, const struct http_req *req,
+                        struct http_reply *rep, struct cofi_err *err)
+{
+    int stage = req->param_count >= 1 ? stage_from_name(req->params[0]) : -1;
+    if (stage < 0) {
+        return cofi_err_set(err, COFI_E_NOT_FOUND, "no such stage");
+    }
+    int64_t batch_id = 0;
+    const char *b = req->query(req, "batch_id");
+    if (b != NULL && req_parse_id(b, &batch_id) != 0) {
+        return cofi_err_set(err, COFI_E_BAD_REQUEST, "batch_id must be a positive integer");
+    }
+
+    struct stage_counts counts = {0};
+    int64_t queued = 0;
+    PGconn *conn = req_db_acquire(app, err);
+    if (conn == NULL) {
+        return err->code;
+    }
+    int rc = batches_db_stage_counts(conn, stage, batch_id, &counts, &queued, err);
+    db_release(app->db, conn);
+    if (rc != 0) {
+        return rc;
+    }
+
+    struct stage_live live;
+    engine_stage_live(app->engine, stage, &live);
+    int limit =
+        live.concurrency_limit > 0 ? live.concurrency_limit : configured_limit(app->cfg, stage);
+    bool llm = stage_is_llm(stage);
+    json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:I, s:f, s:{s:f, s:f, s:f}}", "name",
+                          stage_name(stage), "kind", llm ? "llm" : "mediator", "concurrency_limit",
+                          limit, "in_flight", (json_int_t)counts.running, "queued",
+                          (json_int_t)queued, "done", (json_int_t)counts.done, "failed",
+                          (json_int_t)counts.failed, "throughput_per_s", live.throughput_per_s,
+                          "latency_ms", "p50", live.p50_ms, "p95", live.p95_ms, "p99", live.p99_ms);
+    if (o != NULL && !llm && json_object_set_new(o, "nodes", nodes_json(app)) != 0) {
+        json_decref(o);
+        o = NULL;
+    }
+    if (o == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    rep->status = 200;
+    rep->body = o;
+    return 0;
+}

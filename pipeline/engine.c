@@ -1,0 +1,1025 @@
+/* The engine: claims calls from PostgreSQL, routes them to the lanes, records every outcome. */
+#include "pipeline/engine.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "db/db.h"
+#include "db/work_db.h"
+#include "pipeline/engine_internal.h"
+#include "pipeline/metrics.h"
+#include "pipeline/stages.h"
+
+/* A batch the engine works on, as last read from the database. */
+struct batch_info {
+    int64_t id;
+    bool staged;
+    bool cancelled;
+    int cur_stage; /* lowest stage with pending or running calls, -1 when none */
+};
+
+/* One transition to write: the call's new position, and optionally the record of the stage
+ * it just finished or failed. */
+struct record {
+    uint64_t seq;
+    int64_t call_id;
+    int stage;
+    int status;
+    int attempts;
+    char *last_error; /* owned */
+    int node;
+    char *file_name;    /* owned */
+    int64_t started_ms; /* wall ms the current stage started, or -1 */
+    bool has_row;
+    int row_stage;
+    bool row_failed;
+    int row_attempts;
+    char *row_error; /* owned */
+    int64_t row_started_ms, row_finished_ms;
+    json_t *row_result; /* owned reference */
+};
+
+struct engine {
+    const struct cofi_config *cfg;
+    char instance[160];
+    char host[128];
+    int pid;
+    struct stage_metrics *metrics;
+    struct mediator_lane *med;
+    struct llm_lane *llm;
+    atomic_bool stopping;
+    atomic_int med_in_hand;
+    atomic_int llm_in_hand;
+    atomic_int inflight[STAGE_COUNT];
+    atomic_uint_fast64_t req_counter;
+
+    /* Dispatcher state. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop_dispatcher;
+    bool wake_refresh; /* refresh the batch list at once */
+    bool wake_claim;   /* capacity or work may be there */
+    bool flushed;      /* records were written since the last refresh */
+    struct batch_info *batches;
+    size_t nbatches;
+    struct jobq delayed; /* retries waiting for their time, unordered */
+    pthread_t dispatcher;
+
+    /* Records waiting for the flusher. */
+    pthread_mutex_t rec_mu;
+    pthread_cond_t rec_cv;
+    struct record *recs;
+    size_t nrecs, caprecs;
+    uint64_t rec_seq;
+    bool stop_flusher;
+    bool flushing; /* the flusher holds records not yet written */
+    pthread_t flusher;
+};
+
+/* ---- jobs ------------------------------------------------------------------------------ */
+
+void jobq_push(struct jobq *q, struct job *j)
+{
+    j->next = NULL;
+    if (q->tail != NULL) {
+        q->tail->next = j;
+    } else {
+        q->head = j;
+    }
+    q->tail = j;
+    q->len++;
+}
+
+struct job *jobq_pop(struct jobq *q)
+{
+    struct job *j = q->head;
+    if (j != NULL) {
+        q->head = j->next;
+        if (q->head == NULL) {
+            q->tail = NULL;
+        }
+        q->len--;
+        j->next = NULL;
+    }
+    return j;
+}
+
+void job_free(struct job *j)
+{
+    if (j == NULL) {
+        return;
+    }
+    free(j->file);
+    free(j->file_name);
+    free(j->last_error);
+    json_decref(j->prev);
+    free(j);
+}
+
+static void set_str(char **dst, const char *src)
+{
+    free(*dst);
+    *dst = src != NULL ? strdup(src) : NULL;
+}
+
+/* ---- services for the lanes ------------------------------------------------------------ */
+
+const struct cofi_config *engine__cfg(struct engine *e)
+{
+    return e->cfg;
+}
+
+const char *engine__instance(struct engine *e)
+{
+    return e->instance;
+}
+
+bool engine__stopping(struct engine *e)
+{
+    return atomic_load(&e->stopping);
+}
+
+void engine__request_id(struct engine *e, char *out, size_t outlen)
+{
+    unsigned long long n = (unsigned long long)atomic_fetch_add(&e->req_counter, 1);
+    snprintf(out, outlen, "%s-%llu", e->instance, n);
+}
+
+void engine__inflight(struct engine *e, int stage, int delta)
+{
+    if (stage >= 0 && stage < STAGE_COUNT) {
+        atomic_fetch_add(&e->inflight[stage], delta);
+    }
+}
+
+static void in_hand_add(struct engine *e, int stage, int delta)
+{
+    if (stage_is_llm(stage)) {
+        atomic_fetch_add(&e->llm_in_hand, delta);
+    } else if (stage < STAGE_COUNT) {
+        atomic_fetch_add(&e->med_in_hand, delta);
+    }
+}
+
+static void wake_dispatcher(struct engine *e, bool refresh)
+{
+    pthread_mutex_lock(&e->mu);
+    e->wake_claim = true;
+    if (refresh) {
+        e->wake_refresh = true;
+    }
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* Queues a record for the flusher; takes ownership of its strings and result. */
+static void push_record(struct engine *e, struct record *r)
+{
+    pthread_mutex_lock(&e->rec_mu);
+    if (e->nrecs == e->caprecs) {
+        size_t cap = e->caprecs ? e->caprecs * 2 : 1024;
+        struct record *p = realloc(e->recs, cap * sizeof *p);
+        if (p == NULL) {
+            /* Without memory the record can't be kept; the call stays claimed in the
+             * database and is taken up again when this instance's lease is recovered. */
+            pthread_mutex_unlock(&e->rec_mu);
+            log_error("out of memory: dropping a record of call %lld", (long long)r->call_id);
+            free(r->last_error);
+            free(r->file_name);
+            free(r->row_error);
+            json_decref(r->row_result);
+            return;
+        }
+        e->recs = p;
+        e->caprecs = cap;
+    }
+    r->seq = e->rec_seq++;
+    e->recs[e->nrecs++] = *r;
+    pthread_cond_signal(&e->rec_cv);
+    pthread_mutex_unlock(&e->rec_mu);
+}
+
+/* A record of where job j is now (status at j->stage). */
+static struct record record_of(const struct job *j, int status)
+{
+    struct record r;
+    memset(&r, 0, sizeof r);
+    r.call_id = j->call_id;
+    r.stage = j->stage;
+    r.status = status;
+    r.attempts = j->attempts;
+    r.last_error = j->last_error != NULL ? strdup(j->last_error) : NULL;
+    r.node = j->node;
+    r.file_name = j->file_name != NULL ? strdup(j->file_name) : NULL;
+    r.started_ms = status == CALL_RUNNING ? j->stage_started_wall : -1;
+    return r;
+}
+
+static void submit(struct engine *e, struct job *j)
+{
+    if (stage_is_llm(j->stage)) {
+        llm_lane_push(e->llm, j);
+    } else {
+        mediator_lane_push(e->med, j);
+    }
+}
+
+/* Looks up what the engine knows of a batch; copies it into *out. */
+static bool batch_lookup(struct engine *e, int64_t id, struct batch_info *out)
+{
+    bool found = false;
+    pthread_mutex_lock(&e->mu);
+    for (size_t i = 0; i < e->nbatches; i++) {
+        if (e->batches[i].id == id) {
+            *out = e->batches[i];
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return found;
+}
+
+void engine__release(struct engine *e, struct job *j)
+{
+    struct record r = record_of(j, CALL_PENDING);
+    push_record(e, &r);
+    in_hand_add(e, j->stage, -1);
+    job_free(j);
+    wake_dispatcher(e, false);
+}
+
+void engine__redistribute(struct engine *e, struct job *j)
+{
+    log_info("call %s: node %s unavailable at %s, distributing again", j->call_id_str,
+             j->node >= 0 ? e->cfg->nodes[j->node].id : "-", stage_name(j->stage));
+    in_hand_add(e, j->stage, -1);
+    j->stage = STAGE_DISTRIBUTE;
+    in_hand_add(e, j->stage, 1);
+    j->node = -1;
+    set_str(&j->file_name, NULL);
+    j->attempts = 0;
+    json_decref(j->prev);
+    j->prev = json_object();
+    j->stage_started_wall = clock_wall_ms();
+    struct record r = record_of(j, CALL_RUNNING);
+    push_record(e, &r);
+}
+
+static void finish_failed(struct engine *e, struct job *j, const char *why)
+{
+    set_str(&j->last_error, why);
+    log_warn("call %s failed at %s after %d attempt(s): %s", j->call_id_str, stage_name(j->stage),
+             j->attempts, why);
+    struct record r = record_of(j, CALL_FAILED);
+    r.has_row = true;
+    r.row_stage = j->stage;
+    r.row_failed = true;
+    r.row_attempts = j->attempts;
+    r.row_error = strdup(why);
+    r.row_started_ms = j->stage_started_wall;
+    r.row_finished_ms = clock_wall_ms();
+    push_record(e, &r);
+    in_hand_add(e, j->stage, -1);
+    job_free(j);
+    wake_dispatcher(e, false);
+}
+
+void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
+{
+    metrics_record(e->metrics, j->stage, o->latency_us);
+    const struct cofi_worker_cfg *w = stage_is_llm(j->stage) ? &e->cfg->llm : &e->cfg->mediator;
+
+    if (o->kind == OUTCOME_RETRY && j->attempts >= w->max_attempts) {
+        char why[320];
+        snprintf(why, sizeof why, "gave up after %d attempts: %s", j->attempts, o->error);
+        finish_failed(e, j, why);
+        return;
+    }
+    if (o->kind == OUTCOME_PERMANENT) {
+        finish_failed(e, j, o->error);
+        return;
+    }
+    if (o->kind == OUTCOME_RETRY) {
+        set_str(&j->last_error, o->error);
+        struct record r = record_of(j, CALL_RUNNING);
+        push_record(e, &r);
+        if (atomic_load(&e->stopping)) {
+            engine__release(e, j);
+            return;
+        }
+        uint64_t seed = (uint64_t)j->call_id * 0x9E3779B97F4A7C15ULL + (uint64_t)clock_mono_us();
+        if (seed == 0) {
+            seed = 1;
+        }
+        int64_t delay = o->retry_after_ms >= 0 ? o->retry_after_ms
+                                               : retry_backoff_ms(w, j->attempts, &seed);
+        log_debug("call %s: %s attempt %d failed (%s); retrying in %lld ms", j->call_id_str,
+                  stage_name(j->stage), j->attempts, o->error, (long long)delay);
+        j->due_mono = clock_mono_ms() + delay;
+        pthread_mutex_lock(&e->mu);
+        jobq_push(&e->delayed, j);
+        pthread_cond_signal(&e->cv);
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
+
+    /* Success: keep the result for later stages and record it. */
+    int done_stage = j->stage;
+    int64_t now = clock_wall_ms();
+    json_object_set(j->prev, stage_name(done_stage), o->result);
+    struct record r;
+    memset(&r, 0, sizeof r);
+    r.has_row = true;
+    r.row_stage = done_stage;
+    r.row_attempts = j->attempts;
+    r.row_started_ms = j->stage_started_wall;
+    r.row_finished_ms = now;
+    r.row_result = o->result; /* the record steals the lane's reference */
+    o->result = NULL;
+
+    j->stage = done_stage + 1;
+    j->attempts = 0;
+    set_str(&j->last_error, NULL);
+    j->stage_started_wall = now;
+    in_hand_add(e, done_stage, -1);
+
+    if (j->stage == STAGE_COUNT) {
+        struct record fin = record_of(j, CALL_DONE);
+        r.call_id = fin.call_id;
+        r.stage = fin.stage;
+        r.status = fin.status;
+        r.node = fin.node;
+        r.file_name = fin.file_name;
+        r.started_ms = -1;
+        push_record(e, &r);
+        job_free(j);
+        wake_dispatcher(e, false);
+        return;
+    }
+    struct batch_info bi;
+    bool keep = !atomic_load(&e->stopping) && batch_lookup(e, j->batch_id, &bi) && !bi.cancelled &&
+                !bi.staged;
+    struct record pos = record_of(j, keep ? CALL_RUNNING : CALL_PENDING);
+    r.call_id = pos.call_id;
+    r.stage = pos.stage;
+    r.status = pos.status;
+    r.attempts = 0;
+    r.node = pos.node;
+    r.file_name = pos.file_name;
+    r.started_ms = pos.started_ms;
+    free(pos.last_error);
+    push_record(e, &r);
+    if (keep) {
+        in_hand_add(e, j->stage, 1);
+        submit(e, j);
+    } else {
+        job_free(j);
+        wake_dispatcher(e, false);
+    }
+}
+
+/* ---- flusher --------------------------------------------------------------------------- */
+
+static int cmp_call_seq(const void *a, const void *b)
+{
+    const struct record *x = *(const struct record *const *)a;
+    const struct record *y = *(const struct record *const *)b;
+    if (x->call_id != y->call_id) {
+        return x->call_id < y->call_id ? -1 : 1;
+    }
+    return x->seq < y->seq ? -1 : (x->seq > y->seq);
+}
+
+static int cmp_row_seq(const void *a, const void *b)
+{
+    const struct record *x = *(const struct record *const *)a;
+    const struct record *y = *(const struct record *const *)b;
+    if (x->call_id != y->call_id) {
+        return x->call_id < y->call_id ? -1 : 1;
+    }
+    if (x->row_stage != y->row_stage) {
+        return x->row_stage - y->row_stage;
+    }
+    return x->seq < y->seq ? -1 : (x->seq > y->seq);
+}
+
+static json_t *json_str_or_null(const char *s)
+{
+    return s != NULL ? json_string(s) : json_null();
+}
+
+/* Builds the two JSON arrays of work_flush from n records: the last position of every call,
+ * and the last row of every (call, stage). Returns 0 or -1 (out of memory). */
+static int build_flush(struct engine *e, struct record *recs, size_t n, char **calls_out,
+                       char **stages_out)
+{
+    struct record **idx = malloc((n ? n : 1) * sizeof *idx);
+    json_t *calls = json_array();
+    json_t *stages = json_array();
+    if (idx == NULL || calls == NULL || stages == NULL) {
+        free(idx);
+        json_decref(calls);
+        json_decref(stages);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        idx[i] = &recs[i];
+    }
+    qsort(idx, n, sizeof *idx, cmp_call_seq);
+    for (size_t i = 0; i < n; i++) {
+        if (i + 1 < n && idx[i + 1]->call_id == idx[i]->call_id) {
+            continue; /* a later record of the same call wins */
+        }
+        struct record *r = idx[i];
+        json_t *o = json_pack("{s:I, s:i, s:s, s:i, s:o, s:o, s:o, s:o}", "id", (json_int_t)r->call_id,
+                              "stage", r->stage, "status", call_status_name(r->status), "attempts",
+                              r->attempts, "last_error", json_str_or_null(r->last_error), "node",
+                              r->node >= 0 ? json_string(e->cfg->nodes[r->node].id) : json_null(),
+                              "file_name", json_str_or_null(r->file_name), "started_ms",
+                              r->started_ms >= 0 ? json_integer(r->started_ms) : json_null());
+        json_array_append_new(calls, o);
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i].has_row) {
+            idx[m++] = &recs[i];
+        }
+    }
+    qsort(idx, m, sizeof *idx, cmp_row_seq);
+    for (size_t i = 0; i < m; i++) {
+        if (i + 1 < m && idx[i + 1]->call_id == idx[i]->call_id &&
+            idx[i + 1]->row_stage == idx[i]->row_stage) {
+            continue;
+        }
+        struct record *r = idx[i];
+        json_t *o = json_pack("{s:I, s:i, s:s, s:i, s:o, s:I, s:I, s:O}", "call_id",
+                              (json_int_t)r->call_id, "stage", r->row_stage, "state",
+                              r->row_failed ? "failed" : "done", "attempts", r->row_attempts,
+                              "last_error", json_str_or_null(r->row_error), "started_ms",
+                              (json_int_t)r->row_started_ms, "finished_ms",
+                              (json_int_t)r->row_finished_ms, "result",
+                              r->row_result != NULL ? r->row_result : json_null());
+        json_array_append_new(stages, o);
+    }
+    free(idx);
+    *calls_out = json_dumps(calls, JSON_COMPACT);
+    *stages_out = json_dumps(stages, JSON_COMPACT);
+    json_decref(calls);
+    json_decref(stages);
+    if (*calls_out == NULL || *stages_out == NULL) {
+        free(*calls_out);
+        free(*stages_out);
+        return -1;
+    }
+    return 0;
+}
+
+static void free_records(struct record *recs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(recs[i].last_error);
+        free(recs[i].file_name);
+        free(recs[i].row_error);
+        json_decref(recs[i].row_result);
+    }
+}
+
+static void *flusher_main(void *arg)
+{
+    struct engine *e = arg;
+    PGconn *c = NULL;
+    struct record *batch = NULL;
+    size_t nbatch = 0;
+    int64_t backoff = 50;
+    for (;;) {
+        pthread_mutex_lock(&e->rec_mu);
+        while (e->nrecs == 0 && nbatch == 0 && !e->stop_flusher) {
+            pthread_cond_wait(&e->rec_cv, &e->rec_mu);
+        }
+        if (e->nrecs == 0 && nbatch == 0 && e->stop_flusher) {
+            pthread_mutex_unlock(&e->rec_mu);
+            break;
+        }
+        if (nbatch == 0) {
+            /* Take everything queued: one statement writes it all. */
+            batch = e->recs;
+            nbatch = e->nrecs;
+            e->recs = NULL;
+            e->nrecs = 0;
+            e->caprecs = 0;
+        }
+        e->flushing = true;
+        bool stopping = e->stop_flusher;
+        pthread_mutex_unlock(&e->rec_mu);
+
+        struct cofi_err err;
+        cofi_err_clear(&err);
+        if (!db_conn_ok(c)) {
+            PQfinish(c);
+            c = db_connect(e->cfg->database_url, &err);
+        }
+        char *calls = NULL;
+        char *stages = NULL;
+        PGresult *res = NULL;
+        if (c != NULL && build_flush(e, batch, nbatch, &calls, &stages) == 0) {
+            res = work_flush(c, e->instance, calls, stages, &err);
+        } else if (c != NULL) {
+            cofi_err_set(&err, COFI_E_NOMEM, "out of memory building a flush");
+        }
+        free(calls);
+        free(stages);
+        if (res != NULL) {
+            int written = PQntuples(res);
+            if ((size_t)written < nbatch) {
+                log_debug("flush: %zu records, %d calls written", nbatch, written);
+            }
+            PQclear(res);
+            free_records(batch, nbatch);
+            free(batch);
+            batch = NULL;
+            nbatch = 0;
+            backoff = 50;
+            pthread_mutex_lock(&e->rec_mu);
+            e->flushing = false;
+            pthread_cond_broadcast(&e->rec_cv);
+            pthread_mutex_unlock(&e->rec_mu);
+            pthread_mutex_lock(&e->mu);
+            e->flushed = true;
+            e->wake_claim = true;
+            pthread_cond_signal(&e->cv);
+            pthread_mutex_unlock(&e->mu);
+            continue;
+        }
+        if (err.code != COFI_E_UNAVAILABLE && c != NULL) {
+            /* Not a lost connection: the records themselves are at fault. They can't be
+             * written; the calls stay claimed and come back when the lease is recovered. */
+            log_error("flush of %zu records failed, dropping them: %s", nbatch, err.msg);
+            free_records(batch, nbatch);
+            free(batch);
+            batch = NULL;
+            nbatch = 0;
+            continue;
+        }
+        log_warn("flush: %s; retrying in %lld ms", err.msg, (long long)backoff);
+        if (stopping && backoff > 2000) {
+            log_error("database still unreachable at shutdown: %zu records not written (their "
+                      "calls will be taken up again)", nbatch);
+            free_records(batch, nbatch);
+            free(batch);
+            batch = NULL;
+            nbatch = 0;
+            continue;
+        }
+        clock_sleep_ms(backoff);
+        backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+/* ---- dispatcher ------------------------------------------------------------------------ */
+
+static int node_index(const struct cofi_config *cfg, const char *id)
+{
+    if (id == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->node_count; i++) {
+        if (strcmp(cfg->nodes[i].id, id) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* Reads the active batches into e->batches and ends those with nothing left. */
+static int refresh_batches(struct engine *e, PGconn *c, struct cofi_err *err)
+{
+    PGresult *r = work_active_batches(c, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    int n = PQntuples(r);
+    struct batch_info *list = calloc((size_t)(n > 0 ? n : 1), sizeof *list);
+    struct buf ids;
+    buf_init(&ids, 1 << 20);
+    buf_append(&ids, "{", 1);
+    for (int i = 0; i < n && list != NULL; i++) {
+        list[i].id = atoll(PQgetvalue(r, i, 0));
+        list[i].staged = strcmp(PQgetvalue(r, i, 1), "staged") == 0;
+        list[i].cancelled = strcmp(PQgetvalue(r, i, 2), "cancelled") == 0;
+        list[i].cur_stage = PQgetisnull(r, i, 3) ? -1 : atoi(PQgetvalue(r, i, 3));
+        buf_printf(&ids, "%s%lld", i ? "," : "", (long long)list[i].id);
+    }
+    buf_append(&ids, "}", 1);
+    PQclear(r);
+    if (list == NULL) {
+        buf_free(&ids);
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&e->mu);
+    free(e->batches);
+    e->batches = list;
+    e->nbatches = (size_t)n;
+    pthread_mutex_unlock(&e->mu);
+
+    if (n > 0 && ids.data != NULL) {
+        PGresult *fin = work_finish_batches(c, ids.data, err);
+        if (fin == NULL) {
+            buf_free(&ids);
+            return err->code;
+        }
+        for (int i = 0; i < PQntuples(fin); i++) {
+            log_info("batch %s finished: %s", PQgetvalue(fin, i, 0), PQgetvalue(fin, i, 1));
+        }
+        PQclear(fin);
+    }
+    buf_free(&ids);
+    return 0;
+}
+
+/* Claims up to limit calls in stages [lo, hi] of the active batches and submits them. */
+static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *claimed,
+                 struct cofi_err *err)
+{
+    *claimed = 0;
+    json_t *spec = json_array();
+    pthread_mutex_lock(&e->mu);
+    for (size_t i = 0; i < e->nbatches; i++) {
+        const struct batch_info *b = &e->batches[i];
+        if (b->cancelled || b->cur_stage < 0) {
+            continue;
+        }
+        int blo = b->staged ? b->cur_stage : lo;
+        int bhi = b->staged ? b->cur_stage : hi;
+        if (blo < lo) {
+            blo = lo;
+        }
+        if (bhi > hi) {
+            bhi = hi;
+        }
+        if (blo > bhi) {
+            continue;
+        }
+        json_array_append_new(spec, json_pack("{s:I, s:i, s:i}", "id", (json_int_t)b->id, "lo",
+                                              blo, "hi", bhi));
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (json_array_size(spec) == 0) {
+        json_decref(spec);
+        return 0;
+    }
+    char *s = json_dumps(spec, JSON_COMPACT);
+    json_decref(spec);
+    if (s == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    PGresult *r = work_claim(c, e->instance, s, limit, err);
+    free(s);
+    if (r == NULL) {
+        return err->code;
+    }
+    int n = PQntuples(r);
+    int64_t now = clock_wall_ms();
+    for (int i = 0; i < n; i++) {
+        struct job *j = calloc(1, sizeof *j);
+        if (j == NULL) {
+            break; /* the rest stay claimed; recovered with the lease */
+        }
+        j->call_id = atoll(PQgetvalue(r, i, 0));
+        snprintf(j->call_id_str, sizeof j->call_id_str, "%lld", (long long)j->call_id);
+        j->batch_id = atoll(PQgetvalue(r, i, 1));
+        j->stage = atoi(PQgetvalue(r, i, 2));
+        j->file = strdup(PQgetvalue(r, i, 3));
+        j->node = PQgetisnull(r, i, 4) ? -1 : node_index(e->cfg, PQgetvalue(r, i, 4));
+        j->file_name = PQgetisnull(r, i, 5) ? NULL : strdup(PQgetvalue(r, i, 5));
+        j->attempts = atoi(PQgetvalue(r, i, 6));
+        j->prev = PQgetisnull(r, i, 7) ? NULL : json_loads(PQgetvalue(r, i, 7), 0, NULL);
+        if (j->prev == NULL) {
+            j->prev = json_object();
+        }
+        j->stage_started_wall = now;
+        in_hand_add(e, j->stage, 1);
+        if (j->stage > STAGE_DISTRIBUTE && j->stage <= STAGE_STT &&
+            (j->node < 0 || j->file_name == NULL)) {
+            engine__redistribute(e, j);
+        }
+        submit(e, j);
+    }
+    PQclear(r);
+    *claimed = n;
+    return 0;
+}
+
+/* Submits every delayed job whose time has come; returns ms until the next one (or 1000). */
+static int64_t run_delayed(struct engine *e)
+{
+    struct jobq due = {0};
+    int64_t now = clock_mono_ms();
+    int64_t next = 1000;
+    pthread_mutex_lock(&e->mu);
+    struct jobq keep = {0};
+    struct job *j;
+    while ((j = jobq_pop(&e->delayed)) != NULL) {
+        if (j->due_mono <= now) {
+            jobq_push(&due, j);
+        } else {
+            if (j->due_mono - now < next) {
+                next = j->due_mono - now;
+            }
+            jobq_push(&keep, j);
+        }
+    }
+    e->delayed = keep;
+    pthread_mutex_unlock(&e->mu);
+    bool stopping = atomic_load(&e->stopping);
+    while ((j = jobq_pop(&due)) != NULL) {
+        j->stage_started_wall = j->stage_started_wall > 0 ? j->stage_started_wall : clock_wall_ms();
+        if (stopping) {
+            engine__release(e, j);
+        } else {
+            submit(e, j);
+        }
+    }
+    return next;
+}
+
+static void *dispatcher_main(void *arg)
+{
+    struct engine *e = arg;
+    const struct cofi_config *cfg = e->cfg;
+    PGconn *c = NULL;
+    bool registered = false;
+    int64_t next_beat = 0;
+    int64_t next_refresh = 0;
+    int64_t last_refresh = 0;
+    int64_t backoff = 100;
+    bool down_logged = false;
+
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        bool stop = e->stop_dispatcher;
+        bool refresh_now = e->wake_refresh;
+        bool flushed = e->flushed;
+        e->wake_refresh = false;
+        e->wake_claim = false;
+        pthread_mutex_unlock(&e->mu);
+        if (stop) {
+            break;
+        }
+        int64_t wait_ms = run_delayed(e);
+        struct cofi_err err;
+        cofi_err_clear(&err);
+        int64_t now = clock_mono_ms();
+
+        if (!db_conn_ok(c)) {
+            PQfinish(c);
+            c = db_connect(cfg->database_url, &err);
+            if (c == NULL) {
+                if (!down_logged) {
+                    log_warn("engine: %s; retrying with backoff", err.msg);
+                    down_logged = true;
+                }
+                wait_ms = backoff;
+                backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+                goto wait;
+            }
+            if (down_logged) {
+                log_info("engine: database reachable again");
+                down_logged = false;
+            }
+            backoff = 100;
+        }
+        if (!registered) {
+            if (work_register(c, e->instance, e->host, e->pid, &err) != 0) {
+                log_warn("engine: cannot register instance: %s", err.msg);
+                wait_ms = backoff;
+                goto wait;
+            }
+            registered = true;
+            log_info("engine: instance %s registered", e->instance);
+        }
+        if (now >= next_beat) {
+            long recovered = 0;
+            if (work_heartbeat(c, e->instance, e->host, e->pid, &err) != 0 ||
+                work_recover_expired(c, cfg->lease_ms, &recovered, &err) != 0) {
+                log_warn("engine: heartbeat: %s", err.msg);
+                goto wait;
+            }
+            if (recovered > 0) {
+                log_warn("engine: took back %ld calls from expired instances", recovered);
+                refresh_now = true;
+            }
+            next_beat = now + cfg->lease_ms / 3;
+        }
+        /* Progress (stage barriers, batch ends) is re-read soon after writes, at most every
+         * 20 ms, and every 250 ms regardless. */
+        if (refresh_now || now >= next_refresh || (flushed && now >= last_refresh + 20)) {
+            pthread_mutex_lock(&e->mu);
+            e->flushed = false;
+            pthread_mutex_unlock(&e->mu);
+            if (refresh_batches(e, c, &err) != 0) {
+                log_warn("engine: reading batches: %s", err.msg);
+                goto wait;
+            }
+            last_refresh = now;
+            next_refresh = now + 250;
+        } else if (flushed && wait_ms > last_refresh + 20 - now) {
+            wait_ms = last_refresh + 20 - now;
+        }
+        if (!atomic_load(&e->stopping)) {
+            int cap = mediator_lane_healthy_capacity(e->med);
+            int med_target = cap * 4 > 16 ? cap * 4 : 16;
+            int llm_target = cfg->llm_concurrency * 2;
+            int med = atomic_load(&e->med_in_hand);
+            int llm = atomic_load(&e->llm_in_hand);
+            int got = 0;
+            if (cap > 0 && med <= med_target / 2) {
+                if (claim(e, c, STAGE_DISTRIBUTE, STAGE_STT, med_target - med, &got, &err) != 0) {
+                    log_warn("engine: claim: %s", err.msg);
+                    goto wait;
+                }
+                if (got == med_target - med) {
+                    wait_ms = 0; /* there is more */
+                }
+            }
+            if (llm <= llm_target / 2) {
+                if (claim(e, c, STAGE_LLM1, STAGE_LLM2, llm_target - llm, &got, &err) != 0) {
+                    log_warn("engine: claim: %s", err.msg);
+                    goto wait;
+                }
+                if (got == llm_target - llm) {
+                    wait_ms = 0;
+                }
+            }
+        }
+    wait:
+        if (wait_ms > 50) {
+            wait_ms = 50;
+        }
+        if (wait_ms <= 0) {
+            continue;
+        }
+        pthread_mutex_lock(&e->mu);
+        if (!e->stop_dispatcher && !e->wake_claim && !e->wake_refresh) {
+            struct timespec dl = clock_deadline_ms(wait_ms);
+            pthread_cond_timedwait(&e->cv, &e->mu, &dl);
+        }
+        pthread_mutex_unlock(&e->mu);
+    }
+    /* Retries still waiting go back to the database. */
+    pthread_mutex_lock(&e->mu);
+    struct jobq rest = e->delayed;
+    memset(&e->delayed, 0, sizeof e->delayed);
+    pthread_mutex_unlock(&e->mu);
+    struct job *j;
+    while ((j = jobq_pop(&rest)) != NULL) {
+        engine__release(e, j);
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+/* ---- public API ------------------------------------------------------------------------ */
+
+int engine_start(struct engine **out, const struct cofi_config *cfg, const char *instance_id,
+                 struct cofi_err *err)
+{
+    struct engine *e = calloc(1, sizeof *e);
+    if (e == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    e->cfg = cfg;
+    snprintf(e->instance, sizeof e->instance, "%s", instance_id);
+    if (gethostname(e->host, sizeof e->host) != 0) {
+        snprintf(e->host, sizeof e->host, "unknown");
+    }
+    e->host[sizeof e->host - 1] = '\0';
+    e->pid = (int)getpid();
+    e->metrics = metrics_new();
+    pthread_mutex_init(&e->mu, NULL);
+    clock_cond_init(&e->cv);
+    pthread_mutex_init(&e->rec_mu, NULL);
+    pthread_cond_init(&e->rec_cv, NULL);
+    if (e->metrics == NULL) {
+        cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (mediator_lane_start(&e->med, e, err) != 0) {
+        goto fail;
+    }
+    if (llm_lane_start(&e->llm, e, err) != 0) {
+        goto fail;
+    }
+    if (pthread_create(&e->flusher, NULL, flusher_main, e) != 0) {
+        cofi_err_set(err, COFI_E_INTERNAL, "cannot start the flusher thread");
+        goto fail;
+    }
+    if (pthread_create(&e->dispatcher, NULL, dispatcher_main, e) != 0) {
+        cofi_err_set(err, COFI_E_INTERNAL, "cannot start the dispatcher thread");
+        pthread_mutex_lock(&e->rec_mu);
+        e->stop_flusher = true;
+        pthread_cond_signal(&e->rec_cv);
+        pthread_mutex_unlock(&e->rec_mu);
+        pthread_join(e->flusher, NULL);
+        goto fail;
+    }
+    *out = e;
+    return 0;
+fail:
+    atomic_store(&e->stopping, true);
+    if (e->llm != NULL) {
+        llm_lane_stop(e->llm, clock_mono_ms());
+    }
+    if (e->med != NULL) {
+        mediator_lane_stop(e->med, clock_mono_ms());
+    }
+    llm_lane_free(e->llm);
+    mediator_lane_free(e->med);
+    metrics_free(e->metrics);
+    free_records(e->recs, e->nrecs);
+    free(e->recs);
+    free(e);
+    return err->code;
+}
+
+void engine_wake(struct engine *e)
+{
+    if (e != NULL) {
+        wake_dispatcher(e, true);
+    }
+}
+
+void engine_stage_live(struct engine *e, int stage, struct stage_live *out)
+{
+    memset(out, 0, sizeof *out);
+    if (e == NULL || stage < 0 || stage >= STAGE_COUNT) {
+        return;
+    }
+    if (stage_is_llm(stage)) {
+        out->concurrency_limit = e->cfg->llm_concurrency;
+    } else {
+        for (size_t i = 0; i < e->cfg->node_count; i++) {
+            out->concurrency_limit += e->cfg->nodes[i].capacity;
+        }
+    }
+    out->in_flight = atomic_load(&e->inflight[stage]);
+    metrics_read(e->metrics, stage, out);
+}
+
+size_t engine_nodes(struct engine *e, struct node_live *out, size_t max)
+{
+    if (e == NULL) {
+        return 0;
+    }
+    return mediator_lane_nodes(e->med, out, max);
+}
+
+void engine_stop(struct engine *e, int grace_ms)
+{
+    if (e == NULL) {
+        return;
+    }
+    log_info("engine: stopping (grace %d ms)", grace_ms);
+    atomic_store(&e->stopping, true);
+    int64_t deadline = clock_mono_ms() + grace_ms;
+    /* The lanes finish what is in flight; the dispatcher keeps the lease alive meanwhile. */
+    mediator_lane_stop(e->med, deadline);
+    llm_lane_stop(e->llm, deadline);
+    pthread_mutex_lock(&e->mu);
+    e->stop_dispatcher = true;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->dispatcher, NULL);
+    pthread_mutex_lock(&e->rec_mu);
+    e->stop_flusher = true;
+    pthread_cond_signal(&e->rec_cv);
+    pthread_mutex_unlock(&e->rec_mu);
+    pthread_join(e->flusher, NULL);
+
+    struct cofi_err err;
+    PGconn *c = db_connect(e->cfg->database_url, &err);
+    if (c != NULL && work_unregister(c, e->instance, &err) == 0) {
+        log_info("engine: claims released");
+    } else {
+        log_warn("engine: could not release claims (%s); they expire with the lease", err.msg);
+    }
+    PQfinish(c);
+    mediator_lane_free(e->med);
+    llm_lane_free(e->llm);
+    metrics_free(e->metrics);
+    free_records(e->recs, e->nrecs);
+    free(e->recs);
+    free(e->batches);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->rec_mu);
+    pthread_cond_destroy(&e->rec_cv);
+    free(e);
+}

@@ -1,0 +1,249 @@
+/* The NLP lane: llm.concurrency threads behind a counting semaphore, one request each. */
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "pipeline/engine_internal.h"
+#include "pipeline/stages.h"
+#include "pipeline/worker_http.h"
+
+/* The threads do little but wait on sockets: a small stack keeps 100 of them cheap. */
+#define LLM_STACK_BYTES (256u * 1024u)
+
+struct llm_lane {
+    struct engine *e;
+    const struct cofi_config *cfg;
+    int n;
+    pthread_t *threads;
+    int started;
+    pthread_mutex_t mu; /* guards q, stop, closed */
+    sem_t jobs;         /* counts jobs in q (plus wake-ups at stop) */
+    struct jobq q;
+    bool stop;
+    bool closed;
+    atomic_bool abort; /* set at the deadline: transfers in progress end at once */
+    atomic_int in_flight;
+};
+
+void llm_lane_push(struct llm_lane *l, struct job *j)
+{
+    pthread_mutex_lock(&l->mu);
+    if (l->closed) {
+        pthread_mutex_unlock(&l->mu);
+        engine__release(l->e, j);
+        return;
+    }
+    jobq_push(&l->q, j);
+    pthread_mutex_unlock(&l->mu);
+    sem_post(&l->jobs);
+}
+
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt;
+    (void)dn;
+    (void)ut;
+    (void)un;
+    struct llm_lane *l = arg;
+    return atomic_load(&l->abort) ? 1 : 0;
+}
+
+/* Builds the §4 request body for j, or fills o with a permanent failure and returns NULL. */
+static char *llm_body(const struct job *j, struct job_outcome *o)
+{
+    json_t *stt = json_object_get(j->prev, "stt");
+    json_t *lid = json_object_get(j->prev, "lid");
+    json_t *transcript = json_object_get(stt, "transcript");
+    json_t *language = json_object_get(lid, "language");
+    if (!json_is_string(transcript)) {
+        o->kind = OUTCOME_PERMANENT;
+        snprintf(o->error, sizeof o->error, "the stt result has no transcript");
+        return NULL;
+    }
+    if (!json_is_string(language)) {
+        o->kind = OUTCOME_PERMANENT;
+        snprintf(o->error, sizeof o->error, "the lid result has no language");
+        return NULL;
+    }
+    json_t *body = json_pack("{s:s, s:I, s:O, s:O}", "call_id", j->call_id_str, "batch_id",
+                             (json_int_t)j->batch_id, "language", language, "transcript",
+                             transcript);
+    if (body != NULL && j->stage == STAGE_LLM2) {
+        json_t *llm1 = json_object_get(j->prev, "llm1");
+        if (!json_is_object(llm1)) {
+            json_decref(body);
+            o->kind = OUTCOME_PERMANENT;
+            snprintf(o->error, sizeof o->error, "no llm1 result to send to llm2");
+            return NULL;
+        }
+        json_object_set(body, "llm1", llm1);
+    }
+    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (text == NULL) {
+        o->kind = OUTCOME_RETRY;
+        snprintf(o->error, sizeof o->error, "out of memory");
+    }
+    return text;
+}
+
+static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct job *j)
+{
+    const struct cofi_config *cfg = l->cfg;
+    struct job_outcome o;
+    memset(&o, 0, sizeof o);
+    o.retry_after_ms = -1;
+    j->attempts++;
+    engine__inflight(l->e, j->stage, 1);
+    atomic_fetch_add(&l->in_flight, 1);
+    char *body = llm_body(j, &o);
+    if (body != NULL) {
+        char url[1200];
+        char rid[200];
+        snprintf(url, sizeof url, "%s/%s", cfg->llm_url, stage_name(j->stage));
+        engine__request_id(l->e, rid, sizeof rid);
+        curl_easy_reset(easy);
+        if (exchange_prepare(easy, x, url, j, rid, body, cfg->nlp_api_key, cfg->llm.timeout_ms) != 0) {
+            o.kind = OUTCOME_RETRY;
+            snprintf(o.error, sizeof o.error, "out of memory");
+        } else {
+            curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
+            curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+            curl_easy_setopt(easy, CURLOPT_XFERINFODATA, l);
+            CURLcode rc = curl_easy_perform(easy);
+            exchange_outcome(easy, rc, x, &o);
+        }
+        exchange_reset(x);
+    }
+    atomic_fetch_sub(&l->in_flight, 1);
+    engine__inflight(l->e, j->stage, -1);
+    engine__job_done(l->e, j, &o);
+}
+
+static void *worker_main(void *arg)
+{
+    struct llm_lane *l = arg;
+    CURL *easy = curl_easy_init();
+    struct exchange x;
+    memset(&x, 0, sizeof x);
+    buf_init(&x.reply, WORKER_REPLY_LIMIT);
+    for (;;) {
+        while (sem_wait(&l->jobs) != 0) {
+        }
+        pthread_mutex_lock(&l->mu);
+        struct job *j = jobq_pop(&l->q);
+        bool stop = l->stop;
+        pthread_mutex_unlock(&l->mu);
+        if (j == NULL) {
+            if (stop) {
+                break;
+            }
+            continue;
+        }
+        if (easy == NULL) {
+            easy = curl_easy_init();
+        }
+        if (easy == NULL) {
+            struct job_outcome o = {.kind = OUTCOME_RETRY, .retry_after_ms = -1};
+            snprintf(o.error, sizeof o.error, "out of memory");
+            engine__job_done(l->e, j, &o);
+            continue;
+        }
+        run_one(l, easy, &x, j);
+    }
+    exchange_reset(&x);
+    buf_free(&x.reply);
+    curl_easy_cleanup(easy);
+    return NULL;
+}
+
+int llm_lane_start(struct llm_lane **out, struct engine *e, struct cofi_err *err)
+{
+    const struct cofi_config *cfg = engine__cfg(e);
+    struct llm_lane *l = calloc(1, sizeof *l);
+    if (l == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    l->e = e;
+    l->cfg = cfg;
+    l->n = cfg->llm_concurrency;
+    l->threads = calloc((size_t)l->n, sizeof *l->threads);
+    pthread_mutex_init(&l->mu, NULL);
+    sem_init(&l->jobs, 0, 0);
+    if (l->threads == NULL) {
+        llm_lane_free(l);
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, LLM_STACK_BYTES);
+    for (int i = 0; i < l->n; i++) {
+        if (pthread_create(&l->threads[i], &attr, worker_main, l) != 0) {
+            pthread_attr_destroy(&attr);
+            llm_lane_stop(l, clock_mono_ms());
+            llm_lane_free(l);
+            return cofi_err_set(err, COFI_E_INTERNAL, "cannot start NLP thread %d of %d", i + 1,
+                                cfg->llm_concurrency);
+        }
+        l->started++;
+    }
+    pthread_attr_destroy(&attr);
+    *out = l;
+    return 0;
+}
+
+void llm_lane_stop(struct llm_lane *l, int64_t deadline_mono)
+{
+    if (l == NULL || l->started == 0) {
+        return;
+    }
+    struct jobq rest;
+    pthread_mutex_lock(&l->mu);
+    l->stop = true;
+    l->closed = true;
+    rest = l->q;
+    memset(&l->q, 0, sizeof l->q);
+    pthread_mutex_unlock(&l->mu);
+    struct job *j;
+    while ((j = jobq_pop(&rest)) != NULL) {
+        engine__release(l->e, j);
+    }
+    while (atomic_load(&l->in_flight) > 0 && clock_mono_ms() < deadline_mono) {
+        clock_sleep_ms(10);
+    }
+    if (atomic_load(&l->in_flight) > 0) {
+        log_warn("NLP lane: %d requests still in flight at the deadline, abandoning them",
+                 atomic_load(&l->in_flight));
+        atomic_store(&l->abort, true);
+    }
+    for (int i = 0; i < l->started; i++) {
+        sem_post(&l->jobs);
+    }
+    for (int i = 0; i < l->started; i++) {
+        pthread_join(l->threads[i], NULL);
+    }
+    l->started = 0;
+}
+
+void llm_lane_free(struct llm_lane *l)
+{
+    if (l == NULL) {
+        return;
+    }
+    struct job *j;
+    while ((j = jobq_pop(&l->q)) != NULL) {
+        job_free(j);
+    }
+    sem_destroy(&l->jobs);
+    pthread_mutex_destroy(&l->mu);
+    free(l->threads);
+    free(l);
+}
+
+int llm_lane_in_flight(struct llm_lane *l)
+{
+    return atomic_load(&l->in_flight);
+}

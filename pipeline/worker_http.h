@@ -1,0 +1,39 @@
+/* One HTTP exchange with a worker (mediator or NLP API): headers, capped reply, outcome. */
+#ifndef COFI_WORKER_HTTP_H
+#define COFI_WORKER_HTTP_H
+
+#include <curl/curl.h>
+#include <stdbool.h>
+
+#include "common/buf.h"
+#include "pipeline/engine_internal.h"
+
+/* The largest worker reply cofi accepts. */
+#define WORKER_REPLY_LIMIT (16u << 20)
+
+/* State of one exchange; lives as long as the transfer. */
+struct exchange {
+    struct buf reply;          /* the body received, capped at WORKER_REPLY_LIMIT */
+    char retry_after[64];      /* the Retry-After header's value, or "" */
+    char errbuf[CURL_ERROR_SIZE];
+    struct curl_slist *headers; /* owned */
+    char *body;                 /* owned request body, or NULL */
+    int64_t start_us;
+};
+
+/* Resets x for a new exchange (frees what it held). Can't fail. */
+void exchange_reset(struct exchange *x);
+
+/* Prepares easy for a POST to url of the given stage of call j (headers of CONTRACTS §3,
+ * plus Authorization when bearer is not NULL). With json_body not NULL the body is sent
+ * as JSON (x takes ownership of it); otherwise the caller attaches a mime body. Returns 0
+ * or -1 (out of memory). */
+int exchange_prepare(CURL *easy, struct exchange *x, const char *url, const struct job *j,
+                     const char *request_id, char *json_body, const char *bearer,
+                     int timeout_ms);
+
+/* Turns a finished transfer into an outcome: classification (CONTRACTS §5), the parsed
+ * result (a new reference in o->result on success), Retry-After. Can't fail. */
+void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_outcome *o);
+
+#endif

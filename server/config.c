@@ -1,0 +1,521 @@
+/* Loads and validates the configuration file and its environment overrides (CONTRACTS §6). */
+#include "server/config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/log.h"
+
+void config_defaults(struct cofi_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->listen_port = 8080;
+    cfg->max_body_bytes = 67108864;
+    cfg->mediator = (struct cofi_worker_cfg){
+        .timeout_ms = 600000, .max_attempts = 5, .backoff_base_ms = 200, .backoff_max_ms = 30000};
+    cfg->health_interval_ms = 1000;
+    cfg->llm_concurrency = 100;
+    cfg->llm = (struct cofi_worker_cfg){
+        .timeout_ms = 120000, .max_attempts = 5, .backoff_base_ms = 200, .backoff_max_ms = 30000};
+    cfg->http_threads = 4;
+    cfg->db_pool_size = 8;
+    cfg->shutdown_grace_ms = 30000;
+    cfg->lease_ms = 15000;
+}
+
+void config_free(struct cofi_config *cfg)
+{
+    if (cfg == NULL) {
+        return;
+    }
+    free(cfg->listen_host);
+    free(cfg->database_url);
+    free(cfg->input_root);
+    for (size_t i = 0; i < cfg->node_count; i++) {
+        free(cfg->nodes[i].id);
+        free(cfg->nodes[i].url);
+    }
+    free(cfg->nodes);
+    free(cfg->llm_url);
+    free(cfg->nlp_api_key);
+    for (size_t i = 0; i < cfg->token_count; i++) {
+        free(cfg->tokens[i].env);
+        if (cfg->tokens[i].token != NULL) {
+            memset(cfg->tokens[i].token, 0, strlen(cfg->tokens[i].token));
+        }
+        free(cfg->tokens[i].token);
+    }
+    free(cfg->tokens);
+    free(cfg->log_level);
+    config_defaults(cfg);
+}
+
+/* Fails unless every key of obj is in the NULL-terminated list `known`. */
+static int check_keys(json_t *obj, const char *where, const char *const *known,
+                      struct cofi_err *err)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach(obj, key, val)
+    {
+        bool ok = false;
+        for (size_t i = 0; known[i] != NULL; i++) {
+            if (strcmp(key, known[i]) == 0) {
+                ok = true;
+                break;
+            }
+        }
+        if (!ok) {
+            return cofi_err_set(err, COFI_E_INVALID, "unknown configuration key \"%s%s\"", where,
+                                key);
+        }
+    }
+    return 0;
+}
+
+/* Reads an optional integer key into *out, within [lo, hi]. */
+static int get_int(json_t *obj, const char *where, const char *key, long long lo, long long hi,
+                   long long *out, struct cofi_err *err)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return 0;
+    }
+    if (!json_is_integer(v)) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"%s%s\" must be an integer",
+                            where, key);
+    }
+    long long n = json_integer_value(v);
+    if (n < lo || n > hi) {
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"%s%s\" is %lld, must be between %lld and %lld",
+                            where, key, n, lo, hi);
+    }
+    *out = n;
+    return 0;
+}
+
+static int get_int32(json_t *obj, const char *where, const char *key, int lo, int hi, int *out,
+                     struct cofi_err *err)
+{
+    long long v = *out;
+    int rc = get_int(obj, where, key, lo, hi, &v, err);
+    if (rc == 0) {
+        *out = (int)v;
+    }
+    return rc;
+}
+
+/* Reads an optional string key into *out (a new string replacing the old one). */
+static int get_str(json_t *obj, const char *where, const char *key, char **out,
+                   struct cofi_err *err)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return 0;
+    }
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"%s%s\" must be a non-empty string", where, key);
+    }
+    char *copy = strdup(json_string_value(v));
+    if (copy == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    free(*out);
+    *out = copy;
+    return 0;
+}
+
+static bool is_http_url(const char *u)
+{
+    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
+}
+
+/* Drops trailing slashes from a URL in place. */
+static void trim_slashes(char *u)
+{
+    size_t n = strlen(u);
+    while (n > 0 && u[n - 1] == '/') {
+        u[--n] = '\0';
+    }
+}
+
+/* Parses "host:port" or "[v6]:port" into the config. */
+static int parse_listen(const char *s, const char *what, struct cofi_config *cfg,
+                        struct cofi_err *err)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || colon == s || colon[1] == '\0') {
+        return cofi_err_set(err, COFI_E_INVALID, "%s \"%s\" must be host:port", what, s);
+    }
+    char *end = NULL;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (errno != 0 || *end != '\0' || port < 1 || port > 65535) {
+        return cofi_err_set(err, COFI_E_INVALID, "%s \"%s\" has an invalid port", what, s);
+    }
+    const char *host = s;
+    size_t hlen = (size_t)(colon - s);
+    if (host[0] == '[' && hlen >= 2 && host[hlen - 1] == ']') {
+        host++;
+        hlen -= 2;
+    }
+    char *h = strndup(host, hlen);
+    if (h == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    free(cfg->listen_host);
+    cfg->listen_host = h;
+    cfg->listen_port = (int)port;
+    return 0;
+}
+
+static int parse_worker(json_t *obj, const char *where, struct cofi_worker_cfg *w,
+                        struct cofi_err *err)
+{
+    int rc = get_int32(obj, where, "timeout_ms", 1, 86400000, &w->timeout_ms, err);
+    if (rc == 0) {
+        rc = get_int32(obj, where, "max_attempts", 1, 1000, &w->max_attempts, err);
+    }
+    if (rc == 0) {
+        rc = get_int32(obj, where, "backoff_base_ms", 1, 3600000, &w->backoff_base_ms, err);
+    }
+    if (rc == 0) {
+        rc = get_int32(obj, where, "backoff_max_ms", 1, 3600000, &w->backoff_max_ms, err);
+    }
+    if (rc == 0 && w->backoff_max_ms < w->backoff_base_ms) {
+        rc = cofi_err_set(err, COFI_E_INVALID,
+                          "configuration key \"%sbackoff_max_ms\" is below backoff_base_ms", where);
+    }
+    return rc;
+}
+
+static int parse_nodes(json_t *arr, struct cofi_config *cfg, struct cofi_err *err)
+{
+    if (!json_is_array(arr) || json_array_size(arr) == 0) {
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"nodes\" must be a non-empty array");
+    }
+    static const char *const known[] = {"id", "url", "capacity", NULL};
+    size_t n = json_array_size(arr);
+    cfg->nodes = calloc(n, sizeof *cfg->nodes);
+    if (cfg->nodes == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(arr, i);
+        char where[48];
+        snprintf(where, sizeof where, "nodes[%zu].", i);
+        if (!json_is_object(o)) {
+            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"nodes[%zu]\" must be an object", i);
+        }
+        struct cofi_node_cfg *nd = &cfg->nodes[i];
+        cfg->node_count = i + 1;
+        nd->capacity = 8;
+        int rc = check_keys(o, where, known, err);
+        if (rc == 0) {
+            rc = get_str(o, where, "id", &nd->id, err);
+        }
+        if (rc == 0) {
+            rc = get_str(o, where, "url", &nd->url, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(o, where, "capacity", 1, 10000, &nd->capacity, err);
+        }
+        if (rc != 0) {
+            return rc;
+        }
+        if (nd->id == NULL || nd->url == NULL) {
+            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"%s\" needs \"id\" and \"url\"", where);
+        }
+        if (!is_http_url(nd->url)) {
+            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"%surl\" must be an http(s) URL", where);
+        }
+        trim_slashes(nd->url);
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(cfg->nodes[j].id, nd->id) == 0) {
+                return cofi_err_set(err, COFI_E_INVALID, "configuration key \"%sid\": node id \"%s\" is used twice", where, nd->id);
+            }
+        }
+    }
+    return 0;
+}
+
+static int parse_auth(json_t *auth, struct cofi_config *cfg, struct cofi_err *err)
+{
+    static const char *const known[] = {"tokens", NULL};
+    static const char *const tknown[] = {"token_env", "scope", NULL};
+    if (!json_is_object(auth)) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"auth\" must be an object");
+    }
+    int rc = check_keys(auth, "auth.", known, err);
+    if (rc != 0) {
+        return rc;
+    }
+    json_t *arr = json_object_get(auth, "tokens");
+    if (!json_is_array(arr) || json_array_size(arr) == 0) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"auth.tokens\" must be a non-empty array");
+    }
+    size_t n = json_array_size(arr);
+    cfg->tokens = calloc(n, sizeof *cfg->tokens);
+    if (cfg->tokens == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(arr, i);
+        char where[48];
+        snprintf(where, sizeof where, "auth.tokens[%zu].", i);
+        if (!json_is_object(o)) {
+            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"auth.tokens[%zu]\" must be an object", i);
+        }
+        struct cofi_token_cfg *t = &cfg->tokens[i];
+        cfg->token_count = i + 1;
+        char *scope = NULL;
+        rc = check_keys(o, where, tknown, err);
+        if (rc == 0) {
+            rc = get_str(o, where, "token_env", &t->env, err);
+        }
+        if (rc == 0) {
+            rc = get_str(o, where, "scope", &scope, err);
+        }
+        if (rc == 0 && (t->env == NULL || scope == NULL)) {
+            rc = cofi_err_set(err, COFI_E_INVALID, "configuration key \"%s\" needs \"token_env\" and \"scope\"", where);
+        }
+        if (rc == 0 && strcmp(scope, "write") != 0 && strcmp(scope, "read") != 0) {
+            rc = cofi_err_set(err, COFI_E_INVALID, "configuration key \"%sscope\" must be \"read\" or \"write\"", where);
+        }
+        if (rc == 0) {
+            t->write = strcmp(scope, "write") == 0;
+            const char *val = getenv(t->env);
+            if (val == NULL || val[0] == '\0') {
+                rc = cofi_err_set(err, COFI_E_INVALID,
+                                  "configuration key \"%stoken_env\": environment variable %s is not set",
+                                  where, t->env);
+            } else {
+                t->token = strdup(val);
+                if (t->token == NULL) {
+                    rc = cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+                }
+            }
+        }
+        free(scope);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *err)
+{
+    static const char *const known[] = {"listen",       "database_url",   "input_root",
+                                        "max_body_bytes", "nodes",        "mediator",
+                                        "llm",          "auth",           "log_level",
+                                        "http_threads", "db_pool_size",   "shutdown_grace_ms",
+                                        "lease_ms",     NULL};
+    static const char *const med_known[] = {"timeout_ms",      "max_attempts",
+                                            "backoff_base_ms", "backoff_max_ms",
+                                            "health_interval_ms", NULL};
+    static const char *const llm_known[] = {"url", "concurrency", "timeout_ms", "max_attempts",
+                                            "backoff_base_ms", "backoff_max_ms", NULL};
+    if (!json_is_object(root)) {
+        return cofi_err_set(err, COFI_E_INVALID, "the configuration must be a JSON object");
+    }
+    int rc = check_keys(root, "", known, err);
+    if (rc != 0) {
+        return rc;
+    }
+    char *listen = NULL;
+    rc = get_str(root, "", "listen", &listen, err);
+    if (rc == 0 && listen != NULL) {
+        rc = parse_listen(listen, "configuration key \"listen\"", cfg, err);
+    }
+    free(listen);
+    if (rc == 0) {
+        rc = get_str(root, "", "database_url", &cfg->database_url, err);
+    }
+    if (rc == 0) {
+        rc = get_str(root, "", "input_root", &cfg->input_root, err);
+    }
+    long long body = (long long)cfg->max_body_bytes;
+    if (rc == 0) {
+        rc = get_int(root, "", "max_body_bytes", 1024, 1LL << 34, &body, err);
+    }
+    cfg->max_body_bytes = (size_t)body;
+    if (rc == 0 && json_object_get(root, "nodes") != NULL) {
+        rc = parse_nodes(json_object_get(root, "nodes"), cfg, err);
+    }
+    json_t *med = json_object_get(root, "mediator");
+    if (rc == 0 && med != NULL) {
+        if (!json_is_object(med)) {
+            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"mediator\" must be an object");
+        }
+        rc = check_keys(med, "mediator.", med_known, err);
+        if (rc == 0) {
+            rc = parse_worker(med, "mediator.", &cfg->mediator, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(med, "mediator.", "health_interval_ms", 10, 3600000,
+                           &cfg->health_interval_ms, err);
+        }
+    }
+    json_t *llm = json_object_get(root, "llm");
+    if (rc == 0 && llm != NULL) {
+        if (!json_is_object(llm)) {
+            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"llm\" must be an object");
+        }
+        rc = check_keys(llm, "llm.", llm_known, err);
+        if (rc == 0) {
+            rc = get_str(llm, "llm.", "url", &cfg->llm_url, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(llm, "llm.", "concurrency", 1, 10000, &cfg->llm_concurrency, err);
+        }
+        if (rc == 0) {
+            rc = parse_worker(llm, "llm.", &cfg->llm, err);
+        }
+    }
+    json_t *auth = json_object_get(root, "auth");
+    if (rc == 0 && auth != NULL && !json_is_null(auth)) {
+        rc = parse_auth(auth, cfg, err);
+    }
+    if (rc == 0) {
+        rc = get_str(root, "", "log_level", &cfg->log_level, err);
+    }
+    if (rc == 0) {
+        rc = get_int32(root, "", "http_threads", 1, 256, &cfg->http_threads, err);
+    }
+    if (rc == 0) {
+        rc = get_int32(root, "", "db_pool_size", 1, 256, &cfg->db_pool_size, err);
+    }
+    if (rc == 0) {
+        rc = get_int32(root, "", "shutdown_grace_ms", 0, 3600000, &cfg->shutdown_grace_ms, err);
+    }
+    if (rc == 0) {
+        rc = get_int32(root, "", "lease_ms", 1000, 3600000, &cfg->lease_ms, err);
+    }
+    return rc;
+}
+
+/* Applies the environment overrides and checks what must hold whatever the source. */
+static int finish(struct cofi_config *cfg, struct cofi_err *err)
+{
+    const char *env = getenv("COFI_DATABASE_URL");
+    if (env != NULL && env[0] != '\0') {
+        free(cfg->database_url);
+        cfg->database_url = strdup(env);
+        if (cfg->database_url == NULL) {
+            return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+        }
+    }
+    env = getenv("COFI_LISTEN");
+    if (env != NULL && env[0] != '\0') {
+        int rc = parse_listen(env, "COFI_LISTEN", cfg, err);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    env = getenv("COFI_NLP_API_KEY");
+    if (env != NULL && env[0] != '\0') {
+        cfg->nlp_api_key = strdup(env);
+        if (cfg->nlp_api_key == NULL) {
+            return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+        }
+    }
+    if (cfg->listen_host == NULL) {
+        cfg->listen_host = strdup("127.0.0.1");
+    }
+    if (cfg->database_url == NULL) {
+        cfg->database_url = strdup("postgresql:///cofi?host=/tmp");
+    }
+    if (cfg->log_level == NULL) {
+        cfg->log_level = strdup("info");
+    }
+    if (cfg->listen_host == NULL || cfg->database_url == NULL || cfg->log_level == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    enum log_level lvl;
+    if (log_parse_level(cfg->log_level, &lvl) != 0) {
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"log_level\" must be debug, info, warn or error");
+    }
+    if (cfg->input_root == NULL) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"input_root\" is required");
+    }
+    char real[PATH_MAX];
+    struct stat st;
+    if (realpath(cfg->input_root, real) == NULL || stat(real, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"input_root\": \"%s\" is not an existing directory",
+                            cfg->input_root);
+    }
+    free(cfg->input_root);
+    cfg->input_root = strdup(real);
+    if (cfg->input_root == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    if (cfg->node_count == 0) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"nodes\" is required");
+    }
+    if (cfg->llm_url == NULL) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"llm.url\" is required");
+    }
+    if (!is_http_url(cfg->llm_url)) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"llm.url\" must be an http(s) URL");
+    }
+    trim_slashes(cfg->llm_url);
+    return 0;
+}
+
+int config_parse(const char *text, struct cofi_config *cfg, struct cofi_err *err)
+{
+    config_defaults(cfg);
+    json_error_t jerr;
+    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration is not valid JSON: %s (line %d)",
+                            jerr.text, jerr.line);
+    }
+    int rc = parse_root(root, cfg, err);
+    json_decref(root);
+    if (rc == 0) {
+        rc = finish(cfg, err);
+    }
+    if (rc != 0) {
+        config_free(cfg);
+    }
+    return rc;
+}
+
+int config_load(const char *path, struct cofi_config *cfg, struct cofi_err *err)
+{
+    config_defaults(cfg);
+    if (path == NULL) {
+        int rc = finish(cfg, err);
+        if (rc != 0) {
+            config_free(cfg);
+        }
+        return rc;
+    }
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        return cofi_err_set(err, COFI_E_INVALID, "cannot read configuration %s: %s (line %d)", path,
+                            jerr.text, jerr.line);
+    }
+    int rc = parse_root(root, cfg, err);
+    json_decref(root);
+    if (rc == 0) {
+        rc = finish(cfg, err);
+    }
+    if (rc != 0) {
+        config_free(cfg);
+    }
+    return rc;
+}

@@ -1,0 +1,460 @@
+/* The HTTP server of cofid: libmicrohttpd, capped request bodies, routing, auth, replies. */
+#include "server/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "handlers/handlers.h"
+#include "server/auth.h"
+#include "server/problem.h"
+#include "server/router.h"
+
+#define HTTP_CONNECTION_LIMIT  4096u
+#define HTTP_IDLE_TIMEOUT_S    60u
+#define HTTP_CONNECTION_MEMORY (64u * 1024u)
+#define HTTP_BACKLOG           4096
+
+struct http_server {
+    struct MHD_Daemon *daemon;
+    struct cofi_app *app;
+    MHD_socket listen_fd;
+    int port;
+    atomic_int active; /* requests between their headers and their completion */
+};
+
+/* One request, from its headers to its completion (MHD's per-request context). */
+struct request {
+    struct route_match match;
+    enum route_result result;
+    struct buf body;
+    struct cofi_err refusal; /* why the request is refused, when `refused` */
+    bool refused;            /* refused from its headers alone */
+    bool answered;           /* an answer was queued before the body was read */
+    bool too_large;          /* the body passed the limit: drop the rest and answer 413 */
+    size_t dropped;          /* bytes dropped after the limit */
+    int64_t start_us;
+};
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) {
+        line[--n] = '\0';
+    }
+    log_warn("http: %s", line);
+}
+
+static enum MHD_Result queue(struct MHD_Connection *conn, int status, struct MHD_Response *resp)
+{
+    if (resp == NULL) {
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned int)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* Answers with the problem for err; ext (stolen) adds members; allow adds an Allow header. */
+static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct cofi_err *err,
+                                      json_t *ext, const char *allow)
+{
+    int status = problem_http_status(err->code);
+    json_t *p = problem_new(err, ext);
+    char *text = p != NULL ? json_dumps(p, JSON_COMPACT) : NULL;
+    json_decref(p);
+    struct MHD_Response *resp;
+    if (text != NULL) {
+        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+        if (resp == NULL) {
+            free(text);
+        }
+    } else {
+        static const char oom[] = "{\"type\":\"https://cofi.dev/problems/internal\","
+                                  "\"title\":\"Internal Server Error\",\"status\":500}";
+        status = 500;
+        resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
+    }
+    if (resp == NULL) {
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, PROBLEM_CONTENT_TYPE);
+    if (status == 401) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    }
+    if (allow != NULL) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    return queue(conn, status, resp);
+}
+
+static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_reply *rep)
+{
+    struct MHD_Response *resp;
+    if (rep->raw != NULL) {
+        resp =
+            MHD_create_response_from_buffer(rep->raw_len, (void *)rep->raw, MHD_RESPMEM_PERSISTENT);
+    } else {
+        char *text =
+            json_dumps(rep->body != NULL ? rep->body : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+        if (text == NULL) {
+            struct cofi_err err;
+            cofi_err_set(&err, COFI_E_NOMEM, "out of memory while encoding a reply");
+            return answer_problem(conn, &err, NULL, NULL);
+        }
+        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+        if (resp == NULL) {
+            free(text);
+        }
+    }
+    if (resp == NULL) {
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
+    if (rep->location[0] != '\0') {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, rep->location);
+    }
+    return queue(conn, rep->status != 0 ? rep->status : 200, resp);
+}
+
+static const char *query_value(const struct http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->query_ctx, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static const char *header(struct MHD_Connection *conn, const char *name)
+{
+    return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+}
+
+/* The Allow header of a refusal: only for 405. */
+static const char *refusal_allow(const struct request *rq)
+{
+    return rq->refusal.code == COFI_E_METHOD ? rq->match.allow : NULL;
+}
+
+/* True when the request announces a body (Content-Length > 0 or a Transfer-Encoding). */
+static bool has_body(struct MHD_Connection *conn)
+{
+    const char *cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    return header(conn, MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL ||
+           (cl != NULL && strtoull(cl, NULL, 10) > 0);
+}
+
+/* The first call, with the headers: route, authenticate and check the announced length, so
+ * that a request that will be refused is refused before its body is read. A refused request
+ * with a body is answered at once (MHD then closes the connection, unread body and all); one
+ * without is answered at its completion, which keeps the connection alive. */
+static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection *conn,
+                                  struct request *rq, const char *url, const char *method)
+{
+    const struct cofi_config *cfg = srv->app->cfg;
+    struct cofi_err *err = &rq->refusal;
+
+    rq->result = router_match(method, url, &rq->match);
+    bool public_route = rq->result != ROUTE_NOT_FOUND && rq->match.public_path;
+    bool needs_write = rq->result == ROUTE_FOUND && strcmp(rq->match.route->method, "POST") == 0;
+    int rc = auth_check(cfg, header(conn, MHD_HTTP_HEADER_AUTHORIZATION), public_route, needs_write,
+                        err);
+    if (rc == 0 && rq->result == ROUTE_NOT_FOUND) {
+        rc = cofi_err_set(err, COFI_E_NOT_FOUND, "no such resource");
+    } else if (rc == 0 && rq->result == ROUTE_NO_METHOD) {
+        rc = cofi_err_set(err, COFI_E_METHOD, "%s is not allowed here; allowed: %s", method,
+                          rq->match.allow);
+    }
+    if (rc == 0) {
+        const char *cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl != NULL) {
+            errno = 0;
+            unsigned long long n = strtoull(cl, NULL, 10);
+            if (errno == ERANGE || n > cfg->max_body_bytes) {
+                rc = cofi_err_set(err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
+                                  cfg->max_body_bytes);
+            }
+        }
+    }
+    if (rc == 0) {
+        return MHD_YES;
+    }
+    rq->refused = true;
+    if (!has_body(conn)) {
+        return MHD_YES;
+    }
+    rq->answered = true;
+    return answer_problem(conn, err, NULL, refusal_allow(rq));
+}
+
+/* The last call, with the whole body: run the handler and answer. */
+static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connection *conn,
+                                   struct request *rq, const char *url, const char *method)
+{
+    if (rq->refused) {
+        return answer_problem(conn, &rq->refusal, NULL, refusal_allow(rq));
+    }
+    struct cofi_err err;
+    cofi_err_clear(&err);
+    if (rq->too_large) {
+        cofi_err_set(&err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
+                     srv->app->cfg->max_body_bytes);
+        return answer_problem(conn, &err, NULL, NULL);
+    }
+    struct http_req req = {
+        .method = strcmp(method, "HEAD") == 0 ? "GET" : method,
+        .path = url,
+        .param_count = rq->match.param_count,
+        .body = rq->body.len > 0 ? rq->body.data : NULL,
+        .body_len = rq->body.len,
+        .content_type = header(conn, MHD_HTTP_HEADER_CONTENT_TYPE),
+        .idempotency_key = header(conn, "Idempotency-Key"),
+        .query = query_value,
+        .query_ctx = conn,
+    };
+    for (size_t i = 0; i < rq->match.param_count; i++) {
+        req.params[i] = rq->match.params[i];
+    }
+    struct http_reply rep = HTTP_REPLY_INIT;
+    int rc = rq->match.route->handler(srv->app, &req, &rep, &err);
+    enum MHD_Result ret;
+    if (rc != 0) {
+        if (err.code == COFI_OK) {
+            cofi_err_set(&err, COFI_E_INTERNAL, "handler of %s %s failed without a reason", method,
+                         url);
+        }
+        json_t *ext = rep.problem_ext;
+        rep.problem_ext = NULL;
+        ret = answer_problem(conn, &err, ext, NULL);
+    } else {
+        ret = answer_reply(conn, &rep);
+    }
+    http_reply_free(&rep);
+    return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    struct http_server *srv = cls;
+    struct request *rq = *con_cls;
+    if (rq == NULL) {
+        rq = calloc(1, sizeof *rq);
+        if (rq == NULL) {
+            return MHD_NO;
+        }
+        buf_init(&rq->body, srv->app->cfg->max_body_bytes);
+        rq->start_us = clock_mono_us();
+        *con_cls = rq;
+        atomic_fetch_add(&srv->active, 1);
+        return on_headers(srv, conn, rq, url, method);
+    }
+    if (rq->answered) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (rq->too_large) {
+            /* A body without Content-Length passed the limit: MHD can only answer once it
+             * has read the request, so drop the rest, but hang up on a client that keeps
+             * sending far past the limit. */
+            rq->dropped += n;
+            return rq->dropped > srv->app->cfg->max_body_bytes ? MHD_NO : MHD_YES;
+        }
+        int rc = buf_append(&rq->body, upload_data, n);
+        if (rc == -1) {
+            rq->too_large = true;
+            buf_free(&rq->body);
+        } else if (rc != 0) {
+            log_error("out of memory reading a request body of %zu bytes", rq->body.len + n);
+            return MHD_NO;
+        }
+        return MHD_YES;
+    }
+    return on_complete(srv, conn, rq, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    struct http_server *srv = cls;
+    struct request *rq = *con_cls;
+    if (rq == NULL) {
+        return;
+    }
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        log_debug("request ended early (%d) after %" PRId64 " us", (int)toe,
+                  clock_mono_us() - rq->start_us);
+    }
+    buf_free(&rq->body);
+    free(rq);
+    *con_cls = NULL;
+    atomic_fetch_sub(&srv->active, 1);
+}
+
+/* strerror is not thread-safe: the XSI strerror_r is. */
+static void errno_text(int e, char *out, size_t outlen)
+{
+    if (strerror_r(e, out, outlen) != 0) {
+        snprintf(out, outlen, "error %d", e);
+    }
+}
+
+/* Creates, binds and listens on a socket for host:port. Returns the socket or -1 with err
+ * filled; *family and *port tell what was bound. */
+static int open_listener(const char *host, int port, int *family, int *bound_port,
+                         struct cofi_err *err)
+{
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    struct addrinfo *res = NULL;
+    int gai = getaddrinfo(host, service, &hints, &res);
+    if (gai != 0) {
+        cofi_err_set(err, COFI_E_INTERNAL, "can't resolve listen host %s: %s", host,
+                     gai_strerror(gai));
+        return -1;
+    }
+    /* Prefer IPv4 ("localhost" may list ::1 first). */
+    struct addrinfo *ai = res;
+    for (struct addrinfo *p = res; p != NULL; p = p->ai_next) {
+        if (p->ai_family == AF_INET) {
+            ai = p;
+            break;
+        }
+    }
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        char reason[128];
+        errno_text(errno, reason, sizeof reason);
+        cofi_err_set(err, COFI_E_INTERNAL, "socket: %s", reason);
+        freeaddrinfo(res);
+        return -1;
+    }
+    int one = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, HTTP_BACKLOG) != 0) {
+        char reason[128];
+        errno_text(errno, reason, sizeof reason);
+        cofi_err_set(err, COFI_E_INTERNAL, "can't listen on %s:%d: %s", host, port, reason);
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    *family = ai->ai_family;
+    freeaddrinfo(res);
+
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    *bound_port = port;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            *bound_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            *bound_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+    }
+    return fd;
+}
+
+static struct MHD_Daemon *start_daemon(struct http_server *srv, unsigned int flags)
+{
+    unsigned int threads =
+        srv->app->cfg->http_threads > 0 ? (unsigned)srv->app->cfg->http_threads : 1u;
+    /* The logger comes first so that MHD's messages about the other options reach it. */
+    return MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_LISTEN_SOCKET, srv->listen_fd, MHD_OPTION_THREAD_POOL_SIZE, threads,
+        MHD_OPTION_CONNECTION_LIMIT, HTTP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
+        HTTP_IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+}
+
+int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *err)
+{
+    *out = NULL;
+    const struct cofi_config *cfg = app->cfg;
+    struct http_server *srv = calloc(1, sizeof *srv);
+    if (srv == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    srv->app = app;
+    atomic_init(&srv->active, 0);
+    int family = AF_INET;
+    int fd = open_listener(cfg->listen_host, cfg->listen_port, &family, &srv->port, err);
+    if (fd < 0) {
+        free(srv);
+        return err->code;
+    }
+    srv->listen_fd = fd;
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    if (family == AF_INET6) {
+        flags |= MHD_USE_IPv6;
+    }
+    srv->daemon = start_daemon(srv, flags | MHD_USE_EPOLL);
+    if (srv->daemon == NULL) {
+        log_warn("http: epoll is not available, using poll");
+        srv->daemon = start_daemon(srv, flags | MHD_USE_POLL);
+    }
+    if (srv->daemon == NULL) {
+        close(fd);
+        free(srv);
+        return cofi_err_set(err, COFI_E_INTERNAL, "can't start the HTTP server on %s:%d",
+                            cfg->listen_host, cfg->listen_port);
+    }
+    log_info("listening on %s%s%s:%d", family == AF_INET6 ? "[" : "", cfg->listen_host,
+             family == AF_INET6 ? "]" : "", srv->port);
+    *out = srv;
+    return 0;
+}
+
+int http_port(const struct http_server *srv)
+{
+    return srv->port;
+}
+
+void http_stop(struct http_server *srv)
+{
+    if (srv == NULL) {
+        return;
+    }
+    MHD_socket fd = MHD_quiesce_daemon(srv->daemon);
+    int64_t deadline = clock_mono_ms() + srv->app->cfg->shutdown_grace_ms;
+    while (atomic_load(&srv->active) > 0 && clock_mono_ms() < deadline) {
+        clock_sleep_ms(10);
+    }
+    int left = atomic_load(&srv->active);
+    if (left > 0) {
+        log_warn("http: stopping with %d requests still in progress", left);
+    }
+    MHD_stop_daemon(srv->daemon);
+    if (fd != MHD_INVALID_SOCKET) {
+        close(fd);
+    }
+    free(srv);
+}

@@ -1,0 +1,132 @@
+/* The route table and the path matcher. */
+#include "server/router.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Every route of the API (CONTRACTS §2), in one table. */
+static const struct route routes[] = {
+    {"POST", "/batches", handle_batches_create, false},
+    {"GET", "/batches", handle_batches_list, false},
+    {"GET", "/batches/{}", handle_batch_get, false},
+    {"POST", "/batches/{}/run", handle_batch_run, false},
+    {"POST", "/batches/{}/cancel", handle_batch_cancel, false},
+    {"GET", "/batches/{}/calls", handle_calls_list, false},
+    {"GET", "/batches/{}/calls/{}", handle_call_get, false},
+    {"GET", "/stages/{}/status", handle_stage_status, false},
+    {"GET", "/healthz", handle_healthz, true},
+    {"GET", "/readyz", handle_readyz, true},
+    {"GET", "/openapi.json", handle_openapi, true},
+};
+
+#define ROUTE_COUNT  (sizeof routes / sizeof routes[0])
+#define MAX_SEGMENTS 8
+
+/* Splits scratch ("/a/b") in place into segments. Returns their number, or -1 for an empty
+ * segment or too many. */
+static int split(char *scratch, char *seg[MAX_SEGMENTS])
+{
+    int n = 0;
+    char *p = scratch + 1;
+    for (;;) {
+        char *slash = strchr(p, '/');
+        if (slash != NULL) {
+            *slash = '\0';
+        }
+        if (*p == '\0' || n == MAX_SEGMENTS) {
+            return -1;
+        }
+        seg[n++] = p;
+        if (slash == NULL) {
+            return n;
+        }
+        p = slash + 1;
+    }
+}
+
+/* Matches the segments against a pattern; fills params on success. */
+static bool matches(const char *pattern, char *const seg[], int nseg, struct route_match *m)
+{
+    const char *p = pattern + 1;
+    size_t np = 0;
+    for (int i = 0; i < nseg; i++) {
+        const char *end = strchr(p, '/');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        if (len == 0) {
+            return false;
+        }
+        if (len == 2 && p[0] == '{' && p[1] == '}') {
+            if (np == HTTP_MAX_PARAMS) {
+                return false;
+            }
+            m->params[np++] = seg[i];
+        } else if (strlen(seg[i]) != len || strncmp(seg[i], p, len) != 0) {
+            return false;
+        }
+        if (end == NULL) {
+            if (i != nseg - 1) {
+                return false;
+            }
+            m->param_count = np;
+            return true;
+        }
+        p = end + 1;
+    }
+    return false;
+}
+
+static void add_allow(struct route_match *m, const char *method)
+{
+    size_t len = strlen(m->allow);
+    snprintf(m->allow + len, sizeof m->allow - len, "%s%s", len > 0 ? ", " : "", method);
+}
+
+enum route_result router_match(const char *method, const char *path, struct route_match *m)
+{
+    memset(m, 0, sizeof *m);
+    if (strcmp(method, "HEAD") == 0) {
+        method = "GET";
+    }
+    size_t len = strlen(path);
+    if (path[0] != '/' || len >= sizeof m->scratch) {
+        return ROUTE_NOT_FOUND;
+    }
+    memcpy(m->scratch, path, len + 1);
+    char *seg[MAX_SEGMENTS];
+    int nseg = split(m->scratch, seg);
+    if (nseg < 0) {
+        return ROUTE_NOT_FOUND;
+    }
+    bool path_known = false;
+    bool has_get = false;
+    bool has_post = false;
+    for (size_t i = 0; i < ROUTE_COUNT; i++) {
+        if (!matches(routes[i].pattern, seg, nseg, m)) {
+            continue;
+        }
+        path_known = true;
+        m->public_path = m->public_path || routes[i].public_route;
+        if (strcmp(routes[i].method, method) == 0) {
+            m->route = &routes[i];
+            return ROUTE_FOUND;
+        }
+        if (strcmp(routes[i].method, "GET") == 0) {
+            has_get = true;
+        } else {
+            has_post = true;
+        }
+    }
+    if (!path_known) {
+        m->param_count = 0;
+        return ROUTE_NOT_FOUND;
+    }
+    if (has_get) {
+        add_allow(m, "GET");
+        add_allow(m, "HEAD");
+    }
+    if (has_post) {
+        add_allow(m, "POST");
+    }
+    m->param_count = 0;
+    return ROUTE_NO_METHOD;
+}

@@ -1,0 +1,135 @@
+/* Configuration: defaults, every key, environment overrides, errors that name the key. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "server/config.h"
+
+static const char *const base = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"g1\", "
+                                "\"url\": \"http://127.0.0.1:1/\", \"capacity\": 3}],"
+                                " \"llm\": {\"url\": \"http://127.0.0.1:2\"}";
+
+static char *with(const char *extra)
+{
+    size_t n = strlen(base) + strlen(extra) + 4;
+    char *s = malloc(n);
+    snprintf(s, n, "%s%s}", base, extra);
+    return s;
+}
+
+static int parse(const char *extra, struct cofi_config *cfg, struct cofi_err *err)
+{
+    char *text = with(extra);
+    int rc = config_parse(text, cfg, err);
+    free(text);
+    return rc;
+}
+
+static void test_defaults_apply(void **state)
+{
+    (void)state;
+    unsetenv("COFI_LISTEN");
+    unsetenv("COFI_DATABASE_URL");
+    struct cofi_config cfg;
+    struct cofi_err err;
+    assert_int_equal(parse("", &cfg, &err), 0);
+    assert_string_equal(cfg.listen_host, "127.0.0.1");
+    assert_int_equal(cfg.listen_port, 8080);
+    assert_int_equal(cfg.llm_concurrency, 100);
+    assert_int_equal(cfg.mediator.max_attempts, 5);
+    assert_int_equal(cfg.max_body_bytes, 67108864);
+    assert_string_equal(cfg.nodes[0].url, "http://127.0.0.1:1");
+    assert_int_equal(cfg.nodes[0].capacity, 3);
+    assert_int_equal(cfg.token_count, 0);
+    config_free(&cfg);
+}
+
+static void test_unknown_key_is_named(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    assert_int_not_equal(parse(", \"bogus\": 1", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "bogus"));
+    assert_int_not_equal(parse(", \"mediator\": {\"timeout\": 5}", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "mediator.timeout"));
+}
+
+static void test_bad_values_are_named(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *zero = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": \"http://1\"}],"
+                       " \"llm\": {\"url\": \"http://x\", \"concurrency\": 0}}";
+    assert_int_not_equal(config_parse(zero, &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "llm.concurrency"));
+    assert_int_not_equal(parse(", \"listen\": \"nope\"", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "listen"));
+    assert_int_not_equal(parse(", \"input_root\": \"/definitely/not/here\"", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "input_root"));
+    assert_int_not_equal(config_parse("{not json", &cfg, &err), 0);
+}
+
+static void test_env_overrides(void **state)
+{
+    (void)state;
+    setenv("COFI_LISTEN", "[::1]:9999", 1);
+    setenv("COFI_DATABASE_URL", "postgresql://u:secret@h/db", 1);
+    struct cofi_config cfg;
+    struct cofi_err err;
+    assert_int_equal(parse(", \"listen\": \"0.0.0.0:1\"", &cfg, &err), 0);
+    assert_string_equal(cfg.listen_host, "::1");
+    assert_int_equal(cfg.listen_port, 9999);
+    assert_string_equal(cfg.database_url, "postgresql://u:secret@h/db");
+    config_free(&cfg);
+    unsetenv("COFI_LISTEN");
+    unsetenv("COFI_DATABASE_URL");
+}
+
+static void test_auth_tokens_from_env(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *auth = ", \"auth\": {\"tokens\": [{\"token_env\": \"T_OPS\", \"scope\": \"write\"}]}";
+    unsetenv("T_OPS");
+    assert_int_not_equal(parse(auth, &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "T_OPS"));
+    setenv("T_OPS", "s3cret", 1);
+    assert_int_equal(parse(auth, &cfg, &err), 0);
+    assert_int_equal(cfg.token_count, 1);
+    assert_true(cfg.tokens[0].write);
+    assert_string_equal(cfg.tokens[0].token, "s3cret");
+    config_free(&cfg);
+}
+
+static void test_duplicate_node_ids_rejected(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *text = "{\"input_root\": \"/tmp\", \"llm\": {\"url\": \"http://x\"}, \"nodes\": ["
+                       "{\"id\": \"a\", \"url\": \"http://1\"}, {\"id\": \"a\", \"url\": \"http://2\"}]}";
+    assert_int_not_equal(config_parse(text, &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "nodes[1].id"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_apply),
+        cmocka_unit_test(test_unknown_key_is_named),
+        cmocka_unit_test(test_bad_values_are_named),
+        cmocka_unit_test(test_env_overrides),
+        cmocka_unit_test(test_auth_tokens_from_env),
+        cmocka_unit_test(test_duplicate_node_ids_rejected),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
