@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "db/db.h"
 
@@ -14,7 +15,8 @@ int work_register(PGconn *c, const char *instance, const char *host, int pid, st
     int rc = db_command(c,
                         "INSERT INTO instances (id, hostname, pid) VALUES ($1, $2, $3::int) "
                         "ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname, "
-                        "pid = EXCLUDED.pid, started_at = now(), heartbeat_at = now()",
+                        "pid = EXCLUDED.pid, started_at = now(), heartbeat_at = now(), "
+                        "nlp_share = 0, in_flight = '{}'",
                         3, p, err);
     if (rc != 0) {
         return rc;
@@ -25,17 +27,25 @@ int work_register(PGconn *c, const char *instance, const char *host, int pid, st
                       1, p, err);
 }
 
-int work_heartbeat(PGconn *c, const char *instance, const char *host, int pid,
+int work_heartbeat(PGconn *c, const char *instance, const char *host, int pid, bool *recreated,
                    struct cofi_err *err)
 {
     char spid[16];
     snprintf(spid, sizeof spid, "%d", pid);
     const char *p[] = {instance, host, spid};
-    /* An upsert: a row another instance removed as expired comes back with this beat. */
-    return db_command(c,
-                      "INSERT INTO instances (id, hostname, pid) VALUES ($1, $2, $3::int) "
-                      "ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
-                      3, p, err);
+    /* An upsert: a row another instance removed as expired comes back with this beat, with
+     * no NLP share (xmax = 0 tells an inserted row from an updated one). */
+    PGresult *r = db_exec(c,
+                          "INSERT INTO instances (id, hostname, pid) VALUES ($1, $2, $3::int) "
+                          "ON CONFLICT (id) DO UPDATE SET heartbeat_at = now() "
+                          "RETURNING (xmax = 0)",
+                          3, p, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    *recreated = PQntuples(r) > 0 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    return 0;
 }
 
 int work_recover_expired(PGconn *c, int lease_ms, long *recovered, struct cofi_err *err)
@@ -162,4 +172,88 @@ PGresult *work_flush(PGconn *c, const char *instance, const char *calls_json,
         "    result = EXCLUDED.result) "
         "SELECT id, batch_id, status FROM u",
         3, p, err);
+}
+
+int work_publish_in_flight(PGconn *c, const char *instance, const char *json, struct cofi_err *err)
+{
+    const char *p[] = {instance, json};
+    return db_command(c, "UPDATE instances SET in_flight = $2::jsonb WHERE id = $1", 2, p, err);
+}
+
+int work_negotiate_share(PGconn *c, const char *instance, int total, int lease_ms, int in_flight,
+                         int *share, int *target, struct cofi_err *err)
+{
+    char ms[16];
+    snprintf(ms, sizeof ms, "%d", lease_ms);
+    const char *p[] = {instance, ms};
+    PGresult *r = db_exec(c,
+                          "SELECT count(*), count(*) FILTER (WHERE id < $1) FROM instances "
+                          "WHERE heartbeat_at >= now() - make_interval(secs => $2::int / 1000.0) "
+                          "   OR id = $1",
+                          2, p, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    int live = atoi(PQgetvalue(r, 0, 0));
+    int rank = atoi(PQgetvalue(r, 0, 1));
+    PQclear(r);
+    if (live < 1) {
+        live = 1;
+    }
+    int want = total / live + (rank < total % live ? 1 : 0);
+    *target = want;
+    char sv[16];
+    if (want < *share) {
+        /* Shrink only what is not in use; the rest follows as requests end. */
+        int next = in_flight > want ? in_flight : want;
+        if (next >= *share) {
+            return 0;
+        }
+        snprintf(sv, sizeof sv, "%d", next);
+        const char *q[] = {instance, sv};
+        int rc = db_command(c, "UPDATE instances SET nlp_share = $2::int WHERE id = $1", 2, q, err);
+        if (rc == 0) {
+            *share = next;
+        }
+        return rc;
+    }
+    if (want == *share) {
+        return 0;
+    }
+    int rc = db_command(c, "BEGIN", 0, NULL, err);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = db_command(c, "LOCK TABLE instances IN SHARE ROW EXCLUSIVE MODE", 0, NULL, err);
+    PGresult *o = NULL;
+    if (rc == 0) {
+        o = db_exec(c, "SELECT coalesce(sum(nlp_share), 0) FROM instances WHERE id <> $1", 1, p,
+                    err);
+        rc = o == NULL ? err->code : 0;
+    }
+    int next = *share;
+    if (rc == 0) {
+        int others = atoi(PQgetvalue(o, 0, 0));
+        next = total - others;
+        if (next > want) {
+            next = want;
+        }
+        if (next < *share) {
+            next = *share;
+        }
+        snprintf(sv, sizeof sv, "%d", next);
+        const char *q[] = {instance, sv};
+        rc = db_command(c, "UPDATE instances SET nlp_share = $2::int WHERE id = $1", 2, q, err);
+    }
+    PQclear(o);
+    if (rc == 0) {
+        rc = db_command(c, "COMMIT", 0, NULL, err);
+    }
+    if (rc != 0) {
+        struct cofi_err ignore;
+        db_command(c, "ROLLBACK", 0, NULL, &ignore);
+        return rc;
+    }
+    *share = next;
+    return 0;
 }

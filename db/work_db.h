@@ -3,6 +3,7 @@
 #define COFI_WORK_DB_H
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -12,10 +13,23 @@
  * held from an earlier life under the same id. Returns 0 or a negative status. */
 int work_register(PGconn *c, const char *instance, const char *host, int pid, struct cofi_err *err);
 
-/* Renews this instance's lease (re-creating its row if another instance had removed it as
- * expired). Returns 0 or a negative status. */
-int work_heartbeat(PGconn *c, const char *instance, const char *host, int pid,
+/* Renews this instance's lease, re-creating its row if another instance had removed it as
+ * expired (then *recreated is true and its NLP share is 0). Returns 0 or a negative status. */
+int work_heartbeat(PGconn *c, const char *instance, const char *host, int pid, bool *recreated,
                    struct cofi_err *err);
+
+/* Publishes this instance's requests in flight per stage (a JSON object by stage name).
+ * Returns 0 or a negative status. */
+int work_publish_in_flight(PGconn *c, const char *instance, const char *json, struct cofi_err *err);
+
+/* Negotiates this instance's share of the NLP API's concurrency `total`. The fair target is
+ * total / live instances (the remainder to the first by id). A share above the target is
+ * lowered only once in_flight fits in it; a share below it grows, under a table lock, by at
+ * most what the other instances leave free, so the shares never add up to more than total.
+ * *share holds the granted share on entry and gets the new one. Returns 0 or a negative
+ * status (then *share is unchanged). */
+int work_negotiate_share(PGconn *c, const char *instance, int total, int lease_ms, int in_flight,
+                         int *share, int *target, struct cofi_err *err);
 
 /* Returns to pending every call claimed by an instance whose heartbeat is older than
  * lease_ms, and forgets those instances. *recovered gets the number of calls. */

@@ -141,10 +141,14 @@ bool req_json_has_nul(const json_t *v);
 
 /* ---- handlers/batches.c, exposed for tests ---- */
 
-/* Checks one submitted file against input_root (canonical, no trailing slash unless it is
- * "/"): a relative path with no NUL, whose realpath exists, stays inside root, is a regular
- * file and is readable. Returns 0, or -1 with *reason a static sentence ("does not exist",
- * "leaves input_root", ...). Thread-safe (touches only the filesystem). */
-int batches_check_file(const char *root, const char *file, size_t file_len, const char **reason);
+/* Checks one submitted file against input_root `root` (canonical, no trailing slash unless
+ * it is "/"): a relative path with no NUL, that exists, stays inside root once every
+ * symbolic link is resolved, is a regular file and is readable (a file with no read bit at
+ * all counts as unreadable even for root). root_fd is an O_PATH descriptor of root for the
+ * fast check (one openat2 beneath it), or -1 to use realpath alone. Returns 0, or -1 with
+ * *reason a static phrase ("does not exist", "leaves input_root", "is not a regular file",
+ * "is not readable", ...). Thread-safe (reads only the filesystem). */
+int batches_check_file(const char *root, int root_fd, const char *file, size_t file_len,
+                       const char **reason);
 
 #endif

@@ -42,6 +42,7 @@ struct record {
     char *row_error; /* owned */
     int64_t row_started_ms, row_finished_ms;
     json_t *row_result; /* owned reference */
+    struct job *cont;   /* owned: submitted once this record is written (status running) */
 };
 
 struct engine {
@@ -374,11 +375,14 @@ void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
     r.file_name = pos.file_name;
     r.started_ms = pos.started_ms;
     free(pos.last_error);
-    push_record(e, &r);
     if (keep) {
+        /* The next request starts only once this result is in the database: a crash then
+         * repeats at most the one request each call has in flight. */
         in_hand_add(e, j->stage, 1);
-        submit(e, j);
+        r.cont = j;
+        push_record(e, &r);
     } else {
+        push_record(e, &r);
         job_free(j);
         wake_dispatcher(e, false);
     }
@@ -480,14 +484,59 @@ static int build_flush(struct engine *e, struct record *recs, size_t n, char **c
     return 0;
 }
 
-static void free_records(struct record *recs, size_t n)
+static void free_records(struct engine *e, struct record *recs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
+        if (recs[i].cont != NULL) {
+            in_hand_add(e, recs[i].cont->stage, -1);
+            job_free(recs[i].cont);
+            recs[i].cont = NULL;
+        }
         free(recs[i].last_error);
         free(recs[i].file_name);
         free(recs[i].row_error);
         json_decref(recs[i].row_result);
     }
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a;
+    int64_t y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* After a flush: every parked job whose call was written and is still running (not
+ * cancelled, lease still ours) goes on to its next stage; the others are dropped. */
+static void continue_jobs(struct engine *e, PGresult *res, struct record *recs, size_t n)
+{
+    int rows = PQntuples(res);
+    int64_t *running = malloc(((size_t)rows + 1) * sizeof *running);
+    size_t nrun = 0;
+    for (int i = 0; running != NULL && i < rows; i++) {
+        if (strcmp(PQgetvalue(res, i, 2), "running") == 0) {
+            running[nrun++] = atoll(PQgetvalue(res, i, 0));
+        }
+    }
+    if (running != NULL) {
+        qsort(running, nrun, sizeof *running, cmp_i64);
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct job *j = recs[i].cont;
+        if (j == NULL) {
+            continue;
+        }
+        recs[i].cont = NULL;
+        if (running != NULL && bsearch(&j->call_id, running, nrun, sizeof *running, cmp_i64)) {
+            j->stage_started_wall = clock_wall_ms();
+            submit(e, j);
+        } else {
+            log_debug("call %s: not continued (cancelled or claim lost)", j->call_id_str);
+            in_hand_add(e, j->stage, -1);
+            job_free(j);
+        }
+    }
+    free(running);
 }
 
 static void *flusher_main(void *arg)
@@ -497,6 +546,10 @@ static void *flusher_main(void *arg)
     struct record *batch = NULL;
     size_t nbatch = 0;
     int64_t backoff = 50;
+    long stat_flushes = 0;
+    long stat_records = 0;
+    long stat_us = 0;
+    int64_t stat_since = clock_mono_us();
     for (;;) {
         pthread_mutex_lock(&e->rec_mu);
         while (e->nrecs == 0 && nbatch == 0 && !e->stop_flusher) {
@@ -527,8 +580,22 @@ static void *flusher_main(void *arg)
         char *calls = NULL;
         char *stages = NULL;
         PGresult *res = NULL;
+        int64_t t0 = clock_mono_us();
         if (c != NULL && build_flush(e, batch, nbatch, &calls, &stages) == 0) {
             res = work_flush(c, e->instance, calls, stages, &err);
+        }
+        int64_t t1 = clock_mono_us();
+        stat_flushes++;
+        stat_records += nbatch;
+        stat_us += t1 - t0;
+        if (t1 - stat_since >= 10000000) {
+            if (stat_records > 0) {
+                log_info("flusher: %ld records in %ld statements over %.0f s, %.1f ms each",
+                         stat_records, stat_flushes, (t1 - stat_since) / 1e6,
+                         stat_us / 1000.0 / (double)stat_flushes);
+            }
+            stat_since = t1;
+            stat_flushes = stat_records = stat_us = 0;
         } else if (c != NULL) {
             cofi_err_set(&err, COFI_E_NOMEM, "out of memory building a flush");
         }
@@ -539,8 +606,9 @@ static void *flusher_main(void *arg)
             if ((size_t)written < nbatch) {
                 log_debug("flush: %zu records, %d calls written", nbatch, written);
             }
+            continue_jobs(e, res, batch, nbatch);
             PQclear(res);
-            free_records(batch, nbatch);
+            free_records(e, batch, nbatch);
             free(batch);
             batch = NULL;
             nbatch = 0;
@@ -560,7 +628,7 @@ static void *flusher_main(void *arg)
             /* Not a lost connection: the records themselves are at fault. They can't be
              * written; the calls stay claimed and come back when the lease is recovered. */
             log_error("flush of %zu records failed, dropping them: %s", nbatch, err.msg);
-            free_records(batch, nbatch);
+            free_records(e, batch, nbatch);
             free(batch);
             batch = NULL;
             nbatch = 0;
@@ -570,7 +638,7 @@ static void *flusher_main(void *arg)
         if (stopping && backoff > 2000) {
             log_error("database still unreachable at shutdown: %zu records not written (their "
                       "calls will be taken up again)", nbatch);
-            free_records(batch, nbatch);
+            free_records(e, batch, nbatch);
             free(batch);
             batch = NULL;
             nbatch = 0;
@@ -750,6 +818,56 @@ static int64_t run_delayed(struct engine *e)
     return next;
 }
 
+/* Renews the lease, takes back the calls of dead instances, publishes what is in flight and
+ * negotiates this instance's share of the NLP API. Returns 0 or a negative status. */
+static int heartbeat(struct engine *e, PGconn *c, int *nlp_share, struct cofi_err *err)
+{
+    const struct cofi_config *cfg = e->cfg;
+    bool recreated = false;
+    long recovered = 0;
+    if (work_heartbeat(c, e->instance, e->host, e->pid, &recreated, err) != 0) {
+        return err->code;
+    }
+    if (recreated && *nlp_share > 0) {
+        /* Another instance thought this one dead and may have taken its share. */
+        log_warn("engine: lease had expired; renegotiating the NLP share");
+        *nlp_share = 0;
+        llm_lane_set_limit(e->llm, 0);
+    }
+    if (work_recover_expired(c, cfg->lease_ms, &recovered, err) != 0) {
+        return err->code;
+    }
+    if (recovered > 0) {
+        log_warn("engine: took back %ld calls from expired instances", recovered);
+        pthread_mutex_lock(&e->mu);
+        e->wake_refresh = true;
+        pthread_mutex_unlock(&e->mu);
+    }
+    char json[256];
+    int n = snprintf(json, sizeof json, "{");
+    for (int s = 0; s < STAGE_COUNT; s++) {
+        n += snprintf(json + n, sizeof json - (size_t)n, "%s\"%s\": %d", s ? ", " : "",
+                      stage_name(s), atomic_load(&e->inflight[s]));
+    }
+    snprintf(json + n, sizeof json - (size_t)n, "}");
+    if (work_publish_in_flight(c, e->instance, json, err) != 0) {
+        return err->code;
+    }
+    int before = *nlp_share;
+    int target = 0;
+    if (work_negotiate_share(c, e->instance, cfg->llm_concurrency, cfg->lease_ms,
+                             llm_lane_in_flight(e->llm), nlp_share, &target, err) != 0) {
+        return err->code;
+    }
+    /* Never above the grant; while shrinking, already at the target so requests drain. */
+    llm_lane_set_limit(e->llm, *nlp_share < target ? *nlp_share : target);
+    if (*nlp_share != before) {
+        log_info("engine: NLP share %d of %d (fair share %d)", *nlp_share, cfg->llm_concurrency,
+                 target);
+    }
+    return 0;
+}
+
 static void *dispatcher_main(void *arg)
 {
     struct engine *e = arg;
@@ -760,6 +878,7 @@ static void *dispatcher_main(void *arg)
     int64_t next_refresh = 0;
     int64_t last_refresh = 0;
     int64_t backoff = 100;
+    int nlp_share = 0;
     bool down_logged = false;
 
     for (;;) {
@@ -806,17 +925,11 @@ static void *dispatcher_main(void *arg)
             log_info("engine: instance %s registered", e->instance);
         }
         if (now >= next_beat) {
-            long recovered = 0;
-            if (work_heartbeat(c, e->instance, e->host, e->pid, &err) != 0 ||
-                work_recover_expired(c, cfg->lease_ms, &recovered, &err) != 0) {
+            if (heartbeat(e, c, &nlp_share, &err) != 0) {
                 log_warn("engine: heartbeat: %s", err.msg);
                 goto wait;
             }
-            if (recovered > 0) {
-                log_warn("engine: took back %ld calls from expired instances", recovered);
-                refresh_now = true;
-            }
-            next_beat = now + cfg->lease_ms / 3;
+            next_beat = now + (cfg->lease_ms / 3 < 1000 ? cfg->lease_ms / 3 : 1000);
         }
         /* Progress (stage barriers, batch ends) is re-read soon after writes, at most every
          * 20 ms, and every 250 ms regardless. */
@@ -835,8 +948,8 @@ static void *dispatcher_main(void *arg)
         }
         if (!atomic_load(&e->stopping)) {
             int cap = mediator_lane_healthy_capacity(e->med);
-            int med_target = cap * 4 > 16 ? cap * 4 : 16;
-            int llm_target = cfg->llm_concurrency * 2;
+            int med_target = cap * 16 > 64 ? cap * 16 : 64;
+            int llm_target = cfg->llm_concurrency * 4;
             int med = atomic_load(&e->med_in_hand);
             int llm = atomic_load(&e->llm_in_hand);
             int got = 0;
@@ -943,7 +1056,7 @@ fail:
     llm_lane_free(e->llm);
     mediator_lane_free(e->med);
     metrics_free(e->metrics);
-    free_records(e->recs, e->nrecs);
+    free_records(e, e->recs, e->nrecs);
     free(e->recs);
     free(e);
     return err->code;
@@ -1014,7 +1127,7 @@ void engine_stop(struct engine *e, int grace_ms)
     mediator_lane_free(e->med);
     llm_lane_free(e->llm);
     metrics_free(e->metrics);
-    free_records(e->recs, e->nrecs);
+    free_records(e, e->recs, e->nrecs);
     free(e->recs);
     free(e->batches);
     pthread_mutex_destroy(&e->mu);

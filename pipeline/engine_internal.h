@@ -70,6 +70,8 @@ void llm_lane_push(struct llm_lane *l, struct job *j);
 void llm_lane_stop(struct llm_lane *l, int64_t deadline_mono);
 void llm_lane_free(struct llm_lane *l);
 int llm_lane_in_flight(struct llm_lane *l);
+/* Sets how many requests this instance may have in flight to the NLP API (its share). */
+void llm_lane_set_limit(struct llm_lane *l, int limit);
 
 /* Engine services for the lanes. */
 const struct cofi_config *engine__cfg(struct engine *e);

@@ -26,7 +26,18 @@ struct llm_lane {
     bool closed;
     atomic_bool abort; /* set at the deadline: transfers in progress end at once */
     atomic_int in_flight;
+    pthread_cond_t permit_cv; /* signalled when in_flight drops or limit grows */
+    int limit;                /* this instance's share of the NLP API (under mu) */
+    int active;               /* requests holding a permit (under mu) */
 };
+
+void llm_lane_set_limit(struct llm_lane *l, int limit)
+{
+    pthread_mutex_lock(&l->mu);
+    l->limit = limit < l->n ? limit : l->n;
+    pthread_cond_broadcast(&l->permit_cv);
+    pthread_mutex_unlock(&l->mu);
+}
 
 void llm_lane_push(struct llm_lane *l, struct job *j)
 {
@@ -133,9 +144,16 @@ static void *worker_main(void *arg)
     for (;;) {
         while (sem_wait(&l->jobs) != 0) {
         }
+        /* A job is waiting; take a permit of this instance's share before taking it. */
         pthread_mutex_lock(&l->mu);
+        while (l->active >= l->limit && !l->stop) {
+            pthread_cond_wait(&l->permit_cv, &l->mu);
+        }
         struct job *j = jobq_pop(&l->q);
         bool stop = l->stop;
+        if (j != NULL) {
+            l->active++;
+        }
         pthread_mutex_unlock(&l->mu);
         if (j == NULL) {
             if (stop) {
@@ -150,9 +168,17 @@ static void *worker_main(void *arg)
             struct job_outcome o = {.kind = OUTCOME_RETRY, .retry_after_ms = -1};
             snprintf(o.error, sizeof o.error, "out of memory");
             engine__job_done(l->e, j, &o);
+            pthread_mutex_lock(&l->mu);
+            l->active--;
+            pthread_cond_signal(&l->permit_cv);
+            pthread_mutex_unlock(&l->mu);
             continue;
         }
         run_one(l, easy, &x, j);
+        pthread_mutex_lock(&l->mu);
+        l->active--;
+        pthread_cond_signal(&l->permit_cv);
+        pthread_mutex_unlock(&l->mu);
     }
     exchange_reset(&x);
     buf_free(&x.reply);
@@ -172,6 +198,7 @@ int llm_lane_start(struct llm_lane **out, struct engine *e, struct cofi_err *err
     l->n = cfg->llm_concurrency;
     l->threads = calloc((size_t)l->n, sizeof *l->threads);
     pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->permit_cv, NULL);
     sem_init(&l->jobs, 0, 0);
     if (l->threads == NULL) {
         llm_lane_free(l);
@@ -204,6 +231,7 @@ void llm_lane_stop(struct llm_lane *l, int64_t deadline_mono)
     pthread_mutex_lock(&l->mu);
     l->stop = true;
     l->closed = true;
+    pthread_cond_broadcast(&l->permit_cv);
     rest = l->q;
     memset(&l->q, 0, sizeof l->q);
     pthread_mutex_unlock(&l->mu);
@@ -238,6 +266,7 @@ void llm_lane_free(struct llm_lane *l)
         job_free(j);
     }
     sem_destroy(&l->jobs);
+    pthread_cond_destroy(&l->permit_cv);
     pthread_mutex_destroy(&l->mu);
     free(l->threads);
     free(l);

@@ -136,9 +136,9 @@ static int parse_rule(const json_t *o, enum sim_role role, struct sim_rule *r, c
     }
 
     const json_t *status = json_object_get(o, "status");
-    if (!json_is_integer(status) || json_integer_value(status) < 100 ||
+    if (!json_is_integer(status) || json_integer_value(status) < 200 ||
         json_integer_value(status) >= SIM_STATUS_MAX) {
-        snprintf(err, errlen, "status must be an integer from 100 to %d", SIM_STATUS_MAX - 1);
+        snprintf(err, errlen, "status must be an integer from 200 to %d", SIM_STATUS_MAX - 1);
         return -1;
     }
     r->status = (int)json_integer_value(status);

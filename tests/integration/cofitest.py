@@ -239,18 +239,21 @@ class Spec:
         """(response object, its pointer, label) that documents this answer, or raises."""
         method = method.lower()
         label = "%s %s" % (method.upper(), template)
+        # Unknown paths and methods: 404 / 405, or 401 when authentication is on (it is
+        # checked first), as the description's info says.
         if template is None:
-            if status != 404:
+            if status not in (404, 401):
                 raise AssertionError("a path outside the API description was answered %d, "
                                      "not 404" % status)
-            return self.resolve({"$ref": "#/components/responses/NotFound"}, None) + ("unknown path",)
+            name = "NotFound" if status == 404 else "Unauthorized"
+            return self.resolve({"$ref": "#/components/responses/" + name}, None) + ("unknown path",)
         item = self.doc["paths"][template]
         if method not in item:
-            if status != 405:
+            if status not in (405, 401):
                 raise AssertionError("%s is not in the API description but was answered %d, "
                                      "not 405" % (label, status))
-            return (self.resolve({"$ref": "#/components/responses/MethodNotAllowed"}, None)
-                    + (label,))
+            name = "MethodNotAllowed" if status == 405 else "Unauthorized"
+            return self.resolve({"$ref": "#/components/responses/" + name}, None) + (label,)
         responses = item[method].get("responses", {})
         key = str(status)
         if key not in responses:
@@ -653,8 +656,6 @@ class Sim(_Process):
     def down(self, i, mode="refuse"):
         """Takes node i down (refuse, hang or error), through the NLP port's admin route."""
         r = _sim_http(self.nlp_port, "POST", "/admin/nodes/%d/down" % i, body={"mode": mode})
-        if r.status // 100 != 2:
-            r = _sim_http(self.nlp_port, "POST", "/admin/nodes/%d/down?mode=%s" % (i, mode))
         if r.status // 100 != 2:
             raise AssertionError("cofi-sim down %d answered %d: %s" % (i, r.status, _short(r.raw, 300)))
         return r.json

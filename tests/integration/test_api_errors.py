@@ -105,6 +105,10 @@ class ApiErrorsTest(CofiCase):
         self.rejected("POST", path, 400, body={"mode": 5})
         self.rejected("POST", path, 400, body={"speed": "fast"})
         self.rejected("POST", path, 400, body=["staged"])
+        # cancel takes no body, but checks one that is sent like run does
+        self.rejected("POST", "/batches/%d/cancel" % b["id"], 400, raw=b'{"mode": ',
+                      headers={"Content-Type": "application/json"})
+        self.rejected("POST", "/batches/%d/cancel" % b["id"], 400, body={"speed": "fast"})
         self.assertEqual(self.get_batch(b["id"])["state"], "created")
 
     def test_400_idempotency_key_too_long(self):
@@ -231,6 +235,8 @@ class ApiErrorsTest(CofiCase):
         b = self.created_batch()
         self.rejected("POST", "/batches/%d/run" % b["id"], 415, raw=b'{"mode": "staged"}',
                       headers={"Content-Type": "text/plain"})
+        self.rejected("POST", "/batches/%d/cancel" % b["id"], 415, raw=b'{}',
+                      headers={"Content-Type": "text/plain"})
         ok = self.http("POST", "/batches", raw=body,
                        headers={"Content-Type": "application/json; charset=utf-8"})
         self.assertStatus(ok, 201)
@@ -275,6 +281,7 @@ class ApiErrorsTest(CofiCase):
     def test_422_unknown_mode_on_run(self):
         b = self.created_batch()
         self.rejected("POST", "/batches/%d/run" % b["id"], 422, body={"mode": "fast"})
+        self.rejected("POST", "/batches/%d/cancel" % b["id"], 422, body={"mode": "fast"})
         self.assertEqual(self.get_batch(b["id"])["state"], "created")
 
     # --- pagination
@@ -345,7 +352,12 @@ class ApiErrorsTest(CofiCase):
         for path in ("/batches/%d" % bid, "/batches/%d/calls" % bid, "/stages/stt/status"):
             self.assertStatus(self.http("GET", path, headers=read, cofid=auth), 200, path)
             self.assertStatus(self.http("GET", path, headers=write, cofid=auth), 200, path)
-        self.assertStatus(self.http("GET", "/healthz", cofid=auth), 200)
+        for path in ("/healthz", "/readyz", "/openapi.json"):
+            self.assertStatus(self.http("GET", path, cofid=auth), 200, path + " without a token")
+        # Authentication comes first: an unknown path is 401 without a token, 404 with one.
+        self.rejected("GET", "/nope", 401, cofid=auth)
+        self.rejected("GET", "/nope", 404, headers=read, cofid=auth)
+        self.rejected("DELETE", "/batches", 405, headers=read, cofid=auth)
         r = self.http("POST", "/batches/%d/cancel" % bid, headers=write, cofid=auth)
         self.assertStatus(r, 202)
 

@@ -37,7 +37,8 @@ class PipelineTest(CofiCase):
             for st in ("llm1", "llm2"):
                 r = helper.http("GET", "/stages/%s/status" % st)
                 if r.status == 200:
-                    cls.llm_in_flight_seen.append(r.json["in_flight"])
+                    cls.llm_in_flight_seen.append((st, r.json["in_flight"],
+                                                   r.json["concurrency_limit"]))
 
         cls.batch = helper.run_batch_to_end(cls.files, timeout=150, on_poll=watch)
         cls.bid = cls.batch["id"]
@@ -145,6 +146,9 @@ class PipelineTest(CofiCase):
         for s in self.node_stats + [self.nlp_stats]:
             with self.subTest(port=s.get("port")):
                 self.assertEqual(s["repeated_keys"], 0, "stage results asked for twice")
+                # Every request carried its own Idempotency-Key {call_id}:{stage} (the sim
+                # answers 400 to a missing or malformed one).
+                self.assertEqual(s["unique_keys"], sum(s["requests"].values()))
                 errors = {k: v for k, v in s.get("responses", {}).items() if int(k) >= 400 and v}
                 self.assertEqual(errors, {}, "error answers although no failure was injected")
 
@@ -173,8 +177,14 @@ class PipelineTest(CofiCase):
         if "max_concurrent" in s:
             self.assertLessEqual(s["max_concurrent"], LLM_CONCURRENCY)
         self.assertEqual(s.get("responses", {}).get("429", 0), 0)
-        for v in self.llm_in_flight_seen:
-            self.assertLessEqual(v, LLM_CONCURRENCY)
+        # What GET /stages/{llm}/status said while the batch ran.
+        self.assertGreater(len(self.llm_in_flight_seen), 0)
+        for stage, in_flight, limit in self.llm_in_flight_seen:
+            self.assertEqual(limit, LLM_CONCURRENCY)
+            self.assertLessEqual(in_flight, LLM_CONCURRENCY,
+                                 "GET /stages/%s/status said in_flight %d, above llm.concurrency "
+                                 "%d, while the NLP API never had more than %d requests at once"
+                                 % (stage, in_flight, LLM_CONCURRENCY, s["max_in_flight"]))
 
     def test_spread_proportional_to_capacity(self):
         total = sum(CAPACITIES)

@@ -53,8 +53,7 @@ class StagedTest(CofiCase):
             "count(*) FROM call_stages cs JOIN calls c ON c.id = cs.call_id "
             "WHERE c.batch_id = %d GROUP BY cs.stage ORDER BY cs.stage" % self.bid)
         self.assertEqual([int(r[0]) for r in rows], list(range(7)))
-        # Timestamps of one server and one time zone (UTC) compare correctly as ISO text only
-        # if formatted alike; compare them in SQL instead.
+        # Compared in SQL, as timestamptz.
         for s in range(1, 7):
             with self.subTest(stage=STAGES[s]):
                 ok = self.database.scalar(

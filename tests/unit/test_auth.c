@@ -47,15 +47,13 @@ static void test_missing_or_unknown_token_is_401(void **state)
     struct cofi_err err;
     assert_int_equal(auth_check(&cfg, NULL, false, false, &err), COFI_E_UNAUTHORIZED);
     assert_int_equal(auth_check(&cfg, "Bearer nope", false, false, &err), COFI_E_UNAUTHORIZED);
-    assert_int_equal(auth_check(&cfg, "Bearer ops-secre", false, false, &err),
-                     COFI_E_UNAUTHORIZED);
+    assert_int_equal(auth_check(&cfg, "Bearer ops-secre", false, false, &err), COFI_E_UNAUTHORIZED);
     assert_int_equal(auth_check(&cfg, "Bearer ops-secrets", false, false, &err),
                      COFI_E_UNAUTHORIZED);
     assert_int_equal(auth_check(&cfg, "Basic b3BzOg==", false, false, &err), COFI_E_UNAUTHORIZED);
     assert_int_equal(auth_check(&cfg, "Bearer", false, false, &err), COFI_E_UNAUTHORIZED);
     assert_int_equal(auth_check(&cfg, "Bearer   ", false, false, &err), COFI_E_UNAUTHORIZED);
-    assert_int_equal(auth_check(&cfg, "Bearerops-secret", false, false, &err),
-                     COFI_E_UNAUTHORIZED);
+    assert_int_equal(auth_check(&cfg, "Bearerops-secret", false, false, &err), COFI_E_UNAUTHORIZED);
     assert_null(strstr(err.msg, "secret"));
 }
 
