@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 import urllib.parse
@@ -780,7 +779,20 @@ class Cofid(_Process):
         """One request to this cofid; the answer is checked against the API description
         (status documented, body and headers match) before it is returned as a Response,
         which unpacks as (status, headers, json, raw)."""
-        r = raw_http(self.port, method, path, body=body, headers=headers, raw=raw, timeout=timeout)
+        try:
+            r = raw_http(self.port, method, path, body=body, headers=headers, raw=raw,
+                         timeout=timeout)
+        except (OSError, http.client.HTTPException) as e:
+            if self.proc is not None:
+                try:
+                    self.proc.wait(timeout=5)  # did it crash? (e.g. a sanitizer report)
+                except subprocess.TimeoutExpired:
+                    pass
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError("%s %s: cofid is not running any more (exit status %s); "
+                                     "last lines of its log:\n%s"
+                                     % (method, path, self.proc.returncode, self.log_tail(40)))
+            raise AssertionError("%s %s: no HTTP answer from cofid: %r" % (method, path, e))
         spec = spec_from(self.port)
         spec.validate_response(method, spec.match(path), r.status, r.json, r.headers, r.raw)
         return r
@@ -1032,8 +1044,3 @@ class CofiCase(unittest.TestCase):
                              % (s["name"], c, batch["file_count"]))
             out[s["name"]] = c
         return out
-
-
-def main():
-    """unittest.main with verbosity 2 (exits non-zero on failure)."""
-    unittest.main(verbosity=2)

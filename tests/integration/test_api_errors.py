@@ -201,6 +201,10 @@ class ApiErrorsTest(CofiCase):
         self.assertEqual({c["state"] for c in self.list_all_calls(b["id"])}, {"cancelled"})
         self.rejected("POST", "/batches/%d/run" % b["id"], 409)
         self.rejected("POST", "/batches/%d/run" % b["id"], 409, body={"mode": "staged"})
+        again = self.http("POST", "/batches/%d/cancel" % b["id"])  # cancelling twice is fine
+        self.assertStatus(again, 202)
+        self.assertEqual((again.json["state"], again.json["finished_at"]),
+                         ("cancelled", final["finished_at"]))
         self.assertEqual(self.get_batch(b["id"])["state"], "cancelled")
 
     def test_409_cancel_a_completed_batch(self):
