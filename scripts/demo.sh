@@ -101,8 +101,17 @@ fail_with_log() {
 
 do_start() {
     local t0=$SECONDS
+    [[ "$FILES" =~ ^[1-9][0-9]*$ ]] || cofi_die "COFI_DEMO_FILES must be a positive number"
     mkdir -p "$DEMO"
     stop_processes
+
+    local p
+    for p in "$PORT" "$NLP_PORT" $(seq "$SIM_BASE_PORT" $((SIM_BASE_PORT + NODES - 1))); do
+        if port_busy "$p"; then
+            cofi_die "port $p on 127.0.0.1 is in use; free it or set COFI_DEMO_PORT," \
+                "COFI_DEMO_SIM_PORT, COFI_DEMO_NLP_PORT"
+        fi
+    done
 
     "$COFI_ROOT/scripts/deps.sh" >/dev/null
     COFI_PYTHON="$(cofi_pick_python)"
@@ -120,14 +129,6 @@ do_start() {
         eval "$("$COFI_ROOT/scripts/pg.sh" env --port "$PG_PORT")"
         printf '%s' "$COFI_DATABASE_URL"
     )"
-
-    local p
-    for p in "$PORT" "$NLP_PORT" $(seq "$SIM_BASE_PORT" $((SIM_BASE_PORT + NODES - 1))); do
-        if port_busy "$p"; then
-            cofi_die "port $p on 127.0.0.1 is in use; free it or set COFI_DEMO_PORT," \
-                "COFI_DEMO_SIM_PORT, COFI_DEMO_NLP_PORT"
-        fi
-    done
 
     cofi_say "writing $FILES WAV files under .cofi/demo/calls"
     rm -rf "$DEMO/calls"

@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import sys
 import time
 import urllib.error
@@ -46,8 +47,8 @@ def count(stage, key):
     return value if isinstance(value, int) else 0
 
 
-def bar(stage, total, color):
-    """WIDTH cells: done, failed, skipped, running, then pending."""
+def bar(stage, total, color, width=WIDTH):
+    """width cells: done, failed, skipped, running, then pending."""
     parts = [
         (count(stage, "done"), "\u2588", ""),
         (count(stage, "failed"), "\u2588" if color else "x", RED),
@@ -59,13 +60,13 @@ def bar(stage, total, color):
     cells_used = 0
     for n, ch, code in parts:
         cum += n
-        upto = min(WIDTH, (cum * WIDTH) // total) if total > 0 else 0
+        upto = min(width, (cum * width) // total) if total > 0 else 0
         cells = upto - cells_used
         if cells > 0:
             text = ch * cells
             out.append(code + text + RESET if (color and code) else text)
             cells_used = upto
-    rest = WIDTH - cells_used
+    rest = width - cells_used
     if rest > 0:
         out.append(("\u00b7" if color else ".") * rest)
     return "".join(out)
@@ -82,7 +83,7 @@ def fmt_seconds(s):
     return "%dh%02dm" % (s // 3600, (s % 3600) // 60)
 
 
-def stage_line(stage, total, color):
+def stage_line(stage, total, color, width=WIDTH):
     done = count(stage, "done")
     failed = count(stage, "failed")
     skipped = count(stage, "skipped")
@@ -90,7 +91,7 @@ def stage_line(stage, total, color):
     ended = done + failed + skipped
     pct = 100.0 * ended / total if total > 0 else 100.0
     return "%-10s %s %5d/%-5d run %-4d fail %-4d %5.1f%%" % (
-        stage.get("name", "?"), bar(stage, total, color), done, total, running, failed, pct)
+        stage.get("name", "?"), bar(stage, total, color, width), done, total, running, failed, pct)
 
 
 def head_line(batch, elapsed):
@@ -169,9 +170,13 @@ def main(argv):
                 elapsed = now - start
                 if tty:
                     total = batch.get("file_count", 0)
-                    lines = [head_line(batch, elapsed) +
-                             (("   (" + error + ")") if error else "")]
-                    lines += [stage_line(st, total, True) for st in batch.get("stages", [])]
+                    # Lines must not wrap, or the redraw in place goes wrong.
+                    cols = shutil.get_terminal_size((100, 24)).columns
+                    width = max(5, min(WIDTH, cols - 50))
+                    head = head_line(batch, elapsed) + (("   (" + error + ")") if error else "")
+                    lines = [head[:cols - 1]]
+                    lines += [stage_line(st, total, True, width)
+                              for st in batch.get("stages", [])]
                     screen.draw(lines)
                 elif now - last_compact >= 2.0 or batch.get("state") in FINAL:
                     print(compact_line(batch, elapsed), flush=True)

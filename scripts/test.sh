@@ -27,7 +27,7 @@ that the tests left running is killed. Logs: .cofi/test/.
   -R REGEX    passed to ctest: run only the tests whose name matches
   --help      show this help
 
-Run one test: scripts/test.sh --quick -R 'it.test_batches'
+Run one test: scripts/test.sh --quick -R it.test_pipeline
 EOF
 }
 
@@ -124,8 +124,12 @@ run_ctest() {
     return 0
 }
 
-cleanup() {
-    local rc=$?
+# Stops the cluster and the processes the tests left behind; runs once (before the summary,
+# or from the EXIT trap when the script is interrupted).
+torn_down=0
+teardown() {
+    [ "$torn_down" -eq 0 ] || return 0
+    torn_down=1
     if [ "$pg_started" -eq 1 ]; then
         bash "$COFI_ROOT/scripts/pg.sh" stop --dir "$PG_DIR" >/dev/null 2>&1 || true
     fi
@@ -146,6 +150,10 @@ cleanup() {
         echo "[test] killing processes the tests left running: ${strays[*]}" >&2
         cofi_stop_pids 5 "${strays[@]}"
     fi
+}
+cleanup() {
+    local rc=$?
+    teardown
     exit "$rc"
 }
 trap cleanup EXIT
@@ -186,8 +194,9 @@ fi
 
 # 5. The sanitizer pass.
 sanitized() {
-    local f="$COFI_ROOT/build-asan/cofid"
-    ldd "$f" | grep -q libasan && ldd "$f" | grep -q libubsan
+    local libs
+    libs="$(ldd "$COFI_ROOT/build-asan/cofid")" || return 1
+    grep -q 'libasan' <<<"$libs" && grep -q 'libubsan' <<<"$libs"
 }
 if [ "$quick" -eq 0 ]; then
     if step build-asan bash "$COFI_ROOT/scripts/build.sh" --sanitize --werror &&
@@ -233,6 +242,7 @@ step cppcheck run_cppcheck || true
 step clang-format run_clang_format || true
 
 # 7. Summary.
+teardown
 any_failed=0
 printf '\n==== summary (%d s) ====\n' "$((SECONDS - start_time))"
 for i in "${!step_names[@]}"; do
