@@ -27,7 +27,8 @@ int db_migrate(PGconn *c, struct cofi_err *err)
         char ver[16];
         snprintf(ver, sizeof ver, "%d", m->version);
         const char *p[] = {ver, m->name};
-        PGresult *r = db_exec(c, "SELECT 1 FROM schema_migrations WHERE version = $1::int", 1, p, err);
+        PGresult *r =
+            db_exec(c, "SELECT 1 FROM schema_migrations WHERE version = $1::int", 1, p, err);
         if (r == NULL) {
             rc = err->code;
             break;
@@ -66,7 +67,8 @@ int db_migrate(PGconn *c, struct cofi_err *err)
 
 int db_check_migrated(PGconn *c, struct cofi_err *err)
 {
-    PGresult *r = db_exec(c, "SELECT coalesce(max(version), 0) FROM schema_migrations", 0, NULL, err);
+    PGresult *r =
+        db_exec(c, "SELECT coalesce(max(version), 0) FROM schema_migrations", 0, NULL, err);
     if (r == NULL) {
         return cofi_err_set(err, COFI_E_UNAVAILABLE, "%s", err->msg);
     }
@@ -74,7 +76,8 @@ int db_check_migrated(PGconn *c, struct cofi_err *err)
     PQclear(r);
     int want = cofi_migrations_count > 0 ? cofi_migrations[cofi_migrations_count - 1].version : 0;
     if (have < want) {
-        return cofi_err_set(err, COFI_E_UNAVAILABLE, "schema at version %d, %d expected", have, want);
+        return cofi_err_set(err, COFI_E_UNAVAILABLE, "schema at version %d, %d expected", have,
+                            want);
     }
     return 0;
 }

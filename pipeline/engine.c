@@ -318,8 +318,8 @@ void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
         if (seed == 0) {
             seed = 1;
         }
-        int64_t delay = o->retry_after_ms >= 0 ? o->retry_after_ms
-                                               : retry_backoff_ms(w, j->attempts, &seed);
+        int64_t delay =
+            o->retry_after_ms >= 0 ? o->retry_after_ms : retry_backoff_ms(w, j->attempts, &seed);
         log_debug("call %s: %s attempt %d failed (%s); retrying in %lld ms", j->call_id_str,
                   stage_name(j->stage), j->attempts, o->error, (long long)delay);
         j->due_mono = clock_mono_ms() + delay;
@@ -441,12 +441,13 @@ static int build_flush(struct engine *e, struct record *recs, size_t n, char **c
             continue; /* a later record of the same call wins */
         }
         struct record *r = idx[i];
-        json_t *o = json_pack("{s:I, s:i, s:s, s:i, s:o, s:o, s:o, s:o}", "id", (json_int_t)r->call_id,
-                              "stage", r->stage, "status", call_status_name(r->status), "attempts",
-                              r->attempts, "last_error", json_str_or_null(r->last_error), "node",
-                              r->node >= 0 ? json_string(e->cfg->nodes[r->node].id) : json_null(),
-                              "file_name", json_str_or_null(r->file_name), "started_ms",
-                              r->started_ms >= 0 ? json_integer(r->started_ms) : json_null());
+        json_t *o =
+            json_pack("{s:I, s:i, s:s, s:i, s:o, s:o, s:o, s:o}", "id", (json_int_t)r->call_id,
+                      "stage", r->stage, "status", call_status_name(r->status), "attempts",
+                      r->attempts, "last_error", json_str_or_null(r->last_error), "node",
+                      r->node >= 0 ? json_string(e->cfg->nodes[r->node].id) : json_null(),
+                      "file_name", json_str_or_null(r->file_name), "started_ms",
+                      r->started_ms >= 0 ? json_integer(r->started_ms) : json_null());
         json_array_append_new(calls, o);
     }
     size_t m = 0;
@@ -462,13 +463,12 @@ static int build_flush(struct engine *e, struct record *recs, size_t n, char **c
             continue;
         }
         struct record *r = idx[i];
-        json_t *o = json_pack("{s:I, s:i, s:s, s:i, s:o, s:I, s:I, s:O}", "call_id",
-                              (json_int_t)r->call_id, "stage", r->row_stage, "state",
-                              r->row_failed ? "failed" : "done", "attempts", r->row_attempts,
-                              "last_error", json_str_or_null(r->row_error), "started_ms",
-                              (json_int_t)r->row_started_ms, "finished_ms",
-                              (json_int_t)r->row_finished_ms, "result",
-                              r->row_result != NULL ? r->row_result : json_null());
+        json_t *o =
+            json_pack("{s:I, s:i, s:s, s:i, s:o, s:I, s:I, s:O}", "call_id", (json_int_t)r->call_id,
+                      "stage", r->row_stage, "state", r->row_failed ? "failed" : "done", "attempts",
+                      r->row_attempts, "last_error", json_str_or_null(r->row_error), "started_ms",
+                      (json_int_t)r->row_started_ms, "finished_ms", (json_int_t)r->row_finished_ms,
+                      "result", r->row_result != NULL ? r->row_result : json_null());
         json_array_append_new(stages, o);
     }
     free(idx);
@@ -637,7 +637,8 @@ static void *flusher_main(void *arg)
         log_warn("flush: %s; retrying in %lld ms", err.msg, (long long)backoff);
         if (stopping && backoff > 2000) {
             log_error("database still unreachable at shutdown: %zu records not written (their "
-                      "calls will be taken up again)", nbatch);
+                      "calls will be taken up again)",
+                      nbatch);
             free_records(e, batch, nbatch);
             free(batch);
             batch = NULL;
@@ -735,8 +736,8 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *cl
         if (blo > bhi) {
             continue;
         }
-        json_array_append_new(spec, json_pack("{s:I, s:i, s:i}", "id", (json_int_t)b->id, "lo",
-                                              blo, "hi", bhi));
+        json_array_append_new(
+            spec, json_pack("{s:I, s:i, s:i}", "id", (json_int_t)b->id, "lo", blo, "hi", bhi));
     }
     pthread_mutex_unlock(&e->mu);
     if (json_array_size(spec) == 0) {

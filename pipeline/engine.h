@@ -22,9 +22,9 @@ struct node_live {
 
 /* Recent figures for one stage, as seen by this instance (a sliding window of about 60 s). */
 struct stage_live {
-    int concurrency_limit;   /* sum of node capacities, or llm.concurrency */
-    int in_flight;           /* requests this instance has in flight at this stage */
-    double throughput_per_s; /* completions per second over the window */
+    int concurrency_limit;         /* sum of node capacities, or llm.concurrency */
+    int in_flight;                 /* requests this instance has in flight at this stage */
+    double throughput_per_s;       /* completions per second over the window */
     double p50_ms, p95_ms, p99_ms; /* request latency over the window; 0 when none */
 };
 

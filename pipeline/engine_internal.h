@@ -17,15 +17,15 @@ struct job {
     int64_t call_id;
     int64_t batch_id;
     char call_id_str[24];
-    int stage;      /* the stage to run next (0..6) */
-    int attempts;   /* requests made at this stage so far */
-    char *file;     /* as submitted, relative to input_root (owned) */
-    int node;       /* index into cfg->nodes, or -1 before distribute */
-    char *file_name;/* the node's name for the file (owned), or NULL */
-    json_t *prev;   /* results of earlier stages by name (owned reference) */
-    char *last_error;            /* owned, or NULL */
-    int64_t stage_started_wall;  /* wall ms when the current stage started */
-    int64_t due_mono;            /* for the delayed list: when to try again */
+    int stage;                  /* the stage to run next (0..6) */
+    int attempts;               /* requests made at this stage so far */
+    char *file;                 /* as submitted, relative to input_root (owned) */
+    int node;                   /* index into cfg->nodes, or -1 before distribute */
+    char *file_name;            /* the node's name for the file (owned), or NULL */
+    json_t *prev;               /* results of earlier stages by name (owned reference) */
+    char *last_error;           /* owned, or NULL */
+    int64_t stage_started_wall; /* wall ms when the current stage started */
+    int64_t due_mono;           /* for the delayed list: when to try again */
 };
 
 /* A FIFO of jobs. Not thread-safe by itself. */
@@ -43,8 +43,8 @@ void job_free(struct job *j);
 /* What a lane reports when one request ended. */
 struct job_outcome {
     enum outcome_kind kind;
-    json_t *result;      /* OUTCOME_OK: the result to store (stolen) */
-    char error[256];     /* otherwise: what went wrong, for last_error */
+    json_t *result;         /* OUTCOME_OK: the result to store (stolen) */
+    char error[256];        /* otherwise: what went wrong, for last_error */
     int64_t retry_after_ms; /* >= 0 when the worker said Retry-After, else -1 */
     int64_t latency_us;
 };

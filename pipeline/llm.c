@@ -79,9 +79,9 @@ static char *llm_body(const struct job *j, struct job_outcome *o)
         snprintf(o->error, sizeof o->error, "the lid result has no language");
         return NULL;
     }
-    json_t *body = json_pack("{s:s, s:I, s:O, s:O}", "call_id", j->call_id_str, "batch_id",
-                             (json_int_t)j->batch_id, "language", language, "transcript",
-                             transcript);
+    json_t *body =
+        json_pack("{s:s, s:I, s:O, s:O}", "call_id", j->call_id_str, "batch_id",
+                  (json_int_t)j->batch_id, "language", language, "transcript", transcript);
     if (body != NULL && j->stage == STAGE_LLM2) {
         json_t *llm1 = json_object_get(j->prev, "llm1");
         if (!json_is_object(llm1)) {
@@ -117,7 +117,8 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
         snprintf(url, sizeof url, "%s/%s", cfg->llm_url, stage_name(j->stage));
         engine__request_id(l->e, rid, sizeof rid);
         curl_easy_reset(easy);
-        if (exchange_prepare(easy, x, url, j, rid, body, cfg->nlp_api_key, cfg->llm.timeout_ms) != 0) {
+        if (exchange_prepare(easy, x, url, j, rid, body, cfg->nlp_api_key, cfg->llm.timeout_ms) !=
+            0) {
             o.kind = OUTCOME_RETRY;
             snprintf(o.error, sizeof o.error, "out of memory");
         } else {

@@ -16,8 +16,8 @@
 
 struct med_node {
     const struct cofi_node_cfg *cfg;
-    struct jobq q;      /* jobs at stages 1..4 waiting for a slot on this node */
-    int in_flight;      /* work requests in flight (under lane mu) */
+    struct jobq q; /* jobs at stages 1..4 waiting for a slot on this node */
+    int in_flight; /* work requests in flight (under lane mu) */
     atomic_int in_flight_pub;
     atomic_bool healthy;
     int fails;          /* consecutive failures (lane thread only) */
@@ -49,7 +49,7 @@ struct mediator_lane {
     bool stop;
     bool closed;
     int64_t deadline;
-    struct xfer *free_xfers; /* lane thread only */
+    struct xfer *free_xfers;  /* lane thread only */
     struct xfer *active_list; /* transfers in the multi handle (lane thread only) */
     int active;
 };
@@ -198,7 +198,8 @@ static void start_job(struct mediator_lane *m, struct job *j)
             goto local_fail;
         }
         snprintf(url, sizeof url, "%s/upload", nd->url);
-        if (exchange_prepare(x->easy, &x->x, url, j, rid, NULL, NULL, cfg->mediator.timeout_ms) != 0) {
+        if (exchange_prepare(x->easy, &x->x, url, j, rid, NULL, NULL, cfg->mediator.timeout_ms) !=
+            0) {
             o.kind = OUTCOME_RETRY;
             snprintf(o.error, sizeof o.error, "out of memory");
             goto local_fail;
@@ -217,15 +218,15 @@ static void start_job(struct mediator_lane *m, struct job *j)
         curl_mime_data(part, j->call_id_str, CURL_ZERO_TERMINATED);
         curl_easy_setopt(x->easy, CURLOPT_MIMEPOST, x->mime);
     } else {
-        json_t *body = json_pack("{s:s, s:I, s:s, s:s, s:O}", "call_id", j->call_id_str,
-                                 "batch_id", (json_int_t)j->batch_id, "file_name",
+        json_t *body = json_pack("{s:s, s:I, s:s, s:s, s:O}", "call_id", j->call_id_str, "batch_id",
+                                 (json_int_t)j->batch_id, "file_name",
                                  j->file_name != NULL ? j->file_name : "", "stage",
                                  stage_name(j->stage), "previous", j->prev);
         char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
         json_decref(body);
         snprintf(url, sizeof url, "%s/%s", nd->url, stage_name(j->stage));
-        if (text == NULL ||
-            exchange_prepare(x->easy, &x->x, url, j, rid, text, NULL, cfg->mediator.timeout_ms) != 0) {
+        if (text == NULL || exchange_prepare(x->easy, &x->x, url, j, rid, text, NULL,
+                                             cfg->mediator.timeout_ms) != 0) {
             o.kind = OUTCOME_RETRY;
             snprintf(o.error, sizeof o.error, "out of memory");
             goto local_fail;
@@ -290,7 +291,8 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
         nd->checking = false;
         nd->next_check = clock_mono_ms() + m->cfg->health_interval_ms;
         char why[96];
-        snprintf(why, sizeof why, "%s", rc != CURLE_OK ? curl_easy_strerror(rc) : "health check failed");
+        snprintf(why, sizeof why, "%s",
+                 rc != CURLE_OK ? curl_easy_strerror(rc) : "health check failed");
         node_health(m, (size_t)x->node, rc == CURLE_OK && status == 200, why);
         xfer_put(m, x);
         return;
@@ -319,8 +321,8 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
         } else {
             free(j->file_name);
             j->file_name = strdup(json_string_value(fn));
-            json_t *res = json_pack("{s:s, s:s}", "node", nd->cfg->id, "file_name",
-                                    json_string_value(fn));
+            json_t *res =
+                json_pack("{s:s, s:s}", "node", nd->cfg->id, "file_name", json_string_value(fn));
             json_decref(o.result);
             o.result = res;
         }

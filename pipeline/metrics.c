@@ -8,9 +8,9 @@
 #include "common/clock.h"
 #include "pipeline/stages.h"
 
-#define RING 4096
+#define RING      4096
 #define WINDOW_MS 10000
-#define CACHE_MS 200
+#define CACHE_MS  200
 
 struct ring {
     pthread_mutex_t mu;

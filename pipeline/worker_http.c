@@ -48,8 +48,7 @@ void exchange_reset(struct exchange *x)
 }
 
 int exchange_prepare(CURL *easy, struct exchange *x, const char *url, const struct job *j,
-                     const char *request_id, char *json_body, const char *bearer,
-                     int timeout_ms)
+                     const char *request_id, char *json_body, const char *bearer, int timeout_ms)
 {
     exchange_reset(x);
     x->body = json_body;
@@ -76,7 +75,8 @@ int exchange_prepare(CURL *easy, struct exchange *x, const char *url, const stru
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long)(timeout_ms < 10000 ? timeout_ms : 10000));
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)(timeout_ms < 10000 ? timeout_ms : 10000));
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, on_header);
@@ -104,7 +104,8 @@ void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_ou
     }
     if (rc != CURLE_OK) {
         o->kind = OUTCOME_RETRY;
-        snprintf(o->error, sizeof o->error, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+        snprintf(o->error, sizeof o->error, "%s",
+                 x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
         return;
     }
     long status = 0;

@@ -13,8 +13,8 @@
 
 /* State of one exchange; lives as long as the transfer. */
 struct exchange {
-    struct buf reply;          /* the body received, capped at WORKER_REPLY_LIMIT */
-    char retry_after[64];      /* the Retry-After header's value, or "" */
+    struct buf reply;     /* the body received, capped at WORKER_REPLY_LIMIT */
+    char retry_after[64]; /* the Retry-After header's value, or "" */
     char errbuf[CURL_ERROR_SIZE];
     struct curl_slist *headers; /* owned */
     char *body;                 /* owned request body, or NULL */
@@ -29,8 +29,7 @@ void exchange_reset(struct exchange *x);
  * as JSON (x takes ownership of it); otherwise the caller attaches a mime body. Returns 0
  * or -1 (out of memory). */
 int exchange_prepare(CURL *easy, struct exchange *x, const char *url, const struct job *j,
-                     const char *request_id, char *json_body, const char *bearer,
-                     int timeout_ms);
+                     const char *request_id, char *json_body, const char *bearer, int timeout_ms);
 
 /* Turns a finished transfer into an outcome: classification (CONTRACTS §5), the parsed
  * result (a new reference in o->result on success), Retry-After. Can't fail. */

@@ -213,7 +213,8 @@ static int parse_nodes(json_t *arr, struct cofi_config *cfg, struct cofi_err *er
         char where[48];
         snprintf(where, sizeof where, "nodes[%zu].", i);
         if (!json_is_object(o)) {
-            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"nodes[%zu]\" must be an object", i);
+            return cofi_err_set(err, COFI_E_INVALID,
+                                "configuration key \"nodes[%zu]\" must be an object", i);
         }
         struct cofi_node_cfg *nd = &cfg->nodes[i];
         cfg->node_count = i + 1;
@@ -232,15 +233,19 @@ static int parse_nodes(json_t *arr, struct cofi_config *cfg, struct cofi_err *er
             return rc;
         }
         if (nd->id == NULL || nd->url == NULL) {
-            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"%s\" needs \"id\" and \"url\"", where);
+            return cofi_err_set(err, COFI_E_INVALID,
+                                "configuration key \"%s\" needs \"id\" and \"url\"", where);
         }
         if (!is_http_url(nd->url)) {
-            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"%surl\" must be an http(s) URL", where);
+            return cofi_err_set(err, COFI_E_INVALID,
+                                "configuration key \"%surl\" must be an http(s) URL", where);
         }
         trim_slashes(nd->url);
         for (size_t j = 0; j < i; j++) {
             if (strcmp(cfg->nodes[j].id, nd->id) == 0) {
-                return cofi_err_set(err, COFI_E_INVALID, "configuration key \"%sid\": node id \"%s\" is used twice", where, nd->id);
+                return cofi_err_set(err, COFI_E_INVALID,
+                                    "configuration key \"%sid\": node id \"%s\" is used twice",
+                                    where, nd->id);
             }
         }
     }
@@ -260,7 +265,8 @@ static int parse_auth(json_t *auth, struct cofi_config *cfg, struct cofi_err *er
     }
     json_t *arr = json_object_get(auth, "tokens");
     if (!json_is_array(arr) || json_array_size(arr) == 0) {
-        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"auth.tokens\" must be a non-empty array");
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"auth.tokens\" must be a non-empty array");
     }
     size_t n = json_array_size(arr);
     cfg->tokens = calloc(n, sizeof *cfg->tokens);
@@ -272,7 +278,8 @@ static int parse_auth(json_t *auth, struct cofi_config *cfg, struct cofi_err *er
         char where[48];
         snprintf(where, sizeof where, "auth.tokens[%zu].", i);
         if (!json_is_object(o)) {
-            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"auth.tokens[%zu]\" must be an object", i);
+            return cofi_err_set(err, COFI_E_INVALID,
+                                "configuration key \"auth.tokens[%zu]\" must be an object", i);
         }
         struct cofi_token_cfg *t = &cfg->tokens[i];
         cfg->token_count = i + 1;
@@ -285,18 +292,21 @@ static int parse_auth(json_t *auth, struct cofi_config *cfg, struct cofi_err *er
             rc = get_str(o, where, "scope", &scope, err);
         }
         if (rc == 0 && (t->env == NULL || scope == NULL)) {
-            rc = cofi_err_set(err, COFI_E_INVALID, "configuration key \"%s\" needs \"token_env\" and \"scope\"", where);
+            rc = cofi_err_set(err, COFI_E_INVALID,
+                              "configuration key \"%s\" needs \"token_env\" and \"scope\"", where);
         }
         if (rc == 0 && strcmp(scope, "write") != 0 && strcmp(scope, "read") != 0) {
-            rc = cofi_err_set(err, COFI_E_INVALID, "configuration key \"%sscope\" must be \"read\" or \"write\"", where);
+            rc = cofi_err_set(err, COFI_E_INVALID,
+                              "configuration key \"%sscope\" must be \"read\" or \"write\"", where);
         }
         if (rc == 0) {
             t->write = strcmp(scope, "write") == 0;
             const char *val = getenv(t->env);
             if (val == NULL || val[0] == '\0') {
-                rc = cofi_err_set(err, COFI_E_INVALID,
-                                  "configuration key \"%stoken_env\": environment variable %s is not set",
-                                  where, t->env);
+                rc = cofi_err_set(
+                    err, COFI_E_INVALID,
+                    "configuration key \"%stoken_env\": environment variable %s is not set", where,
+                    t->env);
             } else {
                 t->token = strdup(val);
                 if (t->token == NULL) {
@@ -314,16 +324,19 @@ static int parse_auth(json_t *auth, struct cofi_config *cfg, struct cofi_err *er
 
 static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *err)
 {
-    static const char *const known[] = {"listen",       "database_url",   "input_root",
-                                        "max_body_bytes", "nodes",        "mediator",
-                                        "llm",          "auth",           "log_level",
-                                        "http_threads", "db_pool_size",   "shutdown_grace_ms",
+    static const char *const known[] = {"listen",       "database_url",
+                                        "input_root",   "max_body_bytes",
+                                        "nodes",        "mediator",
+                                        "llm",          "auth",
+                                        "log_level",    "http_threads",
+                                        "db_pool_size", "shutdown_grace_ms",
                                         "lease_ms",     NULL};
-    static const char *const med_known[] = {"timeout_ms",      "max_attempts",
-                                            "backoff_base_ms", "backoff_max_ms",
+    static const char *const med_known[] = {"timeout_ms",         "max_attempts",
+                                            "backoff_base_ms",    "backoff_max_ms",
                                             "health_interval_ms", NULL};
-    static const char *const llm_known[] = {"url", "concurrency", "timeout_ms", "max_attempts",
-                                            "backoff_base_ms", "backoff_max_ms", NULL};
+    static const char *const llm_known[] = {
+        "url", "concurrency", "timeout_ms", "max_attempts", "backoff_base_ms", "backoff_max_ms",
+        NULL};
     if (!json_is_object(root)) {
         return cofi_err_set(err, COFI_E_INVALID, "the configuration must be a JSON object");
     }
@@ -354,7 +367,8 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
     json_t *med = json_object_get(root, "mediator");
     if (rc == 0 && med != NULL) {
         if (!json_is_object(med)) {
-            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"mediator\" must be an object");
+            return cofi_err_set(err, COFI_E_INVALID,
+                                "configuration key \"mediator\" must be an object");
         }
         rc = check_keys(med, "mediator.", med_known, err);
         if (rc == 0) {
@@ -467,7 +481,8 @@ static int finish(struct cofi_config *cfg, struct cofi_err *err)
         return cofi_err_set(err, COFI_E_INVALID, "configuration key \"llm.url\" is required");
     }
     if (!is_http_url(cfg->llm_url)) {
-        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"llm.url\" must be an http(s) URL");
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"llm.url\" must be an http(s) URL");
     }
     trim_slashes(cfg->llm_url);
     return 0;

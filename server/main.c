@@ -51,8 +51,8 @@ static int probe_listen(const struct cofi_config *cfg)
 {
     char port[16];
     snprintf(port, sizeof port, "%d", cfg->listen_port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *res = NULL;
     if (getaddrinfo(cfg->listen_host, port, &hints, &res) != 0 || res == NULL) {
         log_error("cannot resolve listen address %s:%d", cfg->listen_host, cfg->listen_port);

@@ -66,8 +66,9 @@ static void test_bad_values_are_named(void **state)
     (void)state;
     struct cofi_config cfg;
     struct cofi_err err;
-    const char *zero = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": \"http://1\"}],"
-                       " \"llm\": {\"url\": \"http://x\", \"concurrency\": 0}}";
+    const char *zero =
+        "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": \"http://1\"}],"
+        " \"llm\": {\"url\": \"http://x\", \"concurrency\": 0}}";
     assert_int_not_equal(config_parse(zero, &cfg, &err), 0);
     assert_non_null(strstr(err.msg, "llm.concurrency"));
     assert_int_not_equal(parse(", \"listen\": \"nope\"", &cfg, &err), 0);
@@ -98,7 +99,8 @@ static void test_auth_tokens_from_env(void **state)
     (void)state;
     struct cofi_config cfg;
     struct cofi_err err;
-    const char *auth = ", \"auth\": {\"tokens\": [{\"token_env\": \"T_OPS\", \"scope\": \"write\"}]}";
+    const char *auth =
+        ", \"auth\": {\"tokens\": [{\"token_env\": \"T_OPS\", \"scope\": \"write\"}]}";
     unsetenv("T_OPS");
     assert_int_not_equal(parse(auth, &cfg, &err), 0);
     assert_non_null(strstr(err.msg, "T_OPS"));
@@ -115,8 +117,9 @@ static void test_duplicate_node_ids_rejected(void **state)
     (void)state;
     struct cofi_config cfg;
     struct cofi_err err;
-    const char *text = "{\"input_root\": \"/tmp\", \"llm\": {\"url\": \"http://x\"}, \"nodes\": ["
-                       "{\"id\": \"a\", \"url\": \"http://1\"}, {\"id\": \"a\", \"url\": \"http://2\"}]}";
+    const char *text =
+        "{\"input_root\": \"/tmp\", \"llm\": {\"url\": \"http://x\"}, \"nodes\": ["
+        "{\"id\": \"a\", \"url\": \"http://1\"}, {\"id\": \"a\", \"url\": \"http://2\"}]}";
     assert_int_not_equal(config_parse(text, &cfg, &err), 0);
     assert_non_null(strstr(err.msg, "nodes[1].id"));
 }

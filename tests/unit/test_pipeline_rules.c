@@ -19,7 +19,8 @@ static void test_counts_add_up_for_every_position(void **state)
             memset(c, 0, sizeof c);
             stage_counts_add(c, cs, st, 3);
             for (int s = 0; s < STAGE_COUNT; s++) {
-                assert_int_equal(c[s].pending + c[s].running + c[s].done + c[s].failed + c[s].skipped, 3);
+                assert_int_equal(
+                    c[s].pending + c[s].running + c[s].done + c[s].failed + c[s].skipped, 3);
             }
         }
     }
