@@ -6,7 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
+#include "common/log.h"
 #include "db/db.h"
+#include "db/prepared.h"
 
 /* RFC 3339 UTC with milliseconds, or NULL. */
 #define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
@@ -195,11 +198,16 @@ static int nomem(struct cofi_err *err)
     return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
 }
 
-static int batch_select(PGconn *conn, const char *id_text, json_t **out, struct cofi_err *err)
+#define SQL_BATCH_GET "SELECT " BATCH_COLS " FROM batches b WHERE b.id = $1::bigint"
+
+/* Reads one batch. in_tx: inside a transaction, where a statement not prepared yet must not
+ * fail and abort it, so it is sent unprepared. */
+static int batch_select(PGconn *conn, const char *id_text, bool in_tx, json_t **out,
+                        struct cofi_err *err)
 {
     const char *params[1] = {id_text};
-    PGresult *r = db_exec(conn, "SELECT " BATCH_COLS " FROM batches b WHERE b.id = $1::bigint", 1,
-                          params, err);
+    PGresult *r = in_tx ? db_exec(conn, SQL_BATCH_GET, 1, params, err)
+                        : db_exec_prepared(conn, "cofi_batch_get", SQL_BATCH_GET, 1, params, err);
     if (r == NULL) {
         return err->code;
     }
@@ -221,7 +229,7 @@ int batches_db_get(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err)
     *out = NULL;
     char id_text[ID_TEXT_LEN];
     snprintf(id_text, sizeof id_text, "%" PRId64, id);
-    return batch_select(conn, id_text, out, err);
+    return batch_select(conn, id_text, /* in_tx= */ false, out, err);
 }
 
 int batches_db_list(PGconn *conn, int64_t cursor, int limit, const char *state, json_t **out,
@@ -235,15 +243,16 @@ int batches_db_list(PGconn *conn, int64_t cursor, int limit, const char *state, 
     const char *params[3] = {cur, lim, state};
     PGresult *r;
     if (state == NULL) {
-        r = db_exec(conn,
-                    "SELECT " BATCH_COLS " FROM batches b WHERE b.id < $1::bigint "
-                    "ORDER BY b.id DESC LIMIT $2::integer",
-                    2, params, err);
+        r = db_exec_prepared(conn, "cofi_batch_list",
+                             "SELECT " BATCH_COLS " FROM batches b WHERE b.id < $1::bigint "
+                             "ORDER BY b.id DESC LIMIT $2::integer",
+                             2, params, err);
     } else {
-        r = db_exec(conn,
-                    "SELECT " BATCH_COLS " FROM batches b WHERE b.id < $1::bigint AND b.state = $3 "
-                    "ORDER BY b.id DESC LIMIT $2::integer",
-                    3, params, err);
+        r = db_exec_prepared(conn, "cofi_batch_list_state",
+                             "SELECT " BATCH_COLS " FROM batches b "
+                             "WHERE b.id < $1::bigint AND b.state = $3 "
+                             "ORDER BY b.id DESC LIMIT $2::integer",
+                             3, params, err);
     }
     if (r == NULL) {
         return err->code;
@@ -336,6 +345,60 @@ static int existing_by_key(PGconn *conn, const struct batch_new *b, json_t **out
     return rc;
 }
 
+/* The error of a failed asynchronous result, as db_exec reports errors. */
+static int async_error(PGconn *conn, const PGresult *r, struct cofi_err *err)
+{
+    const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(conn);
+    char line[400];
+    snprintf(line, sizeof line, "%s", msg != NULL && msg[0] != '\0' ? msg : "unknown error");
+    line[strcspn(line, "\n")] = '\0';
+    bool lost = PQstatus(conn) != CONNECTION_OK ||
+                (state != NULL && (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0));
+    cofi_err_set(err, lost ? COFI_E_UNAVAILABLE : COFI_E_INTERNAL, "database: %s", line);
+    if (state != NULL) {
+        snprintf(err->sqlstate, sizeof err->sqlstate, "%s", state);
+    }
+    return err->code;
+}
+
+/* Inserts the calls of batch id_text from the array literal `files`, and runs b->check while
+ * the server works on it. Returns 0, the check's error, or the insert's. */
+static int insert_calls_checking(PGconn *conn, const char *id_text, const char *files,
+                                 const struct batch_new *b, struct cofi_err *err)
+{
+    const char *params[2] = {id_text, files};
+    if (!PQsendQueryParams(conn,
+                           "INSERT INTO calls (batch_id, seq, file) SELECT $1::bigint, ord - 1, f "
+                           "FROM unnest($2::text[]) WITH ORDINALITY AS t(f, ord)",
+                           2, NULL, params, NULL, NULL, 0)) {
+        return async_error(conn, NULL, err);
+    }
+    int64_t t0 = clock_mono_us();
+    int check_rc = b->check != NULL ? b->check(b->check_ctx, err) : 0;
+    int64_t t_checked = clock_mono_us();
+    struct cofi_err db_err;
+    cofi_err_clear(&db_err);
+    int db_rc = 0;
+    PGresult *r;
+    while ((r = PQgetResult(conn)) != NULL) {
+        ExecStatusType st = PQresultStatus(r);
+        if (db_rc == 0 && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+            db_rc = async_error(conn, r, &db_err);
+        }
+        PQclear(r);
+    }
+    log_debug("batch %s: files checked in %" PRId64 " ms, calls stored %" PRId64 " ms later",
+              id_text, (t_checked - t0) / 1000, (clock_mono_us() - t_checked) / 1000);
+    if (check_rc != 0) {
+        return check_rc;
+    }
+    if (db_rc != 0) {
+        *err = db_err;
+    }
+    return db_rc;
+}
+
 int batches_db_create(PGconn *conn, const struct batch_new *b, json_t **out, bool *created,
                       struct cofi_err *err)
 {
@@ -381,17 +444,12 @@ int batches_db_create(PGconn *conn, const struct batch_new *b, json_t **out, boo
     PQclear(r);
     r = NULL;
 
-    const char *cp[2] = {id_text, arr.data};
-    rc = db_command(
-        conn,
-        "INSERT INTO calls (batch_id, seq, file) "
-        "SELECT $1::bigint, ord - 1, f FROM unnest($2::text[]) WITH ORDINALITY AS t(f, ord)",
-        2, cp, err);
+    rc = insert_calls_checking(conn, id_text, arr.data, b, err);
     buf_free(&arr);
     if (rc != 0) {
         goto fail;
     }
-    rc = batch_select(conn, id_text, out, err);
+    rc = batch_select(conn, id_text, /* in_tx= */ true, out, err);
     if (rc != 0) {
         goto fail;
     }
@@ -434,7 +492,7 @@ int batches_db_run(PGconn *conn, int64_t id, const char *mode, json_t **out, str
 
     /* Not created (any more): answer from its current state. */
     json_t *batch;
-    int rc = batch_select(conn, id_text, &batch, err);
+    int rc = batch_select(conn, id_text, /* in_tx= */ false, &batch, err);
     if (rc != 0) {
         return rc;
     }
@@ -480,7 +538,7 @@ static int cancel_once(PGconn *conn, const char *id_text, json_t **out, struct c
     if (changed == 0) {
         rollback(conn);
         json_t *batch;
-        rc = batch_select(conn, id_text, &batch, err);
+        rc = batch_select(conn, id_text, /* in_tx= */ false, &batch, err);
         if (rc != 0) {
             return rc;
         }
@@ -509,7 +567,7 @@ static int cancel_once(PGconn *conn, const char *id_text, json_t **out, struct c
     if (rc != 0) {
         goto fail;
     }
-    rc = batch_select(conn, id_text, out, err);
+    rc = batch_select(conn, id_text, /* in_tx= */ true, out, err);
     if (rc != 0) {
         goto fail;
     }
@@ -539,55 +597,4 @@ int batches_db_cancel(PGconn *conn, int64_t id, json_t **out, struct cofi_err *e
         }
     }
     return rc;
-}
-
-int batches_db_stage_counts(PGconn *conn, int stage, int64_t batch_id, struct stage_counts *counts,
-                            int64_t *queued, struct cofi_err *err)
-{
-    char stage_text[8];
-    char id_text[ID_TEXT_LEN];
-    snprintf(stage_text, sizeof stage_text, "%d", stage);
-    snprintf(id_text, sizeof id_text, "%" PRId64, batch_id);
-    const char *params[2] = {stage_text, id_text};
-    PGresult *r;
-    /* Rows of stages before `stage` only ever count as pending or skipped there, which the
-     * stage status does not report: leave them out. */
-    if (batch_id == 0) {
-        r = db_exec(conn,
-                    "SELECT p.stage, p.status, sum(p.n)::bigint FROM batch_progress p "
-                    "WHERE p.stage >= $1::smallint AND p.n <> 0 GROUP BY 1, 2",
-                    1, params, err);
-    } else {
-        r = db_exec(conn,
-                    "SELECT p.stage, p.status, p.n FROM batches b LEFT JOIN batch_progress p "
-                    "ON p.batch_id = b.id AND p.stage >= $1::smallint AND p.n <> 0 "
-                    "WHERE b.id = $2::bigint",
-                    2, params, err);
-    }
-    if (r == NULL) {
-        return err->code;
-    }
-    if (batch_id != 0 && PQntuples(r) == 0) {
-        PQclear(r);
-        return cofi_err_set(err, COFI_E_NOT_FOUND, "no batch %s", id_text);
-    }
-    struct stage_counts all[STAGE_COUNT];
-    memset(all, 0, sizeof all);
-    int64_t waiting = 0;
-    for (int i = 0; i < PQntuples(r); i++) {
-        if (PQgetisnull(r, i, 0)) {
-            continue;
-        }
-        int cs = atoi(PQgetvalue(r, i, 0));
-        int st = call_status_from_name(PQgetvalue(r, i, 1));
-        int64_t n = strtoll(PQgetvalue(r, i, 2), NULL, 10);
-        stage_counts_add(all, cs, st, n);
-        if (cs == stage && st == CALL_PENDING) {
-            waiting += n;
-        }
-    }
-    PQclear(r);
-    *counts = all[stage];
-    *queued = waiting;
-    return 0;
 }

@@ -1,4 +1,4 @@
-/* The SQL of the batch resource: create, read, list, run, cancel, per-stage progress. */
+/* The SQL of the batch resource: create, read, list, run, cancel. */
 #ifndef COFI_BATCHES_DB_H
 #define COFI_BATCHES_DB_H
 
@@ -25,6 +25,11 @@ struct batch_new {
     const json_t *files;         /* array of strings (relative paths), at least one */
     const char *idempotency_key; /* NULL for none */
     const char *request_hash;    /* with a key: hex SHA-256 of the canonical request */
+    /* The last validation, run while the database inserts the calls so the two overlap
+     * (may be NULL): returns 0, or a negative status with err filled, and then the whole
+     * insert is rolled back and that status returned. */
+    int (*check)(void *check_ctx, struct cofi_err *err);
+    void *check_ctx;
 };
 
 /* Builds a batch object (the API's JSON) for the batch with this id. Returns 0 with *out a
@@ -47,9 +52,9 @@ int batches_db_find_idempotent(PGconn *conn, const char *key, const char *canoni
                                json_t **out, struct cofi_err *err);
 
 /* Inserts the batch and one call per file (seq 0, 1, ... in array order) in one
- * transaction. Returns 0 with *out a new reference to the batch object and *created true;
- * when another request inserted a batch with the same idempotency key first, 0 with *out
- * that batch and *created false if its request hash is the same, else COFI_E_CONFLICT. On
+ * transaction, running b->check meanwhile. Returns 0 with *out a new reference to the batch object
+ * and *created true; when another request inserted a batch with the same idempotency key first, 0
+ * with *out that batch and *created false if its request hash is the same, else COFI_E_CONFLICT. On
  * error nothing is written and *out is NULL. */
 int batches_db_create(PGconn *conn, const struct batch_new *b, json_t **out, bool *created,
                       struct cofi_err *err);
@@ -68,13 +73,6 @@ int batches_db_run(PGconn *conn, int64_t id, const char *mode, json_t **out, str
  * Returns 0 with *out a new reference to the batch object (*out NULL on error, and then
  * nothing was changed). */
 int batches_db_cancel(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err);
-
-/* Per-stage counts for pipeline stage `stage` from batch_progress, summed over every batch
- * (batch_id 0) or for one batch (COFI_E_NOT_FOUND if it does not exist). Fills *counts (the
- * API's counts at that stage) and *queued (calls at that stage waiting: status pending).
- * One statement. On error the outputs are unchanged. */
-int batches_db_stage_counts(PGconn *conn, int stage, int64_t batch_id, struct stage_counts *counts,
-                            int64_t *queued, struct cofi_err *err);
 
 /* ---- pure helpers, exposed for tests ---- */
 

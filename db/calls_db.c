@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "db/db.h"
+#include "db/prepared.h"
 #include "pipeline/stages.h"
 
 #define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
@@ -20,6 +21,19 @@
                               "s.last_error, " TS("s.started_at") ", " TS("s.finished_at") RESULT  \
         ") ORDER BY s.stage) "                                                                     \
         "FROM call_stages s WHERE s.call_id = c.id)"
+
+/* One page of a batch's calls, from seq $2 on, through the (batch_id, seq) index. A batch's
+ * calls are inserted by one statement in seq order, so seq order is also id order. The batch
+ * row makes an unknown batch (no row) differ from an empty page (one row of NULLs), in the
+ * same statement. */
+#define SQL_CALL_LIST(FILTER)                                                                      \
+    "SELECT b.id, x.* FROM batches b LEFT JOIN LATERAL (SELECT " CALL_COLS(                        \
+        "") " FROM calls c WHERE c.batch_id = b.id AND c.seq >= $2::bigint " FILTER                \
+            "ORDER BY c.seq LIMIT $3::integer) x ON true WHERE b.id = $1::bigint"
+
+#define SQL_CALL_GET                                                                               \
+    "SELECT " CALL_COLS(                                                                           \
+        ", s.result") " FROM calls c WHERE c.id = $1::bigint AND c.batch_id = $2::bigint"
 
 #define ID_TEXT_LEN 24
 
@@ -176,21 +190,11 @@ int calls_db_list(PGconn *conn, int64_t batch_id, int64_t cursor, int limit, con
     snprintf(lim, sizeof lim, "%d", limit + 1);
     const char *params[4] = {id, cur, lim, state};
     PGresult *r;
-    /* The batch row makes an unknown batch (no row) differ from an empty page (one row of
-     * NULLs), in the same statement. */
     if (state == NULL) {
-        r = db_exec(conn,
-                    "SELECT b.id, x.* FROM batches b LEFT JOIN LATERAL (SELECT " CALL_COLS(
-                        "") " FROM calls c WHERE c.batch_id = b.id AND c.id > $2::bigint "
-                            "ORDER BY c.id LIMIT $3::integer) x ON true WHERE b.id = $1::bigint",
-                    3, params, err);
+        r = db_exec_prepared(conn, "cofi_call_list", SQL_CALL_LIST(""), 3, params, err);
     } else {
-        r = db_exec(conn,
-                    "SELECT b.id, x.* FROM batches b LEFT JOIN LATERAL (SELECT " CALL_COLS(
-                        "") " FROM calls c WHERE c.batch_id = b.id AND c.id > $2::bigint "
-                            "AND c.status = $4 ORDER BY c.id LIMIT $3::integer) x ON true "
-                            "WHERE b.id = $1::bigint",
-                    4, params, err);
+        r = db_exec_prepared(conn, "cofi_call_list_state", SQL_CALL_LIST("AND c.status = $4 "), 4,
+                             params, err);
     }
     if (r == NULL) {
         return err->code;
@@ -207,7 +211,12 @@ int calls_db_list(PGconn *conn, int64_t batch_id, int64_t cursor, int limit, con
     for (int i = 0; i < shown && rc == 0; i++) {
         rc = json_array_append_new(arr, call_from_row(r, i, 1, /* with_result= */ false));
     }
-    json_t *next = rows > limit ? json_string(PQgetvalue(r, shown - 1, 1)) : json_null();
+    /* The cursor is the seq the next page starts at. */
+    char next_seq[ID_TEXT_LEN];
+    if (rows > limit) {
+        snprintf(next_seq, sizeof next_seq, "%lld", atoll(PQgetvalue(r, shown - 1, 3)) + 1);
+    }
+    json_t *next = rows > limit ? json_string(next_seq) : json_null();
     PQclear(r);
     if (rc == 0) {
         rc |= json_object_set_new(page, "calls", arr);
@@ -234,11 +243,7 @@ int calls_db_get(PGconn *conn, int64_t batch_id, int64_t call_id, json_t **out,
     snprintf(bid, sizeof bid, "%" PRId64, batch_id);
     snprintf(cid, sizeof cid, "%" PRId64, call_id);
     const char *params[2] = {cid, bid};
-    PGresult *r = db_exec(
-        conn,
-        "SELECT " CALL_COLS(", s.result") " FROM calls c "
-                                          "WHERE c.id = $1::bigint AND c.batch_id = $2::bigint",
-        2, params, err);
+    PGresult *r = db_exec_prepared(conn, "cofi_call_get", SQL_CALL_GET, 2, params, err);
     if (r == NULL) {
         return err->code;
     }

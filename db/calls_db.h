@@ -12,9 +12,10 @@
 /* As in db/batches_db.h: the connection is used for these statements only; thread-safe with
  * distinct connections; errors as db_exec reports them. */
 
-/* Lists the calls of batch batch_id in ascending id order, with id > cursor (0: from the
- * first), at most limit of them, only those whose status is `state` unless it is NULL.
- * Stages omit "result". One statement. Returns 0 with *out a new reference to
+/* Lists the calls of batch batch_id in ascending seq (and id) order, from seq `cursor` on
+ * (0: from the first; next_cursor is the seq after the page's last), at most limit of them, only
+ * those whose status is `state` unless it is NULL. Stages omit "result". One statement. Returns 0
+ * with *out a new reference to
  * {"calls": [...], "next_cursor": str|null}; COFI_E_NOT_FOUND when the batch does not
  * exist; on error *out is NULL. */
 int calls_db_list(PGconn *conn, int64_t batch_id, int64_t cursor, int limit, const char *state,

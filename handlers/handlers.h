@@ -53,9 +53,9 @@ struct http_reply {
 void http_reply_free(struct http_reply *rep);
 
 /* Every handler: returns 0 with rep filled (status and body), or a negative cofi_status with
- * err filled (and maybe rep->problem_ext); then nothing was changed in the database unless
- * the status says otherwise. Handlers are thread-safe: they share only app, whose pool and
- * engine are thread-safe. */
+ * err filled (and maybe rep->problem_ext); a handler that fails has changed nothing in the
+ * database (it validates everything before writing, and writes in one transaction).
+ * Handlers are thread-safe: they share only app, whose pool and engine are thread-safe. */
 typedef int (*handler_fn)(const struct cofi_app *app, const struct http_req *req,
                           struct http_reply *rep, struct cofi_err *err);
 
@@ -150,5 +150,14 @@ bool req_json_has_nul(const json_t *v);
  * "is not readable", ...). Thread-safe (reads only the filesystem). */
 int batches_check_file(const char *root, int root_fd, const char *file, size_t file_len,
                        const char **reason);
+
+/* ---- handlers/stages.c, exposed for tests ---- */
+
+/* Splits the calls at a stage for GET /stages/{name}/status: of `running` claimed calls,
+ * those with a request in flight (`requests`, as the instances count them, at most
+ * `running`) are in_flight; the others wait for a free slot and count as queued with the
+ * `pending` ones. Can't fail. */
+void stages_split_running(int64_t pending, int64_t running, int64_t requests, int64_t *in_flight,
+                          int64_t *queued);
 
 #endif

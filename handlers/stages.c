@@ -3,7 +3,7 @@
 
 #include <stdlib.h>
 
-#include "db/batches_db.h"
+#include "db/stages_db.h"
 #include "pipeline/stages.h"
 
 #define NODES_ON_STACK 32
@@ -64,6 +64,17 @@ static json_t *nodes_json(const struct cofi_app *app)
     return arr;
 }
 
+void stages_split_running(int64_t pending, int64_t running, int64_t requests, int64_t *in_flight,
+                          int64_t *queued)
+{
+    int64_t sending = requests < running ? requests : running;
+    if (sending < 0) {
+        sending = 0;
+    }
+    *in_flight = sending;
+    *queued = pending + (running - sending);
+}
+
 int handle_stage_status(const struct cofi_app *app, const struct http_req *req,
                         struct http_reply *rep, struct cofi_err *err)
 {
@@ -77,13 +88,13 @@ int handle_stage_status(const struct cofi_app *app, const struct http_req *req,
         return cofi_err_set(err, COFI_E_BAD_REQUEST, "batch_id must be a positive integer");
     }
 
-    struct stage_counts counts = {0};
-    int64_t queued = 0;
+    struct stage_figures f;
     PGconn *conn = req_db_acquire(app, err);
     if (conn == NULL) {
         return err->code;
     }
-    int rc = batches_db_stage_counts(conn, stage, batch_id, &counts, &queued, err);
+    int rc =
+        stages_db_figures(conn, stage, batch_id, app->instance_id, app->cfg->lease_ms, &f, err);
     db_release(app->db, conn);
     if (rc != 0) {
         return rc;
@@ -93,13 +104,17 @@ int handle_stage_status(const struct cofi_app *app, const struct http_req *req,
     engine_stage_live(app->engine, stage, &live);
     int limit =
         live.concurrency_limit > 0 ? live.concurrency_limit : configured_limit(app->cfg, stage);
+    int64_t in_flight;
+    int64_t queued;
+    stages_split_running(f.pending, f.running, (int64_t)live.in_flight + f.others_in_flight,
+                         &in_flight, &queued);
     bool llm = stage_is_llm(stage);
     json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:I, s:f, s:{s:f, s:f, s:f}}", "name",
                           stage_name(stage), "kind", llm ? "llm" : "mediator", "concurrency_limit",
-                          limit, "in_flight", (json_int_t)counts.running, "queued",
-                          (json_int_t)queued, "done", (json_int_t)counts.done, "failed",
-                          (json_int_t)counts.failed, "throughput_per_s", live.throughput_per_s,
-                          "latency_ms", "p50", live.p50_ms, "p95", live.p95_ms, "p99", live.p99_ms);
+                          limit, "in_flight", (json_int_t)in_flight, "queued", (json_int_t)queued,
+                          "done", (json_int_t)f.counts.done, "failed", (json_int_t)f.counts.failed,
+                          "throughput_per_s", live.throughput_per_s, "latency_ms", "p50",
+                          live.p50_ms, "p95", live.p95_ms, "p99", live.p99_ms);
     if (o != NULL && !llm && json_object_set_new(o, "nodes", nodes_json(app)) != 0) {
         json_decref(o);
         o = NULL;

@@ -3,7 +3,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -12,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,8 +45,10 @@ struct request {
     bool refused;            /* refused from its headers alone */
     bool answered;           /* an answer was queued before the body was read */
     bool too_large;          /* the body passed the limit: drop the rest and answer 413 */
-    size_t dropped;          /* bytes dropped after the limit */
+    size_t dropped;          /* body bytes of a refused request read and dropped */
     int64_t start_us;
+    int status;    /* the status answered, for the access log */
+    char line[96]; /* "METHOD /path" (cut), for the access log */
 };
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
@@ -114,8 +116,9 @@ static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_rep
         resp =
             MHD_create_response_from_buffer(rep->raw_len, (void *)rep->raw, MHD_RESPMEM_PERSISTENT);
     } else {
-        char *text =
-            json_dumps(rep->body != NULL ? rep->body : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+        /* 15 significant digits print 4.1 as "4.1", not "4.0999999999999996". */
+        char *text = json_dumps(rep->body != NULL ? rep->body : json_null(),
+                                JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
         if (text == NULL) {
             struct cofi_err err;
             cofi_err_set(&err, COFI_E_NOMEM, "out of memory while encoding a reply");
@@ -152,18 +155,40 @@ static const char *refusal_allow(const struct request *rq)
     return rq->refusal.code == COFI_E_METHOD ? rq->match.allow : NULL;
 }
 
-/* True when the request announces a body (Content-Length > 0 or a Transfer-Encoding). */
-static bool has_body(struct MHD_Connection *conn)
+/* How many body bytes a refused request may send before we hang up on it. A refusal is
+ * answered after its body is drained: a client that is still sending when the connection
+ * closes gets a reset instead of the answer. */
+static size_t drain_limit(const struct cofi_config *cfg)
+{
+    size_t floor = 1024u * 1024u;
+    return cfg->max_body_bytes > floor ? 2 * cfg->max_body_bytes : 2 * floor;
+}
+
+/* The length the request announces: 0 with no body, SIZE_MAX when unknown (chunked) or
+ * past size_t. */
+static size_t announced_length(struct MHD_Connection *conn)
 {
     const char *cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    return header(conn, MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL ||
-           (cl != NULL && strtoull(cl, NULL, 10) > 0);
+    if (cl != NULL) {
+        errno = 0;
+        unsigned long long n = strtoull(cl, NULL, 10);
+        return errno == ERANGE || n > SIZE_MAX ? SIZE_MAX : (size_t)n;
+    }
+    return header(conn, MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL ? SIZE_MAX : 0;
+}
+
+/* True when the client waits for "100 Continue" before it sends its body. */
+static bool expects_continue(struct MHD_Connection *conn)
+{
+    const char *e = header(conn, MHD_HTTP_HEADER_EXPECT);
+    return e != NULL && strcasecmp(e, "100-continue") == 0;
 }
 
 /* The first call, with the headers: route, authenticate and check the announced length, so
- * that a request that will be refused is refused before its body is read. A refused request
- * with a body is answered at once (MHD then closes the connection, unread body and all); one
- * without is answered at its completion, which keeps the connection alive. */
+ * that a request that will be refused never has its body stored. The refusal is answered:
+ * - at once when the client waits for 100 Continue (it then sends no body) or announces
+ *   more than drain_limit (MHD closes the connection);
+ * - otherwise after the body was read and dropped, which keeps the connection usable. */
 static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection *conn,
                                   struct request *rq, const char *url, const char *method)
 {
@@ -181,25 +206,23 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
         rc = cofi_err_set(err, COFI_E_METHOD, "%s is not allowed here; allowed: %s", method,
                           rq->match.allow);
     }
-    if (rc == 0) {
-        const char *cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl != NULL) {
-            errno = 0;
-            unsigned long long n = strtoull(cl, NULL, 10);
-            if (errno == ERANGE || n > cfg->max_body_bytes) {
-                rc = cofi_err_set(err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
-                                  cfg->max_body_bytes);
-            }
-        }
+    size_t announced = announced_length(conn);
+    bool chunked = announced == SIZE_MAX && header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH) == NULL;
+    if (rc == 0 && !chunked && announced > cfg->max_body_bytes) {
+        rc = cofi_err_set(err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
+                          cfg->max_body_bytes);
     }
     if (rc == 0) {
         return MHD_YES;
     }
     rq->refused = true;
-    if (!has_body(conn)) {
+    bool answer_now =
+        announced != 0 && (expects_continue(conn) || (!chunked && announced > drain_limit(cfg)));
+    if (!answer_now) {
         return MHD_YES;
     }
     rq->answered = true;
+    rq->status = problem_http_status(err->code);
     return answer_problem(conn, err, NULL, refusal_allow(rq));
 }
 
@@ -208,6 +231,7 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
                                    struct request *rq, const char *url, const char *method)
 {
     if (rq->refused) {
+        rq->status = problem_http_status(rq->refusal.code);
         return answer_problem(conn, &rq->refusal, NULL, refusal_allow(rq));
     }
     struct cofi_err err;
@@ -215,6 +239,7 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
     if (rq->too_large) {
         cofi_err_set(&err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
                      srv->app->cfg->max_body_bytes);
+        rq->status = 413;
         return answer_problem(conn, &err, NULL, NULL);
     }
     struct http_req req = {
@@ -241,8 +266,10 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         }
         json_t *ext = rep.problem_ext;
         rep.problem_ext = NULL;
+        rq->status = problem_http_status(err.code);
         ret = answer_problem(conn, &err, ext, NULL);
     } else {
+        rq->status = rep.status != 0 ? rep.status : 200;
         ret = answer_reply(conn, &rep);
     }
     http_reply_free(&rep);
@@ -263,32 +290,32 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         buf_init(&rq->body, srv->app->cfg->max_body_bytes);
         rq->start_us = clock_mono_us();
+        snprintf(rq->line, sizeof rq->line, "%s %s", method, url);
         *con_cls = rq;
         atomic_fetch_add(&srv->active, 1);
         return on_headers(srv, conn, rq, url, method);
     }
-    if (rq->answered) {
-        *upload_data_size = 0;
-        return MHD_YES;
-    }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (rq->too_large) {
-            /* A body without Content-Length passed the limit: MHD can only answer once it
-             * has read the request, so drop the rest, but hang up on a client that keeps
-             * sending far past the limit. */
+        if (rq->answered || rq->refused || rq->too_large) {
+            /* Drop what a refused request sends, but hang up on one that goes on and on. */
             rq->dropped += n;
-            return rq->dropped > srv->app->cfg->max_body_bytes ? MHD_NO : MHD_YES;
+            return rq->dropped > drain_limit(srv->app->cfg) ? MHD_NO : MHD_YES;
         }
         int rc = buf_append(&rq->body, upload_data, n);
         if (rc == -1) {
+            /* A body without Content-Length passed the limit. */
             rq->too_large = true;
+            rq->dropped = rq->body.len + n;
             buf_free(&rq->body);
         } else if (rc != 0) {
             log_error("out of memory reading a request body of %zu bytes", rq->body.len + n);
             return MHD_NO;
         }
+        return MHD_YES;
+    }
+    if (rq->answered) {
         return MHD_YES;
     }
     return on_complete(srv, conn, rq, url, method);
@@ -303,9 +330,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (rq == NULL) {
         return;
     }
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
-        log_debug("request ended early (%d) after %" PRId64 " us", (int)toe,
-                  clock_mono_us() - rq->start_us);
+    int64_t us = clock_mono_us() - rq->start_us;
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        log_debug("%s %d %" PRId64 ".%03d ms", rq->line, rq->status, us / 1000, (int)(us % 1000));
+    } else {
+        log_debug("%s ended early (%d) after %" PRId64 " us", rq->line, (int)toe, us);
     }
     buf_free(&rq->body);
     free(rq);

@@ -10,6 +10,7 @@
 
 #include "db/batches_db.h"
 #include "db/calls_db.h"
+#include "handlers/handlers.h"
 
 static void test_text_array_quotes_and_escapes(void **state)
 {
@@ -95,6 +96,24 @@ static void test_stages_array_in_pipeline_order(void **state)
     json_decref(a);
 }
 
+static void test_stage_status_splits_claimed_calls(void **state)
+{
+    (void)state;
+    int64_t in_flight = -1;
+    int64_t queued = -1;
+    /* 78 claimed, 20 requests out: 58 wait for a slot. */
+    stages_split_running(5, 78, 20, &in_flight, &queued);
+    assert_int_equal(in_flight, 20);
+    assert_int_equal(queued, 63);
+    /* Published figures can lag: never more in flight than claimed. */
+    stages_split_running(0, 3, 10, &in_flight, &queued);
+    assert_int_equal(in_flight, 3);
+    assert_int_equal(queued, 0);
+    stages_split_running(2, 0, 0, &in_flight, &queued);
+    assert_int_equal(in_flight, 0);
+    assert_int_equal(queued, 2);
+}
+
 static const char *state_at(json_t *stages, int s)
 {
     return json_string_value(json_object_get(json_array_get(stages, (size_t)s), "state"));
@@ -172,6 +191,7 @@ int main(void)
         cmocka_unit_test(test_progress_text_becomes_counts),
         cmocka_unit_test(test_eta),
         cmocka_unit_test(test_stages_array_in_pipeline_order),
+        cmocka_unit_test(test_stage_status_splits_claimed_calls),
         cmocka_unit_test(test_call_view_running),
         cmocka_unit_test(test_call_view_failed_and_cancelled),
     };
