@@ -9,7 +9,6 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "db/db.h"
-#include "db/prepared.h"
 
 /* RFC 3339 UTC with milliseconds, or NULL. */
 #define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
@@ -345,23 +344,6 @@ static int existing_by_key(PGconn *conn, const struct batch_new *b, json_t **out
     return rc;
 }
 
-/* The error of a failed asynchronous result, as db_exec reports errors. */
-static int async_error(PGconn *conn, const PGresult *r, struct cofi_err *err)
-{
-    const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    const char *msg = r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(conn);
-    char line[400];
-    snprintf(line, sizeof line, "%s", msg != NULL && msg[0] != '\0' ? msg : "unknown error");
-    line[strcspn(line, "\n")] = '\0';
-    bool lost = PQstatus(conn) != CONNECTION_OK ||
-                (state != NULL && (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0));
-    cofi_err_set(err, lost ? COFI_E_UNAVAILABLE : COFI_E_INTERNAL, "database: %s", line);
-    if (state != NULL) {
-        snprintf(err->sqlstate, sizeof err->sqlstate, "%s", state);
-    }
-    return err->code;
-}
-
 /* Inserts the calls of batch id_text from the array literal `files`, and runs b->check while
  * the server works on it. Returns 0, the check's error, or the insert's. */
 static int insert_calls_checking(PGconn *conn, const char *id_text, const char *files,
@@ -372,7 +354,7 @@ static int insert_calls_checking(PGconn *conn, const char *id_text, const char *
                            "INSERT INTO calls (batch_id, seq, file) SELECT $1::bigint, ord - 1, f "
                            "FROM unnest($2::text[]) WITH ORDINALITY AS t(f, ord)",
                            2, NULL, params, NULL, NULL, 0)) {
-        return async_error(conn, NULL, err);
+        return db_result_error(conn, NULL, err);
     }
     int64_t t0 = clock_mono_us();
     int check_rc = b->check != NULL ? b->check(b->check_ctx, err) : 0;
@@ -384,7 +366,7 @@ static int insert_calls_checking(PGconn *conn, const char *id_text, const char *
     while ((r = PQgetResult(conn)) != NULL) {
         ExecStatusType st = PQresultStatus(r);
         if (db_rc == 0 && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-            db_rc = async_error(conn, r, &db_err);
+            db_rc = db_result_error(conn, r, &db_err);
         }
         PQclear(r);
     }

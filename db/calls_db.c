@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "db/db.h"
-#include "db/prepared.h"
 #include "pipeline/stages.h"
 
 #define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"

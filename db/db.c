@@ -141,8 +141,7 @@ bool db_conn_ok(PGconn *c)
     return c != NULL && PQstatus(c) == CONNECTION_OK;
 }
 
-/* Turns a failed result into err; returns the status code. */
-static int result_error(PGconn *c, PGresult *r, struct cofi_err *err)
+int db_result_error(PGconn *c, const PGresult *r, struct cofi_err *err)
 {
     const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     const char *msg = r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(c);
@@ -171,7 +170,7 @@ PGresult *db_exec(PGconn *c, const char *sql, int nparams, const char *const *pa
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
         return r;
     }
-    result_error(c, r, err);
+    db_result_error(c, r, err);
     PQclear(r);
     return NULL;
 }

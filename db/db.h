@@ -38,6 +38,20 @@ PGconn *db_connect(const char *conninfo, struct cofi_err *err);
 PGresult *db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                   struct cofi_err *err);
 
+/* Runs the read-only statement `sql` as the prepared statement `name` on conn, preparing
+ * it first when this connection does not have it yet (a new or reconnected connection), so
+ * the server parses and plans it once per connection instead of once per request. `name`
+ * must always go with the same sql. Only for single read-only statements outside a
+ * transaction: on any other failure the statement is run once more with db_exec, whose
+ * error it reports. Returns a new PGresult the caller must PQclear, or NULL with err filled
+ * as db_exec does. Thread-safe with distinct connections. (db/prepared.c) */
+PGresult *db_exec_prepared(PGconn *conn, const char *name, const char *sql, int nparams,
+                           const char *const *params, struct cofi_err *err);
+
+/* Fills err from a failed result r (NULL: the connection's own error) with the mapping of
+ * db_exec, and returns err->code. For callers of libpq's asynchronous functions. */
+int db_result_error(PGconn *conn, const PGresult *r, struct cofi_err *err);
+
 /* As db_exec for statements whose result is not needed. Returns 0 or a negative status. */
 int db_command(PGconn *conn, const char *sql, int nparams, const char *const *params,
                struct cofi_err *err);

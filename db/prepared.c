@@ -1,9 +1,8 @@
 /* Prepared statements for the hot read paths (one parse and plan per connection). */
-#include "db/prepared.h"
+#include "db/db.h"
 
 #include <string.h>
 
-#include "db/db.h"
 
 static bool result_ok(const PGresult *r)
 {

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "db/prepared.h"
+#include "db/db.h"
 
 /* Rows "p" (stage, status, n) from batch_progress, and one row "i" with the in-flight sum of
  * the other live instances. Progress rows of stages before $1 only ever count as pending or
