@@ -333,7 +333,9 @@ void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
     /* Success: keep the result for later stages and record it. */
     int done_stage = j->stage;
     int64_t now = clock_wall_ms();
-    json_object_set(j->prev, stage_name(done_stage), o->result);
+    /* The record gets its own copy: jansson's reference counts are not a safe way to share
+     * one tree between the lane threads (which read prev) and the flusher (which frees). */
+    json_t *copy = json_deep_copy(o->result);
     struct record r;
     memset(&r, 0, sizeof r);
     r.has_row = true;
@@ -341,7 +343,8 @@ void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
     r.row_attempts = j->attempts;
     r.row_started_ms = j->stage_started_wall;
     r.row_finished_ms = now;
-    r.row_result = o->result; /* the record steals the lane's reference */
+    r.row_result = copy;
+    json_object_set_new(j->prev, stage_name(done_stage), o->result);
     o->result = NULL;
 
     j->stage = done_stage + 1;
