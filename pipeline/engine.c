@@ -257,8 +257,8 @@ void engine__release(struct engine *e, struct job *j)
 
 void engine__redistribute(struct engine *e, struct job *j)
 {
-    log_info("call %s: node %s unavailable at %s, distributing again", j->call_id_str,
-             j->node >= 0 ? e->cfg->nodes[j->node].id : "-", stage_name(j->stage));
+    log_debug("call %s: node %s unavailable at %s, distributing again", j->call_id_str,
+              j->node >= 0 ? e->cfg->nodes[j->node].id : "-", stage_name(j->stage));
     in_hand_add(e, j->stage, -1);
     j->stage = STAGE_DISTRIBUTE;
     in_hand_add(e, j->stage, 1);

@@ -265,7 +265,14 @@ static void start_health(struct mediator_lane *m, size_t i)
     exchange_reset(&x->x);
     x->job = NULL;
     x->node = (int)i;
-    long timeout = m->cfg->health_interval_ms < 2000 ? 2000 : m->cfg->health_interval_ms;
+    /* A healthy node answers /health at once: wait no longer than one interval (0.2-2 s). */
+    long timeout = m->cfg->health_interval_ms;
+    if (timeout < 200) {
+        timeout = 200;
+    }
+    if (timeout > 2000) {
+        timeout = 2000;
+    }
     curl_easy_setopt(x->easy, CURLOPT_URL, url);
     curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, timeout);
@@ -310,6 +317,8 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
     bool transport = rc != CURLE_OK && o.kind == OUTCOME_RETRY;
     if (transport && rc != CURLE_OPERATION_TIMEDOUT) {
         node_health(m, (size_t)j->node, false, o.error);
+    } else if (rc == CURLE_OK) {
+        nd->fails = 0; /* it answers; only health checks bring an unhealthy node back */
     }
     if (o.kind == OUTCOME_OK && j->stage == STAGE_DISTRIBUTE) {
         json_t *fn = json_object_get(o.result, "file_name");
@@ -336,6 +345,32 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
         return;
     }
     engine__job_done(m->e, j, &o);
+}
+
+/* Abandons the requests in flight on nodes that turned unhealthy (a node that hangs would
+ * otherwise hold them for the whole timeout) and sends their calls to distribute again.
+ * Lane thread only, outside curl_multi_info_read processing. */
+static void abandon_unhealthy(struct mediator_lane *m)
+{
+    struct xfer *x = m->active_list;
+    while (x != NULL) {
+        struct xfer *next = x->next_active;
+        if (x->job != NULL && !atomic_load(&m->nodes[x->node].healthy)) {
+            struct job *j = x->job;
+            struct med_node *nd = &m->nodes[x->node];
+            curl_multi_remove_handle(m->multi, x->easy);
+            active_remove(m, x);
+            xfer_put(m, x);
+            engine__inflight(m->e, j->stage, -1);
+            pthread_mutex_lock(&m->mu);
+            nd->in_flight--;
+            atomic_store(&nd->in_flight_pub, nd->in_flight);
+            engine__redistribute(m->e, j);
+            jobq_push(&m->dist, j);
+            pthread_mutex_unlock(&m->mu);
+        }
+        x = next;
+    }
 }
 
 /* Takes jobs for every free slot of a healthy node (lane mu held); returns them in out. */
@@ -381,6 +416,7 @@ static void *lane_main(void *arg)
     for (;;) {
         struct jobq start = {0};
         struct jobq give_back = {0};
+        abandon_unhealthy(m);
         pthread_mutex_lock(&m->mu);
         bool stop = m->stop;
         if (stop && !m->closed) {
