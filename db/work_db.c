@@ -16,8 +16,11 @@ int work_register(PGconn *c, const char *instance, const char *host, int pid, st
                         "INSERT INTO instances (id, hostname, pid) VALUES ($1, $2, $3::int) "
                         "ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname, "
                         "pid = EXCLUDED.pid, started_at = now(), heartbeat_at = now(), "
-                        "nlp_share = 0, in_flight = '{}'",
+                        "in_flight = '{}'",
                         3, p, err);
+    if (rc == 0) {
+        rc = db_command(c, "DELETE FROM instance_shares WHERE instance = $1", 1, p, err);
+    }
     if (rc != 0) {
         return rc;
     }
@@ -113,11 +116,11 @@ PGresult *work_finish_batches(PGconn *c, const char *ids, struct cofi_err *err)
 }
 
 PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limit,
-                     struct cofi_err *err)
+                     const char *blocked_nodes, struct cofi_err *err)
 {
     char lim[16];
     snprintf(lim, sizeof lim, "%d", limit);
-    const char *p[] = {instance, spec, lim};
+    const char *p[] = {instance, spec, lim, blocked_nodes};
     return db_exec(
         c,
         "WITH b AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS b(id bigint, lo int, hi int)), "
@@ -125,6 +128,8 @@ PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limi
         "    SELECT c.id FROM calls c WHERE c.batch_id = b.id AND c.status = 'pending' "
         "      AND c.stage BETWEEN b.lo AND b.hi "
         "      AND (c.not_before IS NULL OR c.not_before <= now()) "
+        "      AND (c.stage = 0 OR c.stage >= 5 OR c.node IS NULL "
+        "           OR NOT (c.node = ANY($4::text[]))) "
         "    LIMIT $3::int FOR UPDATE SKIP LOCKED) c "
         "  LIMIT $3::int) "
         "UPDATE calls c SET status = 'running', lease_owner = $1, "
@@ -134,7 +139,7 @@ PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limi
         "  (SELECT jsonb_object_agg((ARRAY['distribute','denoise','ivr','lid','stt','llm1',"
         "'llm2'])[s.stage + 1], s.result) FROM call_stages s "
         "   WHERE s.call_id = c.id AND s.state = 'done' AND s.stage < c.stage)",
-        3, p, err);
+        4, p, err);
 }
 
 PGresult *work_flush(PGconn *c, const char *instance, const char *calls_json,
@@ -179,8 +184,8 @@ int work_publish_in_flight(PGconn *c, const char *instance, const char *json, st
     return db_command(c, "UPDATE instances SET in_flight = $2::jsonb WHERE id = $1", 2, p, err);
 }
 
-int work_negotiate_share(PGconn *c, const char *instance, int total, int lease_ms, int in_flight,
-                         int *share, int *target, struct cofi_err *err)
+int work_negotiate_shares(PGconn *c, const char *instance, int lease_ms, struct work_share *res,
+                          size_t n, struct cofi_err *err)
 {
     char ms[16];
     snprintf(ms, sizeof ms, "%d", lease_ms);
@@ -199,50 +204,77 @@ int work_negotiate_share(PGconn *c, const char *instance, int total, int lease_m
     if (live < 1) {
         live = 1;
     }
-    int want = total / live + (rank < total % live ? 1 : 0);
-    *target = want;
-    char sv[16];
-    if (want < *share) {
-        /* Shrink only what is not in use; the rest follows as requests end. */
-        int next = in_flight > want ? in_flight : want;
-        if (next >= *share) {
-            return 0;
+    bool grow = false;
+    for (size_t i = 0; i < n; i++) {
+        struct work_share *w = &res[i];
+        w->target = w->total / live + (rank < w->total % live ? 1 : 0);
+        if (w->target < w->share) {
+            /* Shrink only what is not in use; the rest follows as requests end. */
+            int next = w->in_flight > w->target ? w->in_flight : w->target;
+            if (next < w->share) {
+                char sv[16];
+                snprintf(sv, sizeof sv, "%d", next);
+                const char *q[] = {instance, w->resource, sv};
+                int rc = db_command(c,
+                                    "UPDATE instance_shares SET share = $3::int "
+                                    "WHERE instance = $1 AND resource = $2",
+                                    3, q, err);
+                if (rc != 0) {
+                    return rc;
+                }
+                w->share = next;
+            }
+        } else if (w->target > w->share) {
+            grow = true;
         }
-        snprintf(sv, sizeof sv, "%d", next);
-        const char *q[] = {instance, sv};
-        int rc = db_command(c, "UPDATE instances SET nlp_share = $2::int WHERE id = $1", 2, q, err);
-        if (rc == 0) {
-            *share = next;
-        }
-        return rc;
     }
-    if (want == *share) {
+    if (!grow) {
         return 0;
     }
+    /* Growing takes what the others leave free, under a lock so two instances can't both
+     * take the same free part. */
     int rc = db_command(c, "BEGIN", 0, NULL, err);
     if (rc != 0) {
         return rc;
     }
-    rc = db_command(c, "LOCK TABLE instances IN SHARE ROW EXCLUSIVE MODE", 0, NULL, err);
+    rc = db_command(c, "LOCK TABLE instance_shares IN SHARE ROW EXCLUSIVE MODE", 0, NULL, err);
     PGresult *o = NULL;
     if (rc == 0) {
-        o = db_exec(c, "SELECT coalesce(sum(nlp_share), 0) FROM instances WHERE id <> $1", 1, p,
-                    err);
+        o = db_exec(c,
+                    "SELECT resource, sum(share) FROM instance_shares WHERE instance <> $1 "
+                    "GROUP BY resource",
+                    1, p, err);
         rc = o == NULL ? err->code : 0;
     }
-    int next = *share;
-    if (rc == 0) {
-        int others = atoi(PQgetvalue(o, 0, 0));
-        next = total - others;
-        if (next > want) {
-            next = want;
+    int granted[64];
+    for (size_t i = 0; rc == 0 && i < n && i < 64; i++) {
+        struct work_share *w = &res[i];
+        granted[i] = w->share;
+        if (w->target <= w->share) {
+            continue;
         }
-        if (next < *share) {
-            next = *share;
+        int others = 0;
+        for (int k = 0; k < PQntuples(o); k++) {
+            if (strcmp(PQgetvalue(o, k, 0), w->resource) == 0) {
+                others = atoi(PQgetvalue(o, k, 1));
+            }
         }
+        int next = w->total - others;
+        if (next > w->target) {
+            next = w->target;
+        }
+        if (next <= w->share) {
+            continue;
+        }
+        char sv[16];
         snprintf(sv, sizeof sv, "%d", next);
-        const char *q[] = {instance, sv};
-        rc = db_command(c, "UPDATE instances SET nlp_share = $2::int WHERE id = $1", 2, q, err);
+        const char *q[] = {instance, w->resource, sv};
+        rc = db_command(c,
+                        "INSERT INTO instance_shares (instance, resource, share) "
+                        "VALUES ($1, $2, $3::int) ON CONFLICT (instance, resource) "
+                        "DO UPDATE SET share = EXCLUDED.share",
+                        3, q, err);
+        granted[i] = next;
     }
     PQclear(o);
     if (rc == 0) {
@@ -253,6 +285,8 @@ int work_negotiate_share(PGconn *c, const char *instance, int total, int lease_m
         db_command(c, "ROLLBACK", 0, NULL, &ignore);
         return rc;
     }
-    *share = next;
+    for (size_t i = 0; i < n && i < 64; i++) {
+        res[i].share = granted[i];
+    }
     return 0;
 }

@@ -14,7 +14,8 @@
 int work_register(PGconn *c, const char *instance, const char *host, int pid, struct cofi_err *err);
 
 /* Renews this instance's lease, re-creating its row if another instance had removed it as
- * expired (then *recreated is true and its NLP share is 0). Returns 0 or a negative status. */
+ * expired (then *recreated is true and it holds no shares any more). Returns 0 or a negative
+ * status. */
 int work_heartbeat(PGconn *c, const char *instance, const char *host, int pid, bool *recreated,
                    struct cofi_err *err);
 
@@ -22,14 +23,22 @@ int work_heartbeat(PGconn *c, const char *instance, const char *host, int pid, b
  * Returns 0 or a negative status. */
 int work_publish_in_flight(PGconn *c, const char *instance, const char *json, struct cofi_err *err);
 
-/* Negotiates this instance's share of the NLP API's concurrency `total`. The fair target is
- * total / live instances (the remainder to the first by id). A share above the target is
- * lowered only once in_flight fits in it; a share below it grows, under a table lock, by at
- * most what the other instances leave free, so the shares never add up to more than total.
- * *share holds the granted share on entry and gets the new one. Returns 0 or a negative
- * status (then *share is unchanged). */
-int work_negotiate_share(PGconn *c, const char *instance, int total, int lease_ms, int in_flight,
-                         int *share, int *target, struct cofi_err *err);
+/* One resource whose limit of requests in flight the instances share. */
+struct work_share {
+    const char *resource; /* "nlp" or "node:<id>" */
+    int total;            /* the resource's limit (llm.concurrency, a node's capacity) */
+    int in_flight;        /* this instance's requests in flight to it now */
+    int share;            /* in: this instance's granted share; out: the new one */
+    int target;           /* out: the fair share (total / live instances) */
+};
+
+/* Negotiates this instance's share of every resource in res (at most 64). A share above the
+ * fair target is lowered only as far as this instance's requests in flight allow (the rest
+ * on a later beat); a share below it grows, under a table lock, by at most what the other
+ * instances leave free. So the shares of a resource never add up to more than its total.
+ * Returns 0 or a negative status (then the shares may be partly lowered, never raised). */
+int work_negotiate_shares(PGconn *c, const char *instance, int lease_ms, struct work_share *res,
+                          size_t n, struct cofi_err *err);
 
 /* Returns to pending every call claimed by an instance whose heartbeat is older than
  * lease_ms, and forgets those instances. *recovered gets the number of calls. */
@@ -49,11 +58,13 @@ PGresult *work_active_batches(PGconn *c, struct cofi_err *err);
 PGresult *work_finish_batches(PGconn *c, const char *ids, struct cofi_err *err);
 
 /* Claims up to limit pending calls for this instance. spec is a JSON array of
- * {"id": batch, "lo": stage, "hi": stage}. Returns a new PGresult with columns
+ * {"id": batch, "lo": stage, "hi": stage}; blocked_nodes an array literal ("{a,b}") of the
+ * nodes this instance may not send to (no share of them): calls held by those nodes at
+ * stages 1..4 are left to other instances. Returns a new PGresult with columns
  * id, batch_id, stage, file, node, file_name, attempts, prev (jsonb of earlier results),
  * or NULL with err. */
 PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limit,
-                     struct cofi_err *err);
+                     const char *blocked_nodes, struct cofi_err *err);
 
 /* Writes a batch of transitions in one statement. calls_json is an array of
  * {"id","stage","status","attempts","last_error","node","file_name","started_ms"} (at most

@@ -752,7 +752,20 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *cl
     if (s == NULL) {
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
-    PGresult *r = work_claim(c, e->instance, s, limit, err);
+    /* Nodes that are healthy but of which this instance has no share. */
+    struct buf blocked;
+    buf_init(&blocked, 1 << 16);
+    buf_append(&blocked, "{", 1);
+    bool first = true;
+    for (size_t i = 0; i < e->cfg->node_count; i++) {
+        if (mediator_lane_node_limit(e->med, i) == 0) {
+            buf_printf(&blocked, "%s\"%s\"", first ? "" : ",", e->cfg->nodes[i].id);
+            first = false;
+        }
+    }
+    buf_append(&blocked, "}", 1);
+    PGresult *r = work_claim(c, e->instance, s, limit, blocked.data, err);
+    buf_free(&blocked);
     free(s);
     if (r == NULL) {
         return err->code;
@@ -823,8 +836,10 @@ static int64_t run_delayed(struct engine *e)
 }
 
 /* Renews the lease, takes back the calls of dead instances, publishes what is in flight and
- * negotiates this instance's share of the NLP API. Returns 0 or a negative status. */
-static int heartbeat(struct engine *e, PGconn *c, int *nlp_share, struct cofi_err *err)
+ * negotiates this instance's shares of the NLP API and of every node (shares[0] is the NLP
+ * API, shares[1 + i] node i). Returns 0 or a negative status. */
+static int heartbeat(struct engine *e, PGconn *c, struct work_share *shares, size_t nshares,
+                     struct cofi_err *err)
 {
     const struct cofi_config *cfg = e->cfg;
     bool recreated = false;
@@ -832,11 +847,16 @@ static int heartbeat(struct engine *e, PGconn *c, int *nlp_share, struct cofi_er
     if (work_heartbeat(c, e->instance, e->host, e->pid, &recreated, err) != 0) {
         return err->code;
     }
-    if (recreated && *nlp_share > 0) {
-        /* Another instance thought this one dead and may have taken its share. */
-        log_warn("engine: lease had expired; renegotiating the NLP share");
-        *nlp_share = 0;
+    if (recreated) {
+        /* Another instance thought this one dead: its shares are gone. */
+        log_warn("engine: lease had expired; negotiating shares again");
+        for (size_t i = 0; i < nshares; i++) {
+            shares[i].share = 0;
+        }
         llm_lane_set_limit(e->llm, 0);
+        for (size_t i = 0; i + 1 < nshares; i++) {
+            mediator_lane_set_limit(e->med, i, 0);
+        }
     }
     if (work_recover_expired(c, cfg->lease_ms, &recovered, err) != 0) {
         return err->code;
@@ -857,17 +877,27 @@ static int heartbeat(struct engine *e, PGconn *c, int *nlp_share, struct cofi_er
     if (work_publish_in_flight(c, e->instance, json, err) != 0) {
         return err->code;
     }
-    int before = *nlp_share;
-    int target = 0;
-    if (work_negotiate_share(c, e->instance, cfg->llm_concurrency, cfg->lease_ms,
-                             llm_lane_in_flight(e->llm), nlp_share, &target, err) != 0) {
+    int before[65];
+    for (size_t i = 0; i < nshares; i++) {
+        before[i] = shares[i].share;
+        shares[i].in_flight =
+            i == 0 ? llm_lane_in_flight(e->llm) : mediator_lane_node_in_flight(e->med, i - 1);
+    }
+    if (work_negotiate_shares(c, e->instance, cfg->lease_ms, shares, nshares, err) != 0) {
         return err->code;
     }
-    /* Never above the grant; while shrinking, already at the target so requests drain. */
-    llm_lane_set_limit(e->llm, *nlp_share < target ? *nlp_share : target);
-    if (*nlp_share != before) {
-        log_info("engine: NLP share %d of %d (fair share %d)", *nlp_share, cfg->llm_concurrency,
-                 target);
+    for (size_t i = 0; i < nshares; i++) {
+        /* Never above the grant; while shrinking, already at the target so requests drain. */
+        int limit = shares[i].share < shares[i].target ? shares[i].share : shares[i].target;
+        if (i == 0) {
+            llm_lane_set_limit(e->llm, limit);
+        } else {
+            mediator_lane_set_limit(e->med, i - 1, limit);
+        }
+        if (shares[i].share != before[i]) {
+            log_info("engine: share of %s now %d of %d (fair share %d)", shares[i].resource,
+                     shares[i].share, shares[i].total, shares[i].target);
+        }
     }
     return 0;
 }
@@ -882,7 +912,20 @@ static void *dispatcher_main(void *arg)
     int64_t next_refresh = 0;
     int64_t last_refresh = 0;
     int64_t backoff = 100;
-    int nlp_share = 0;
+    /* The resources shared with other instances: the NLP API, then every node. */
+    size_t nshares = cfg->node_count + 1 <= 64 ? cfg->node_count + 1 : 64;
+    struct work_share shares[64];
+    char names[64][80];
+    for (size_t i = 0; i < nshares; i++) {
+        if (i == 0) {
+            snprintf(names[i], sizeof names[i], "nlp");
+        } else {
+            snprintf(names[i], sizeof names[i], "node:%s", cfg->nodes[i - 1].id);
+        }
+        shares[i] = (struct work_share){.resource = names[i],
+                                        .total = i == 0 ? cfg->llm_concurrency
+                                                        : cfg->nodes[i - 1].capacity};
+    }
     bool down_logged = false;
 
     for (;;) {
@@ -929,7 +972,7 @@ static void *dispatcher_main(void *arg)
             log_info("engine: instance %s registered", e->instance);
         }
         if (now >= next_beat) {
-            if (heartbeat(e, c, &nlp_share, &err) != 0) {
+            if (heartbeat(e, c, shares, nshares, &err) != 0) {
                 log_warn("engine: heartbeat: %s", err.msg);
                 goto wait;
             }

@@ -63,7 +63,14 @@ void mediator_lane_stop(struct mediator_lane *m, int64_t deadline_mono);
 void mediator_lane_free(struct mediator_lane *m);
 size_t mediator_lane_nodes(struct mediator_lane *m, struct node_live *out, size_t max);
 int mediator_lane_in_flight(struct mediator_lane *m);
+/* The sum of this instance's shares of the healthy nodes. */
 int mediator_lane_healthy_capacity(struct mediator_lane *m);
+/* Sets this instance's share of node's capacity (never above the capacity). Thread-safe. */
+void mediator_lane_set_limit(struct mediator_lane *m, size_t node, int limit);
+/* This instance's share of a healthy node, or -1 when the node is unhealthy. Thread-safe. */
+int mediator_lane_node_limit(struct mediator_lane *m, size_t node);
+/* This instance's requests in flight to node. Thread-safe. */
+int mediator_lane_node_in_flight(struct mediator_lane *m, size_t node);
 
 int llm_lane_start(struct llm_lane **out, struct engine *e, struct cofi_err *err);
 void llm_lane_push(struct llm_lane *l, struct job *j);

@@ -20,6 +20,7 @@ struct med_node {
     int in_flight; /* work requests in flight (under lane mu) */
     atomic_int in_flight_pub;
     atomic_bool healthy;
+    atomic_int limit;   /* this instance's share of the node's capacity */
     int fails;          /* consecutive failures (lane thread only) */
     int64_t next_check; /* mono ms */
     bool checking;
@@ -393,7 +394,8 @@ static void fill(struct mediator_lane *m, struct jobq *out)
         if (!atomic_load(&nd->healthy)) {
             continue;
         }
-        while (nd->in_flight < nd->cfg->capacity) {
+        int limit = atomic_load(&nd->limit);
+        while (nd->in_flight < limit) {
             struct job *j = jobq_pop(&nd->q);
             if (j == NULL) {
                 j = jobq_pop(&m->dist);
@@ -584,7 +586,7 @@ int mediator_lane_healthy_capacity(struct mediator_lane *m)
     int cap = 0;
     for (size_t i = 0; i < m->n; i++) {
         if (atomic_load(&m->nodes[i].healthy)) {
-            cap += m->nodes[i].cfg->capacity;
+            cap += atomic_load(&m->nodes[i].limit);
         }
     }
     return cap;
@@ -597,4 +599,28 @@ int mediator_lane_in_flight(struct mediator_lane *m)
         n += atomic_load(&m->nodes[i].in_flight_pub);
     }
     return n;
+}
+
+void mediator_lane_set_limit(struct mediator_lane *m, size_t node, int limit)
+{
+    if (node < m->n) {
+        if (limit > m->nodes[node].cfg->capacity) {
+            limit = m->nodes[node].cfg->capacity;
+        }
+        atomic_store(&m->nodes[node].limit, limit);
+        curl_multi_wakeup(m->multi);
+    }
+}
+
+int mediator_lane_node_in_flight(struct mediator_lane *m, size_t node)
+{
+    return node < m->n ? atomic_load(&m->nodes[node].in_flight_pub) : 0;
+}
+
+int mediator_lane_node_limit(struct mediator_lane *m, size_t node)
+{
+    if (node >= m->n || !atomic_load(&m->nodes[node].healthy)) {
+        return -1;
+    }
+    return atomic_load(&m->nodes[node].limit);
 }
