@@ -58,9 +58,9 @@ static void set_mode(struct sim_port *p, struct sim_req *req, enum sim_mode mode
 {
     struct sim_port *target = req->target;
     if (target == p && mode == SIM_MODE_REFUSE) {
-        /* The daemon can't stop itself from one of its own threads: refuse new requests now,
-         * and let the main thread stop the daemon once this answer is sent. */
-        sim_port_set_mode(p, SIM_MODE_REFUSE);
+        /* The daemon can't stop itself from one of its own threads: refuse new connections
+         * now, and let the main thread stop the daemon once this answer is sent. */
+        sim_http_quiesce(p);
         req->stop_after = true;
         log_info("%s (port %d) is going down (refuse)", p->id, p->port);
         r->status = 204;

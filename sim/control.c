@@ -1,10 +1,11 @@
-/* The control channel: the main thread alone starts and stops daemons, on request or on a signal. */
+/* The control channel: only the main thread starts and stops daemons, on request or signal. */
 #include "sim/sim.h"
 
 #include "common/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -22,8 +23,11 @@ struct ctl_msg {
     uint64_t seq;
 };
 
-/* The write end for the signal handler (a signal handler can only reach globals). */
+#define CTL_POLL_MS 100
+
+/* What the signal handler can reach: globals only. */
 static volatile sig_atomic_t signal_fd = -1;
+static volatile sig_atomic_t quit_requested = 0;
 
 static void set_flags(int fd, int fd_flags, int fl_flags)
 {
@@ -143,6 +147,7 @@ static void on_signal(int sig)
     (void)sig;
     int saved = errno;
     struct ctl_msg m = {.op = CTL_QUIT};
+    quit_requested = 1;
     if (signal_fd >= 0) {
         ssize_t n = write(signal_fd, &m, sizeof m);
         (void)n;
@@ -206,7 +211,14 @@ static void apply(struct sim *s, const struct ctl_msg *m)
 
 int sim_control_run(struct sim *s)
 {
-    for (;;) {
+    /* poll with a timeout, not a blocking read: sanitizer runtimes may defer a signal handler
+     * until the thread leaves its system call, and the flag is seen on the next turn anyway. */
+    while (!quit_requested) {
+        struct pollfd pfd = {.fd = s->ctl_pipe[0], .events = POLLIN};
+        int ready = poll(&pfd, 1, CTL_POLL_MS);
+        if (ready <= 0) {
+            continue;
+        }
         struct ctl_msg m;
         ssize_t n = read(s->ctl_pipe[0], &m, sizeof m);
         if (n < 0 && errno == EINTR) {

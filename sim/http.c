@@ -1,13 +1,15 @@
-/* HTTP: one libmicrohttpd daemon per port, request bodies, routing, and replies turned into HTTP. */
+/* HTTP: one libmicrohttpd daemon per port, bodies, routing, and replies turned into HTTP. */
 #include "sim/sim.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <microhttpd.h>
 
@@ -20,8 +22,8 @@
 #define THREAD_STACK (256 * 1024)
 #endif
 
-#define ALLOW_GET  "GET, HEAD"
-#define ALLOW_POST "POST"
+#define ALLOW_GET   "GET, HEAD"
+#define ALLOW_POST  "POST"
 #define ALLOW_RULES "POST, DELETE"
 
 void sim_reply_error(struct sim_reply *r, int status, const char *fmt, ...)
@@ -222,7 +224,7 @@ static enum MHD_Result on_form_field(void *cls, enum MHD_ValueKind kind, const c
         req->file_bytes += size;
     } else if (strcmp(key, "call_id") == 0) {
         if (off == 0 && req->have_call_id) {
-            return MHD_YES; /* a second call_id field: the first one counts */
+            return MHD_NO; /* a second call_id field: which one would count? */
         }
         req->have_call_id = true;
         if (size > 0 && buf_append(&req->call_id, data, size) != 0) {
@@ -244,11 +246,14 @@ static void concurrent_leave(struct sim_port *p, struct sim_req *req)
 static enum MHD_Result send_reply(struct sim_port *p, struct sim_req *req,
                                   struct MHD_Connection *conn, struct sim_reply *r)
 {
+    const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     if (req->route == SIM_R_WORKER) {
         concurrent_leave(p, req);
         if (r->status != 0) {
             sim_stats_response(p, req->ep, r->status);
         }
+        log_debug("%s: POST /%s (X-Request-Id %.64s): %d", p->id, sim_ep_name(req->ep),
+                  rid ? rid : "-", r->status);
     }
     if (r->status == 0) {
         json_decref(r->body);
@@ -278,6 +283,9 @@ static enum MHD_Result send_reply(struct sim_port *p, struct sim_req *req,
     }
     if (r->allow != NULL) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+    }
+    if (rid != NULL && strlen(rid) <= SIM_KEY_MAX) {
+        MHD_add_response_header(resp, "X-Request-Id", rid);
     }
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned int)r->status, resp);
     MHD_destroy_response(resp);
@@ -312,7 +320,7 @@ static void serve_stats_all(struct sim_port *p, struct sim_reply *r)
 static void dispatch(struct sim_port *p, struct http_req *h, struct sim_reply *r)
 {
     struct sim_req *req = &h->pub;
-    if (req->too_big) {
+    if (req->too_big && req->route != SIM_R_WORKER) {
         sim_reply_error(r, 413, "request body over %d bytes", SIM_JSON_BODY_MAX);
         return;
     }
@@ -379,7 +387,9 @@ static enum MHD_Result on_new_request(struct sim_port *p, struct MHD_Connection 
     return MHD_YES;
 }
 
-/* Takes a chunk of the body: into the form parser for uploads, else into the capped buffer. */
+/* Takes a chunk of the body: into the form parser for uploads, else into the capped buffer.
+ * Past the cap the rest is read and dropped, and the answer is 413 (MHD 0.9.75 cannot queue a
+ * response before the body is read). */
 static void on_body(struct http_req *h, const char *data, size_t size)
 {
     struct sim_req *req = &h->pub;
@@ -396,9 +406,8 @@ static void on_body(struct http_req *h, const char *data, size_t size)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct sim_port *p = cls;
     struct http_req *h = *con_cls;
@@ -442,8 +451,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
-__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt,
-                                                             va_list ap)
+__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     const struct sim_port *p = cls;
     char line[512];
@@ -463,7 +471,7 @@ int sim_http_start(struct sim_port *p)
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     unsigned int flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                         MHD_USE_POLL | MHD_USE_ERROR_LOG;
+                         MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, cfg->host, &in4->sin_addr) == 1) {
@@ -477,16 +485,27 @@ int sim_http_start(struct sim_port *p)
         log_error("%s: --host %s is not an IPv4 or IPv6 address", p->id, cfg->host);
         return -1;
     }
+    /* Threads of the daemon inherit this mask: SIGTERM and SIGINT go to the main thread only. */
+    sigset_t block;
+    sigset_t saved;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &block, &saved);
     /* MHD sets SO_REUSEADDR on its listening socket by default (and not SO_REUSEPORT, so two
      * simulators can never share a port by mistake). */
-    p->daemon = MHD_start_daemon(
-        flags, (uint16_t)p->port, NULL, NULL, on_request, p, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_log, p, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, (uint16_t)p->port, NULL, NULL, on_request, p, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
+        p, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)0,
         MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        (unsigned int)LISTEN_BACKLOG, MHD_OPTION_NOTIFY_COMPLETED, on_completed, p,
-        MHD_OPTION_END);
-    if (p->daemon == NULL) {
+        (unsigned int)LISTEN_BACKLOG, MHD_OPTION_NOTIFY_COMPLETED, on_completed, p, MHD_OPTION_END);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    /* Under mu: a request may already run on d and look at p->daemon (sim_http_quiesce). */
+    pthread_mutex_lock(&p->mu);
+    p->daemon = d;
+    pthread_mutex_unlock(&p->mu);
+    if (d == NULL) {
         log_error("%s: cannot listen on %s:%d", p->id, cfg->host, p->port);
         return -1;
     }
@@ -501,5 +520,31 @@ void sim_http_stop(struct sim_port *p)
     }
     atomic_store(&p->listening, false);
     MHD_stop_daemon(p->daemon);
+    pthread_mutex_lock(&p->mu);
     p->daemon = NULL;
+    pthread_mutex_unlock(&p->mu);
+    /* MHD leaves a quiesced listening socket to its owner. */
+    int fd = atomic_exchange(&p->quiesced_fd, -1);
+    if (fd >= 0) {
+        close(fd);
+    }
+}
+
+void sim_http_quiesce(struct sim_port *p)
+{
+    pthread_mutex_lock(&p->mu);
+    if (atomic_load(&p->mode) != SIM_MODE_REFUSE) {
+        atomic_store(&p->mode, (int)SIM_MODE_REFUSE);
+        pthread_cond_broadcast(&p->slot_cv);
+        pthread_cond_broadcast(&p->state_cv);
+        /* The main thread sets "refuse" under mu before it stops a daemon, so the daemon is
+         * still whole here. After quiescing, MHD no longer polls the socket; shutting it makes
+         * the kernel refuse new connections while the fd stays open until the stop. */
+        MHD_socket fd = p->daemon ? MHD_quiesce_daemon(p->daemon) : MHD_INVALID_SOCKET;
+        if (fd != MHD_INVALID_SOCKET) {
+            shutdown(fd, SHUT_RDWR);
+            atomic_store(&p->quiesced_fd, fd);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
 }

@@ -90,8 +90,7 @@ static int parse_latency(const char *flag, const char *v, struct sim_config *cfg
     }
     snprintf(copy, sizeof copy, "%s", v);
     char *save = NULL;
-    for (char *item = strtok_r(copy, ",", &save); item != NULL;
-         item = strtok_r(NULL, ",", &save)) {
+    for (char *item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(item, '=');
         if (eq == NULL) {
             return bad(flag, "expected STAGE=MS, got '%s'", item);
@@ -110,8 +109,9 @@ static int parse_latency(const char *flag, const char *v, struct sim_config *cfg
             ms[ep] = value;
             named[ep] = true;
         } else {
-            return bad(flag, "unknown stage '%s' (upload, distribute, denoise, ivr, lid, stt, "
-                             "llm1, llm2, default)",
+            return bad(flag,
+                       "unknown stage '%s' (upload, distribute, denoise, ivr, lid, stt, "
+                       "llm1, llm2, default)",
                        item);
         }
     }

@@ -1,4 +1,4 @@
-/* Mediator node endpoints: POST /upload (multipart, streamed) and the denoise/ivr/lid/stt stages. */
+/* Mediator node endpoints: POST /upload (multipart, streamed) and denoise/ivr/lid/stt. */
 #include "sim/sim.h"
 
 #include <string.h>
@@ -30,7 +30,7 @@ static int validate_upload(struct sim_req *req, struct sim_job *job, struct sim_
         return -1;
     }
     if (req->form_bad) {
-        sim_reply_error(r, 400, "malformed multipart/form-data body");
+        sim_reply_error(r, 400, "malformed multipart/form-data body (or call_id given twice)");
         return -1;
     }
     if (!req->have_file) {
@@ -141,8 +141,7 @@ static void produce_upload(struct sim_port *p, struct sim_req *req, struct sim_j
         sim_reply_error(r, 500, "out of memory");
         return;
     }
-    log_debug("%s: stored %s (%llu bytes)", p->id, name.data,
-              (unsigned long long)req->file_bytes);
+    log_debug("%s: stored %s (%llu bytes)", p->id, name.data, (unsigned long long)req->file_bytes);
     sim_reply_json(r, 201, json_pack("{s:s}", "file_name", name.data));
     buf_free(&name);
 }

@@ -91,6 +91,7 @@ static int port_init(struct sim_port *p)
     p->rules.n = 0;
     atomic_init(&p->rules.active, 0);
     atomic_init(&p->listening, false);
+    atomic_init(&p->quiesced_fd, -1);
     atomic_init(&p->mode, SIM_MODE_UP);
     atomic_init(&p->nlp_busy, 0);
     p->slots_used = 0;

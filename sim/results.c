@@ -27,16 +27,36 @@ struct story {
 };
 
 static const struct story stories[] = {
-    {"hello, I am calling about order ", "", "neutral", {"orders", "status"}, "order_status",
+    {"hello, I am calling about order ",
+     "",
+     "neutral",
+     {"orders", "status"},
+     "order_status",
      "send the status of order "},
-    {"hi, my order ", " has not arrived yet", "negative", {"delivery", "complaint"},
-     "delivery_issue", "trace the parcel of order "},
-    {"good morning, I would like to return order ", "", "neutral", {"returns", "refund"},
-     "return_request", "send a return label for order "},
-    {"thank you, order ", " arrived and works fine", "positive", {"delivery", "feedback"},
-     "feedback", "close the ticket of order "},
-    {"hello, the invoice for order ", " is wrong", "negative", {"billing", "invoice"},
-     "billing_issue", "correct the invoice of order "},
+    {"hi, my order ",
+     " has not arrived yet",
+     "negative",
+     {"delivery", "complaint"},
+     "delivery_issue",
+     "trace the parcel of order "},
+    {"good morning, I would like to return order ",
+     "",
+     "neutral",
+     {"returns", "refund"},
+     "return_request",
+     "send a return label for order "},
+    {"thank you, order ",
+     " arrived and works fine",
+     "positive",
+     {"delivery", "feedback"},
+     "feedback",
+     "close the ticket of order "},
+    {"hello, the invoice for order ",
+     " is wrong",
+     "negative",
+     {"billing", "invoice"},
+     "billing_issue",
+     "correct the invoice of order "},
 };
 
 #define NSTORIES (sizeof stories / sizeof stories[0])
@@ -115,9 +135,9 @@ static json_t *result_stt(uint64_t seed, const char *call_id)
         buf_free(&text);
         return NULL;
     }
-    json_t *out = json_pack("{s:s, s:s, s:I}", "transcript", text.data, "language",
-                            language_of(seed, call_id), "words",
-                            (json_int_t)count_words(text.data));
+    json_t *out =
+        json_pack("{s:s, s:s, s:I}", "transcript", text.data, "language",
+                  language_of(seed, call_id), "words", (json_int_t)count_words(text.data));
     buf_free(&text);
     return out;
 }
@@ -147,8 +167,8 @@ static json_t *result_llm2(uint64_t seed, const char *call_id)
     char action[128];
     snprintf(action, sizeof action, "%s%u", st->action, order);
     double score = (double)(h % 1000) / 1000.0;
-    return json_pack("{s:s, s:f, s:[s]}", "category", st->category, "score", score,
-                     "action_items", action);
+    return json_pack("{s:s, s:f, s:[s]}", "category", st->category, "score", score, "action_items",
+                     action);
 }
 
 json_t *sim_result_new(enum sim_ep ep, uint64_t seed, const char *call_id)

@@ -99,8 +99,8 @@ static int parse_call_ids(const json_t *v, struct sim_rule *r, char *err, size_t
 static int parse_rule(const json_t *o, enum sim_role role, struct sim_rule *r, char *err,
                       size_t errlen)
 {
-    static const char *const known[] = {"endpoint", "call_ids", "status", "retry_after", "times",
-                                        "per_key"};
+    static const char *const known[] = {"endpoint",    "call_ids", "status",
+                                        "retry_after", "times",    "per_key"};
     if (!json_is_object(o)) {
         snprintf(err, errlen, "a rule must be a JSON object");
         return -1;

@@ -149,13 +149,13 @@ struct sim_keys {
  * Failure rules (rules.c), replaced as a whole by POST /admin/rules.
  */
 struct sim_rule {
-    int ep;              /* an enum sim_ep, or -1 for "*" */
-    char **call_ids;     /* owned, sorted; NULL = any call */
+    int ep;          /* an enum sim_ep, or -1 for "*" */
+    char **call_ids; /* owned, sorted; NULL = any call */
     size_t ncall_ids;
-    int status;          /* the injected answer */
+    int status;           /* the injected answer */
     char retry_after[64]; /* "" = no Retry-After header */
-    int64_t times_left;  /* -1 = unlimited */
-    int64_t per_key;     /* -1 = unlimited; else inject on the first per_key requests of a key */
+    int64_t times_left;   /* -1 = unlimited */
+    int64_t per_key;      /* -1 = unlimited; else inject on the first per_key requests of a key */
     struct sim_map key_counts; /* per idempotency key: requests this rule matched */
 };
 struct sim_rules {
@@ -203,15 +203,16 @@ struct sim_port {
     char id[32];
     int port;
     int capacity;
-    struct MHD_Daemon *daemon; /* touched by the main thread only */
+    struct MHD_Daemon *daemon; /* set by the main thread only, under mu */
     atomic_bool listening;     /* daemon != NULL, readable from any thread */
+    atomic_int quiesced_fd;    /* listening socket shut by sim_http_quiesce, or -1 */
     atomic_int mode;           /* enum sim_mode; written under mu */
 
-    pthread_mutex_t mu;       /* guards slots_used and the waits below */
-    pthread_cond_t slot_cv;   /* a node slot was freed, or the mode changed */
-    pthread_cond_t state_cv;  /* the mode changed */
-    int slots_used;           /* node: requests worked on; under mu */
-    atomic_int nlp_busy;      /* NLP: requests worked on; lock-free try-acquire */
+    pthread_mutex_t mu;      /* guards slots_used and the waits below */
+    pthread_cond_t slot_cv;  /* a node slot was freed, or the mode changed */
+    pthread_cond_t state_cv; /* the mode changed */
+    int slots_used;          /* node: requests worked on; under mu */
+    atomic_int nlp_busy;     /* NLP: requests worked on; lock-free try-acquire */
 
     struct sim_stats stats;
     struct sim_keys keys;
@@ -269,7 +270,7 @@ struct sim_req {
     struct MHD_PostProcessor *pp;
     bool form_unsupported; /* not multipart/form-data: no post processor */
     bool form_bad;         /* the post processor choked */
-    struct buf call_id; /* the call_id field, capped at SIM_FIELD_MAX */
+    struct buf call_id;    /* the call_id field, capped at SIM_FIELD_MAX */
     bool have_call_id;
     bool have_file;
     bool file_unnamed;
@@ -305,6 +306,11 @@ int sim_http_start(struct sim_port *p);
 
 /* Stops p's daemon (closing every connection) if it runs. Main thread only. */
 void sim_http_stop(struct sim_port *p);
+
+/* From one of p's own request threads: sets p's mode to "refuse" and shuts p's listening socket
+ * at once, so new connections are refused before the main thread stops the daemon (which this
+ * thread cannot do: stopping joins it). Does nothing when p already refuses. */
+void sim_http_quiesce(struct sim_port *p);
 
 /* ------------------------------------------------------------------------------------------
  * Worker requests (worker.c): the path every upload/stage/llm request takes.
@@ -386,7 +392,8 @@ int sim_control_install_signals(struct sim *s);
 /* The main thread's loop: applies mode changes until asked to quit. Returns 0. */
 int sim_control_run(struct sim *s);
 
-/* Sets the mode of p and wakes every request waiting on p. Main thread (or set-up) only. */
+/* Sets the mode of p and wakes every request waiting on p. Thread-safe; starting and stopping
+ * the daemon is left to the main thread (sim_control_*). */
 void sim_port_set_mode(struct sim_port *p, enum sim_mode mode);
 
 #endif

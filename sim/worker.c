@@ -1,4 +1,4 @@
-/* The path of every worker request: down modes, headers, keys, injected failures, capacity, latency. */
+/* The path of every worker request: down modes, headers, keys, failures, capacity, latency. */
 #include "sim/sim.h"
 
 #include "common/clock.h"
@@ -212,8 +212,8 @@ static int validate(struct sim_port *p, struct sim_req *req, struct sim_job *job
     if (job->ep != SIM_EP_UPLOAD && parse_json_body(req, job, r) != 0) {
         return -1;
     }
-    int rc = p->role == SIM_ROLE_NODE ? sim_node_validate(p, req, job, r)
-                                      : sim_nlp_validate(p, job, r);
+    int rc =
+        p->role == SIM_ROLE_NODE ? sim_node_validate(p, req, job, r) : sim_nlp_validate(p, job, r);
     if (rc != 0) {
         return -1;
     }
@@ -259,6 +259,10 @@ void sim_worker_serve(struct sim_port *p, struct sim_req *req, struct sim_reply 
     const struct sim_config *cfg = &p->sim->cfg;
     struct sim_job job = {.ep = req->ep};
     atomic_fetch_add(&p->stats.requests[req->ep], 1);
+    if (req->too_big) {
+        sim_reply_error(r, 413, "request body over %d bytes", SIM_JSON_BODY_MAX);
+        return;
+    }
 
     enum sim_mode mode = sim_worker_wait_hang(p);
     if (mode == SIM_MODE_REFUSE || mode == SIM_MODE_HANG) {
