@@ -90,8 +90,12 @@ class StagedTest(CofiCase):
         for i, s in enumerate(self.node_stats):
             self.assertEqual(s["repeated_keys"], 0)
             self.assertLessEqual(s["max_in_flight"], CAPACITIES[i])
+            # max_in_flight is capped by the node's own queue; max_concurrent counts every
+            # request cofi had open at once, so it is what shows cofi kept the capacity.
+            self.assertLessEqual(s["max_concurrent"], CAPACITIES[i])
         self.assertEqual(self.nlp_stats["repeated_keys"], 0)
         self.assertLessEqual(self.nlp_stats["max_in_flight"], 10)
+        self.assertLessEqual(self.nlp_stats["max_concurrent"], 10)
 
 
 if __name__ == "__main__":
