@@ -526,9 +526,11 @@ static int cancel_once(PGconn *conn, const char *id_text, json_t **out, struct c
         }
         const char *state = json_string_value(json_object_get(batch, "state"));
         if (strcmp(state, "cancelled") != 0) {
+            /* The message first: state points into batch. */
+            cofi_err_set(err, COFI_E_CONFLICT, "batch %s is %s and can't be cancelled", id_text,
+                         state);
             json_decref(batch);
-            return cofi_err_set(err, COFI_E_CONFLICT, "batch %s is %s and can't be cancelled",
-                                id_text, state);
+            return err->code;
         }
         *out = batch;
         return 0;
