@@ -3,7 +3,6 @@
 
 #include <string.h>
 
-
 static bool result_ok(const PGresult *r)
 {
     ExecStatusType st = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
