@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything CI checks, in one command (.ci/run calls only this): installs what is missing,
 # builds with warnings as errors, starts a private PostgreSQL, runs every test with ctest,
-# again under AddressSanitizer + UndefinedBehaviorSanitizer, optionally under
+# again under AddressSanitizer + UndefinedBehaviorSanitizer, the concurrency tests under
 # ThreadSanitizer, then cppcheck and clang-format. Ends with a summary whose last line is
 # "N passed, N failed" (ctest's counts over all passes); exits non-zero if any step failed.
 set -euo pipefail
@@ -13,17 +13,19 @@ COFI_SCRIPT="test"
 
 usage() {
     cat <<'EOF'
-Usage: scripts/test.sh [--quick] [--tsan] [-R REGEX] [--help]
+Usage: scripts/test.sh [--quick] [--no-tsan] [-R REGEX] [--help]
 
 Steps: scripts/deps.sh; scripts/build.sh --werror; scripts/pg.sh start --fast (data in
 .cofi/test-pg, port 54330 or $COFI_TEST_PG_PORT); ctest on build/; scripts/build.sh
 --sanitize --werror and ctest on build-asan/ (ASAN_OPTIONS=detect_leaks=1:abort_on_error=1,
-UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1); cppcheck; clang-format --dry-run.
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1); scripts/build.sh --tsan --werror and the
+tests labelled `concurrency` on build-tsan/ (TSAN_OPTIONS=halt_on_error=1: a race ends cofid,
+so the test fails); cppcheck; clang-format --dry-run.
 The cluster is stopped at the end, and any cofid/cofi-sim of this repo's build folders
 that the tests left running is killed. Logs: .cofi/test/.
 
-  --quick     skip the sanitizer pass (and --tsan)
-  --tsan      also build build-tsan/ and run the tests labelled `concurrency` there
+  --quick     skip the sanitizer passes (ASan+UBSan and TSan)
+  --no-tsan   skip the ThreadSanitizer pass
   -R REGEX    passed to ctest: run only the tests whose name matches
   --help      show this help
 
@@ -32,11 +34,12 @@ EOF
 }
 
 quick=0
-tsan=0
+tsan=1
 ctest_filter=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
     --quick) quick=1 ;;
+    --no-tsan) tsan=0 ;;
     --tsan) tsan=1 ;;
     -R)
         [ "$#" -ge 2 ] || cofi_die "-R needs a value"
