@@ -3,7 +3,7 @@
 
     bench/run.py SCENARIO [--mode pipelined|staged|both] [--calls N] [--build DIR] [--repeat K]
 
-Starts its own PostgreSQL (scripts/pg.sh, data in .cofi/bench-pg, port 54331), and for every
+Starts its own PostgreSQL (scripts/pg.sh, data in .cofi/bench-pg, port 25434), and for every
 run a fresh database, cofi-sim and cofid; submits one batch, runs it, polls
 GET /batches/{id} every 50 ms until it ends, and prints one line of figures per run plus the
 bound with its numbers. Every run is appended as a JSON line to bench/out/results.jsonl; the
@@ -41,7 +41,7 @@ RESULTS = os.path.join(OUT, "results.jsonl")
 WORK = os.path.join(ROOT, ".cofi", "bench")
 CALLS_DIR = os.path.join(WORK, "calls")
 PG_DIR = os.path.join(ROOT, ".cofi", "bench-pg")
-PG_PORT = 54331
+PG_PORT = 25434
 PGBIN = os.environ.get("COFI_PGBIN", "/usr/lib/postgresql/15/bin")
 PLOT_PNG = os.path.join(ROOT, "docs", "bench-seed-scaled.png")
 

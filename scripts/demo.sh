@@ -14,7 +14,7 @@ DEMO="$COFI_ROOT/.cofi/demo"
 PORT="${COFI_DEMO_PORT:-8080}"
 SIM_BASE_PORT="${COFI_DEMO_SIM_PORT:-18100}"
 NLP_PORT="${COFI_DEMO_NLP_PORT:-18200}"
-PG_PORT="${COFI_DEMO_PG_PORT:-54329}"
+PG_PORT="${COFI_DEMO_PG_PORT:-25432}"
 FILES="${COFI_DEMO_FILES:-400}"
 NODES=4
 BUILD="$COFI_ROOT/build"
@@ -32,7 +32,7 @@ and draws its progress until it ends. A demo still running from before is stoppe
 Logs: .cofi/demo/cofid.log, .cofi/demo/sim.log.
 
 Environment: COFI_DEMO_PORT (8080), COFI_DEMO_SIM_PORT (18100: nodes use it and the next
-$((NODES - 1))), COFI_DEMO_NLP_PORT (18200), COFI_DEMO_PG_PORT (54329), COFI_DEMO_FILES (400).
+$((NODES - 1))), COFI_DEMO_NLP_PORT (18200), COFI_DEMO_PG_PORT (25432), COFI_DEMO_FILES (400).
 EOF
 }
 

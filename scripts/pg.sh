@@ -25,7 +25,8 @@ Usage: scripts/pg.sh start|stop|status|env [--dir DIR] [--port N] [--fast] [--re
   --dir DIR   data directory (default <repo>/.cofi/pg). As root the server runs as the
               `postgres` user; if that user cannot reach DIR's parent, the data lives in
               /tmp/cofi-pg-<hash of DIR> instead (said at start).
-  --port N    TCP port on 127.0.0.1 (default 54329; also read from a running cluster).
+  --port N    TCP port on 127.0.0.1 (default 25432, below the ephemeral range 32768-60999 so
+              no outgoing connection can hold it; also read from a running cluster).
   --fast      start with fsync=off, synchronous_commit=off, full_page_writes=off (tests)
   --reset     start: stop the cluster and delete its data first
 
@@ -186,7 +187,7 @@ EOF
 }
 
 do_start() {
-    [ -n "$port" ] || port=54329
+    [ -n "$port" ] || port=25432
     if [ "$reset" -eq 1 ] && is_running; then
         do_stop
     fi
@@ -276,7 +277,7 @@ status)
     ;;
 env)
     read_pidfile || true
-    [ -n "$port" ] || port=54329
+    [ -n "$port" ] || port=25432
     printf "export COFI_DATABASE_URL='%s'\n" "$(url)"
     printf 'export COFI_TEST_PGHOST=%s COFI_TEST_PGPORT=%s COFI_TEST_PGUSER=postgres\n' \
         "$sockdir" "$port"

@@ -16,7 +16,7 @@ usage() {
 Usage: scripts/test.sh [--quick] [--no-tsan] [-R REGEX] [--help]
 
 Steps: scripts/deps.sh; scripts/build.sh --werror; scripts/pg.sh start --fast (data in
-.cofi/test-pg, port 54330 or $COFI_TEST_PG_PORT); ctest on build/; scripts/build.sh
+.cofi/test-pg, port 25433 or $COFI_TEST_PG_PORT); ctest on build/; scripts/build.sh
 --sanitize --werror and ctest on build-asan/ (ASAN_OPTIONS=detect_leaks=1:abort_on_error=1,
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1); scripts/build.sh --tsan --werror and the
 tests labelled `concurrency` on build-tsan/ (TSAN_OPTIONS=halt_on_error=1: a race ends cofid,
@@ -60,7 +60,7 @@ done
 
 LOGS="$COFI_ROOT/.cofi/test"
 PG_DIR="$COFI_ROOT/.cofi/test-pg"
-PG_PORT="${COFI_TEST_PG_PORT:-54330}"
+PG_PORT="${COFI_TEST_PG_PORT:-25433}"
 mkdir -p "$LOGS"
 
 step_names=()
