@@ -318,8 +318,8 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
     bool transport = rc != CURLE_OK && o.kind == OUTCOME_RETRY;
     if (transport && rc != CURLE_OPERATION_TIMEDOUT) {
         node_health(m, (size_t)j->node, false, o.error);
-    } else if (rc == CURLE_OK) {
-        nd->fails = 0; /* it answers; only health checks bring an unhealthy node back */
+    } else if (o.kind == OUTCOME_OK) {
+        nd->fails = 0; /* it works; only health checks bring an unhealthy node back */
     }
     if (o.kind == OUTCOME_OK && j->stage == STAGE_DISTRIBUTE) {
         json_t *fn = json_object_get(o.result, "file_name");
@@ -337,7 +337,11 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
             o.result = res;
         }
     }
-    if (o.kind == OUTCOME_RETRY && !atomic_load(&nd->healthy) && !engine__stopping(m->e)) {
+    /* A call whose node is unhealthy, or whose last try failed on a node that is failing its
+     * health checks, starts over elsewhere instead of failing: not the call's fault. */
+    bool node_failing = !atomic_load(&nd->healthy) ||
+                        (nd->fails > 0 && j->attempts >= m->cfg->mediator.max_attempts);
+    if (o.kind == OUTCOME_RETRY && node_failing && !engine__stopping(m->e)) {
         /* The node is gone: this is not the call's fault, start over elsewhere. */
         engine__redistribute(m->e, j);
         pthread_mutex_lock(&m->mu);
