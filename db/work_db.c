@@ -290,3 +290,12 @@ int work_negotiate_shares(PGconn *c, const char *instance, int lease_ms, struct 
     }
     return 0;
 }
+
+int work_release(PGconn *c, const char *instance, const char *ids, struct cofi_err *err)
+{
+    const char *p[] = {instance, ids};
+    return db_command(c,
+                      "UPDATE calls SET status = 'pending', lease_owner = NULL "
+                      "WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND status = 'running'",
+                      2, p, err);
+}

@@ -44,6 +44,10 @@ int work_negotiate_shares(PGconn *c, const char *instance, int lease_ms, struct 
  * lease_ms, and forgets those instances. *recovered gets the number of calls. */
 int work_recover_expired(PGconn *c, int lease_ms, long *recovered, struct cofi_err *err);
 
+/* Returns to pending the calls in ids (an array literal "{1,2}") that this instance holds.
+ * Returns 0 or a negative status. */
+int work_release(PGconn *c, const char *instance, const char *ids, struct cofi_err *err);
+
 /* Returns to pending every call this instance holds and removes the instance. */
 int work_unregister(PGconn *c, const char *instance, struct cofi_err *err);
 

@@ -542,6 +542,50 @@ static void continue_jobs(struct engine *e, PGresult *res, struct record *recs, 
     free(running);
 }
 
+struct flush_stats {
+    long flushes;
+    long records;
+    int64_t us;
+    int64_t since_us;
+};
+
+/* Counts one flush; every 10 s logs how many records took how many statements. */
+static void log_flush_stats(struct flush_stats *st, size_t records, int64_t us)
+{
+    st->flushes++;
+    st->records += (long)records;
+    st->us += us;
+    int64_t now = clock_mono_us();
+    if (now - st->since_us < 10000000) {
+        return;
+    }
+    if (st->records > 0) {
+        log_info("flusher: %ld records in %ld statements over %.0f s, %.1f ms each", st->records,
+                 st->flushes, (double)(now - st->since_us) / 1e6,
+                 (double)st->us / 1000.0 / (double)st->flushes);
+    }
+    *st = (struct flush_stats){.since_us = now};
+}
+
+/* Returns the calls of records that could not be written to pending (best effort). */
+static void release_calls(struct engine *e, PGconn *c, const struct record *recs, size_t n)
+{
+    struct buf ids;
+    buf_init(&ids, (size_t)64 << 20);
+    buf_append(&ids, "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        buf_printf(&ids, "%s%lld", i ? "," : "", (long long)recs[i].call_id);
+    }
+    buf_append(&ids, "}", 1);
+    struct cofi_err err;
+    if (ids.data == NULL || work_release(c, e->instance, ids.data, &err) != 0) {
+        log_error("could not return %zu calls to the queue (%s); they come back when this "
+                  "instance stops",
+                  n, ids.data == NULL ? "out of memory" : err.msg);
+    }
+    buf_free(&ids);
+}
+
 static void *flusher_main(void *arg)
 {
     struct engine *e = arg;
@@ -549,10 +593,7 @@ static void *flusher_main(void *arg)
     struct record *batch = NULL;
     size_t nbatch = 0;
     int64_t backoff = 50;
-    long stat_flushes = 0;
-    long stat_records = 0;
-    long stat_us = 0;
-    int64_t stat_since = clock_mono_us();
+    struct flush_stats stats = {.since_us = clock_mono_us()};
     for (;;) {
         pthread_mutex_lock(&e->rec_mu);
         while (e->nrecs == 0 && nbatch == 0 && !e->stop_flusher) {
@@ -584,24 +625,14 @@ static void *flusher_main(void *arg)
         char *stages = NULL;
         PGresult *res = NULL;
         int64_t t0 = clock_mono_us();
-        if (c != NULL && build_flush(e, batch, nbatch, &calls, &stages) == 0) {
-            res = work_flush(c, e->instance, calls, stages, &err);
-        }
-        int64_t t1 = clock_mono_us();
-        stat_flushes++;
-        stat_records += nbatch;
-        stat_us += t1 - t0;
-        if (t1 - stat_since >= 10000000) {
-            if (stat_records > 0) {
-                log_info("flusher: %ld records in %ld statements over %.0f s, %.1f ms each",
-                         stat_records, stat_flushes, (t1 - stat_since) / 1e6,
-                         stat_us / 1000.0 / (double)stat_flushes);
+        if (c != NULL) {
+            if (build_flush(e, batch, nbatch, &calls, &stages) == 0) {
+                res = work_flush(c, e->instance, calls, stages, &err);
+            } else {
+                cofi_err_set(&err, COFI_E_NOMEM, "out of memory building a flush");
             }
-            stat_since = t1;
-            stat_flushes = stat_records = stat_us = 0;
-        } else if (c != NULL) {
-            cofi_err_set(&err, COFI_E_NOMEM, "out of memory building a flush");
         }
+        log_flush_stats(&stats, nbatch, clock_mono_us() - t0);
         free(calls);
         free(stages);
         if (res != NULL) {
@@ -628,9 +659,12 @@ static void *flusher_main(void *arg)
             continue;
         }
         if (err.code != COFI_E_UNAVAILABLE && c != NULL) {
-            /* Not a lost connection: the records themselves are at fault. They can't be
-             * written; the calls stay claimed and come back when the lease is recovered. */
-            log_error("flush of %zu records failed, dropping them: %s", nbatch, err.msg);
+            /* Not a lost connection: the records themselves can't be written. Their calls
+             * go back to the queue (taken up again from their last recorded stage) rather
+             * than stay claimed by this live instance forever. */
+            log_error("flush of %zu records failed: %s; returning their calls to the queue", nbatch,
+                      err.msg);
+            release_calls(e, c, batch, nbatch);
             free_records(e, batch, nbatch);
             free(batch);
             batch = NULL;
@@ -638,7 +672,7 @@ static void *flusher_main(void *arg)
             continue;
         }
         log_warn("flush: %s; retrying in %lld ms", err.msg, (long long)backoff);
-        if (stopping && backoff > 2000) {
+        if (stopping && backoff >= 2000) {
             log_error("database still unreachable at shutdown: %zu records not written (their "
                       "calls will be taken up again)",
                       nbatch);

@@ -395,12 +395,13 @@ _NULL = "\\N(null)"
 
 
 class Database:
-    """A database of its own on the test PostgreSQL, dropped by drop()."""
+    """A database of its own on the test PostgreSQL, dropped by drop(). host/port/user name
+    another server (e.g. a PrivatePostgres); by default the one of COFI_TEST_PG*."""
 
-    def __init__(self):
-        self.host = require_env("COFI_TEST_PGHOST")
-        self.port = require_env("COFI_TEST_PGPORT")
-        self.user = os.environ.get("COFI_TEST_PGUSER") or "postgres"
+    def __init__(self, host=None, port=None, user=None):
+        self.host = host or require_env("COFI_TEST_PGHOST")
+        self.port = port or require_env("COFI_TEST_PGPORT")
+        self.user = user or os.environ.get("COFI_TEST_PGUSER") or "postgres"
         self.psql = _psql_path()
         self.name = "cofi_t_" + secrets.token_hex(6)
         self._dropped = False
@@ -648,6 +649,24 @@ class Sim(_Process):
                                  % (port, r.status, _short(r.raw, 300)))
         return r.json
 
+    def stats_all(self):
+        """/stats of every port (nodes in order, then the NLP API) in one request to the NLP
+        port's GET /stats/all: readable even while a node is down."""
+        r = _sim_http(self.nlp_port, "GET", "/stats/all")
+        ports = r.json.get("ports") if isinstance(r.json, dict) else None
+        if r.status != 200 or not isinstance(ports, list):
+            raise AssertionError("cofi-sim GET /stats/all answered %d: %s"
+                                 % (r.status, _short(r.raw, 300)))
+        by_port = {s.get("port"): s for s in ports}
+        return [by_port[p] for p in self.ports]
+
+    def clear_rules(self, port):
+        """Removes every failure rule of one port (DELETE /admin/rules)."""
+        r = _sim_http(port, "DELETE", "/admin/rules")
+        if r.status // 100 != 2:
+            raise AssertionError("cofi-sim DELETE /admin/rules on %d answered %d: %s"
+                                 % (port, r.status, _short(r.raw, 300)))
+
     def rules_all_nodes(self, rules):
         for i in range(self.nodes):
             self.rules(self.node_port(i), rules)
@@ -690,9 +709,11 @@ class Cofid(_Process):
 
     def __init__(self, workdir, database, input_root, nodes, llm_url, llm_concurrency=20,
                  max_body_bytes=1 << 20, mediator=None, llm=None, auth_tokens=None, env=None,
-                 log_level="info", extra=None):
+                 log_level="info", extra=None, port=None):
         """nodes: [(id, url, capacity)]. mediator / llm: overrides of the worker settings.
-        auth_tokens: {ENV_NAME: (token, scope)}: the tokens and the env that carries them."""
+        auth_tokens: {ENV_NAME: (token, scope)}: the tokens and the env that carries them.
+        port: listen on this port (e.g. a restart on the port of a killed cofid, which then
+        has the same instance id); by default a free one."""
         super().__init__(workdir)
         self.database = database
         self.input_root = input_root
@@ -710,8 +731,18 @@ class Cofid(_Process):
         self.env = dict(env or {})
         self.log_level = log_level
         self.extra = dict(extra or {})
+        self.fixed_port = port
         self.port = None
         self.config_path = None
+
+    @property
+    def instance_id(self):
+        """This cofid's name in the work queue: COFI_INSTANCE_ID, or host:port."""
+        return self.env.get("COFI_INSTANCE_ID") or "%s:%d" % (socket.gethostname()[:127], self.port)
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None else None
 
     def config(self):
         cfg = {
@@ -752,7 +783,7 @@ class Cofid(_Process):
         port when the process exits at start (e.g. its port was taken meanwhile)."""
         last = None
         for attempt in range(3):
-            self.port = free_port()
+            self.port = self.fixed_port or free_port()
             self.config_path = os.path.join(self.workdir, "cofid-%d.json" % self.port)
             with open(self.config_path, "w") as f:
                 json.dump(self.config(), f, indent=2)
@@ -817,6 +848,66 @@ class Cofid(_Process):
         if was_live and rc != 0:
             raise AssertionError("cofid exited with %s after SIGTERM (expected 0):\n%s"
                                  % (rc, self.log_tail()))
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own, made and driven by scripts/pg.sh (--fast), for
+    tests that stop and start the server. Never the shared test cluster of COFI_TEST_PG*."""
+
+    def __init__(self, parent_dir, port=None):
+        # The server runs as `postgres` when we are root: it must reach the data dir's parent.
+        self.root = tempfile.mkdtemp(prefix="pg-", dir=parent_dir)
+        os.chmod(self.root, 0o755)
+        os.chmod(parent_dir, os.stat(parent_dir).st_mode | 0o711)
+        self.dir = os.path.join(self.root, "data")
+        # Below the kernel's ephemeral range: while the server is stopped, an outgoing
+        # connection could otherwise take its port and the restart would fail.
+        self.port = port or free_port_range(1)
+        self.script = os.path.join(SOURCE_DIR, "scripts", "pg.sh")
+        self.host = None  # the unix socket directory, known once started
+        self._started = False
+
+    def _pg(self, *args, timeout=120):
+        p = subprocess.run(["bash", self.script] + list(args) + ["--dir", self.dir, "--port",
+                                                                str(self.port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        if p.returncode != 0:
+            raise HarnessError("scripts/pg.sh %s failed (%d): %s %s"
+                               % (" ".join(args), p.returncode, p.stdout.decode(errors="replace"),
+                                  p.stderr.decode(errors="replace")))
+        return p.stdout.decode()
+
+    def start(self):
+        """Starts the cluster (initdb the first time) and waits until it accepts connections."""
+        self._pg("start", "--fast")
+        self._started = True
+        env = self._pg("env")
+        m = re.search(r"COFI_TEST_PGHOST=(\S+)", env)
+        if not m:
+            raise HarnessError("scripts/pg.sh env printed no COFI_TEST_PGHOST: %s" % env)
+        self.host = m.group(1)
+        log("private PostgreSQL up on port %d (%s)" % (self.port, self.dir))
+        return self
+
+    def stop(self):
+        """Fast shutdown; waits until the server is gone."""
+        self._pg("stop")
+
+    def destroy(self):
+        """Stops the server and deletes its files. Idempotent."""
+        if self._started:
+            try:
+                self.stop()
+            except (HarnessError, subprocess.TimeoutExpired) as e:
+                log("could not stop the private PostgreSQL: %s" % e)
+            self._started = False
+            if self.host and os.path.basename(self.host).startswith("cofi-"):
+                shutil.rmtree(self.host, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def database(self):
+        """A new Database on this cluster."""
+        return Database(host=self.host, port=str(self.port), user="postgres")
 
 
 # ------------------------------------------------------------------------------------------
@@ -1031,6 +1122,47 @@ class CofiCase(unittest.TestCase):
                       cofid=cofid)
         self.assertStatus(r, 200)
         return r.json
+
+    def assert_calls_recorded_once(self, batch_id, n):
+        """Exactly once in cofi's records: the batch's n calls are all done (stage 7), and
+        call_stages holds exactly seven rows for each, one per stage, each done with a JSON
+        object as its result."""
+        self.assertEqual(self.db("SELECT status, stage, count(*) FROM calls WHERE batch_id = %d "
+                                 "GROUP BY 1, 2" % batch_id), [("done", "7", str(n))])
+        bad = self.db(
+            "SELECT c.id, count(cs.call_id), count(DISTINCT cs.stage), "
+            "  count(cs.call_id) FILTER (WHERE cs.state = 'done' "
+            "                            AND jsonb_typeof(cs.result) = 'object') "
+            "FROM calls c LEFT JOIN call_stages cs ON cs.call_id = c.id "
+            "WHERE c.batch_id = %d GROUP BY c.id "
+            "HAVING count(cs.call_id) <> 7 OR count(DISTINCT cs.stage) <> 7 "
+            "  OR count(cs.call_id) FILTER (WHERE cs.state = 'done' "
+            "                               AND jsonb_typeof(cs.result) = 'object') <> 7 "
+            "ORDER BY c.id LIMIT 10" % batch_id)
+        self.assertEqual(bad, [], "calls without exactly one done record per stage "
+                                  "(id, rows, distinct stages, done rows)")
+        rows = self.db("SELECT cs.stage, count(*), count(DISTINCT cs.call_id) "
+                       "FROM call_stages cs JOIN calls c ON c.id = cs.call_id "
+                       "WHERE c.batch_id = %d GROUP BY 1 ORDER BY 1" % batch_id)
+        self.assertEqual(rows, [(str(s), str(n), str(n)) for s in range(7)])
+
+    def calls_summary(self, batch_id):
+        """(stage, status, lease_owner, count) of the batch's calls, from the database: what a
+        failure message needs when a batch does not end."""
+        return self.db("SELECT stage, status, coalesce(lease_owner, '-'), count(*) FROM calls "
+                       "WHERE batch_id = %d GROUP BY 1, 2, 3 ORDER BY 1, 2, 3" % batch_id)
+
+    def wait_batch_final_or_explain(self, batch_id, timeout=60.0, cofid=None):
+        """wait_batch_final, whose failure message also shows the calls in the database and
+        the instances table."""
+        try:
+            return self.wait_batch_final(batch_id, timeout=timeout, cofid=cofid)
+        except AssertionError as e:
+            raise AssertionError("%s\ncalls of batch %d (stage, status, lease_owner, count): %s"
+                                 "\ninstances (id, seconds since the last heartbeat): %s"
+                                 % (e, batch_id, self.calls_summary(batch_id), self.db(
+                                     "SELECT id, round(extract(epoch FROM now() - heartbeat_at)"
+                                     "::numeric, 1) FROM instances"))) from None
 
     def stage_counts(self, batch):
         """{stage name: {pending, running, done, failed, skipped}} of a batch object,

@@ -1,0 +1,122 @@
+"""SIGTERM while slow requests are in flight (README, operating notes: cofid "stops taking work,
+lets requests in flight finish (up to shutdown_grace_ms), records them, releases its claims and
+exits 0"). stt takes 800 ms and the grace is 5 s: cofid exits 0 well within the grace, every
+stt request that was in flight at SIGTERM was answered and is recorded (nothing the workers
+answered is missing from the database), no call is left claimed by the stopped instance and
+its row is gone; a new cofid finishes the batch without asking any stage twice."""
+
+import signal
+import subprocess
+import time
+import unittest
+
+import cofitest
+from cofitest import CofiCase, LLM_ENDPOINTS, NODE_ENDPOINTS, STAGES, sum_stat
+
+N = 48
+NODES = 2
+CAPACITY = 4
+LATENCY = {"upload": 5, "denoise": 5, "ivr": 5, "lid": 5, "stt": 800, "llm1": 10, "llm2": 10}
+GRACE_MS = 5000
+EXIT_MARGIN_S = 2.0
+
+
+class SigtermTest(CofiCase):
+
+    @classmethod
+    def prepare(cls):
+        cls.files = cofitest.make_files(cls.input_root, N, prefix="term", subdir="term")
+        cls.start_sim(nodes=NODES, node_capacity=CAPACITY, nlp_capacity=50, latency=LATENCY,
+                      jitter_pct=25, seed=31)
+
+    def new_cofid(self):
+        return self.start_cofid(sim=self.sim, owner=self, llm_concurrency=10,
+                                extra={"lease_ms": 3000, "shutdown_grace_ms": GRACE_MS})
+
+    def recorded_per_stage(self, bid):
+        rows = dict(self.db("SELECT cs.stage, count(*) FROM call_stages cs JOIN calls c "
+                            "ON c.id = cs.call_id WHERE c.batch_id = %d AND cs.state = 'done' "
+                            "GROUP BY 1" % bid))
+        return [int(rows.get(str(s), 0)) for s in range(7)]
+
+    @staticmethod
+    def per_endpoint(stats, field):
+        return [sum_stat(stats, field, ep) for ep in NODE_ENDPOINTS + LLM_ENDPOINTS]
+
+    def test_sigterm_with_slow_requests_in_flight(self):
+        sim = self.sim
+        first = self.new_cofid()
+        instance = first.instance_id
+        b = self.create_batch(self.files, name="sigterm")
+        bid = b["id"]
+        self.run_batch(bid)
+        self.assertEqual(self.db("SELECT id FROM instances"), [(instance,)])
+
+        def mid():
+            stt = self.stage_counts(self.get_batch(bid))["stt"]
+            if stt["done"] < N // 6 or stt["done"] > N - N // 3:
+                return None
+            stats = sim.stats_all()
+            in_flight = sum(s["in_flight_by_endpoint"].get("stt", 0) for s in stats[:NODES])
+            return (stt, in_flight, stats) if in_flight >= NODES * CAPACITY // 2 else None
+        stt, stt_in_flight, at_term = cofitest.poll(mid, 30, interval=0.02,
+                                                    what="stt requests in flight mid-batch")
+
+        t0 = time.monotonic()
+        first.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = first.proc.wait(timeout=GRACE_MS / 1000.0 + EXIT_MARGIN_S)
+        except subprocess.TimeoutExpired:
+            self.fail("cofid did not exit within %.1f s of SIGTERM (grace %d ms):\n%s"
+                      % (GRACE_MS / 1000.0 + EXIT_MARGIN_S, GRACE_MS, first.log_tail()))
+        took = time.monotonic() - t0
+        after = sim.stats_all()
+        cofitest.log("SIGTERM at stt %s with %d stt requests in flight: exit %s after %.2f s"
+                     % (stt, stt_in_flight, rc, took))
+        self.assertEqual(rc, 0, "exit status after SIGTERM:\n%s" % first.log_tail())
+        first.stop()  # reaps it (already exited with 0)
+
+        # Nothing left in flight at the workers: cofid waited for every answer.
+        self.assertEqual(sum(s["concurrent"] for s in after), 0,
+                         "requests still in progress at the workers after cofid exited")
+        log = open(first.log_path, encoding="utf-8", errors="replace").read()
+        self.assertNotIn("abandoned at shutdown", log)
+        self.assertIn("claims released", log)
+
+        # Claims released, instance row gone.
+        self.assertEqual(self.db("SELECT id FROM instances"), [])
+        self.assertEqual(self.database.count(
+            "SELECT count(*) FROM calls WHERE status = 'running' OR lease_owner IS NOT NULL"), 0)
+
+        # Nothing answered was lost: what the workers answered is what cofi recorded, stage by
+        # stage; every request that reached a worker was answered (none was cut off), and the
+        # stt requests in flight at SIGTERM are among the recorded ones.
+        recorded = self.recorded_per_stage(bid)
+        answered = self.per_endpoint(after, "ok")
+        requested = self.per_endpoint(after, "requests")
+        cofitest.log("after the stop: recorded %s, answered %s, requested %s"
+                     % (recorded, answered, requested))
+        self.assertEqual(answered, recorded)
+        self.assertEqual(requested, answered)
+        stt_answered_at_term = sum_stat(at_term[:NODES], "ok", "stt")
+        self.assertGreaterEqual(recorded[4], stt_answered_at_term + stt_in_flight)
+        self.assertLess(recorded[6], N, "the batch was over at SIGTERM")
+        self.assertLessEqual(took, GRACE_MS / 1000.0 + EXIT_MARGIN_S)
+
+        # A new cofid finishes it, asking no stage twice.
+        self.new_cofid()
+        final = self.wait_batch_final_or_explain(bid, timeout=30)
+        self.assertEqual(final["state"], "completed")
+        for name, c in self.stage_counts(final).items():
+            self.assertEqual(c, {"pending": 0, "running": 0, "done": N, "failed": 0,
+                                 "skipped": 0}, name)
+        self.assert_calls_recorded_once(bid, N)
+        stats = sim.stats_all()
+        self.assertEqual(self.per_endpoint(stats, "ok"), [N] * 7)
+        for s in stats:
+            self.assertEqual(s["repeated_keys_any"], 0, "port %s saw a key twice" % s["port"])
+        self.assertEqual([s["name"] for s in final["stages"]], STAGES)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
