@@ -89,3 +89,35 @@ void buf_free(struct buf *b)
     b->len = 0;
     b->cap_alloc = 0;
 }
+
+int buf_json_string(struct buf *b, const char *s)
+{
+    if (s == NULL) {
+        return buf_append(b, "null", 4);
+    }
+    int rc = buf_append(b, "\"", 1);
+    const char *run = s;
+    for (const char *p = s; rc == 0 && *p != '\0'; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            continue;
+        }
+        rc = buf_append(b, run, (size_t)(p - run));
+        if (rc == 0) {
+            if (c == '"' || c == '\\') {
+                char esc[2] = {'\\', (char)c};
+                rc = buf_append(b, esc, 2);
+            } else {
+                rc = buf_printf(b, "\\u%04x", c);
+            }
+        }
+        run = p + 1;
+    }
+    if (rc == 0) {
+        rc = buf_append(b, run, strlen(run));
+    }
+    if (rc == 0) {
+        rc = buf_append(b, "\"", 1);
+    }
+    return rc;
+}

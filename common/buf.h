@@ -22,6 +22,10 @@ int buf_append(struct buf *b, const void *p, size_t n);
 /* Appends a formatted string; same returns as buf_append. */
 int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Appends s as a JSON string literal (quoted and escaped), or `null` when s is NULL. Same
+ * returns as buf_append. */
+int buf_json_string(struct buf *b, const char *s);
+
 /* Hands the data to the caller (who must free() it) and resets the buffer. May return NULL
  * for an empty buffer. */
 char *buf_steal(struct buf *b);

@@ -20,7 +20,9 @@ struct batch_info {
     int64_t id;
     bool staged;
     bool cancelled;
-    int cur_stage; /* lowest stage with pending or running calls, -1 when none */
+    int cur_stage;       /* lowest stage with pending or running calls, -1 when none */
+    int64_t pending_med; /* calls waiting at stages 0..4 */
+    int64_t pending_llm; /* calls waiting at stages 5..6 */
 };
 
 /* One transition to write: the call's new position, and optionally the record of the stage
@@ -41,8 +43,8 @@ struct record {
     int row_attempts;
     char *row_error; /* owned */
     int64_t row_started_ms, row_finished_ms;
-    json_t *row_result; /* owned reference */
-    struct job *cont;   /* owned: submitted once this record is written (status running) */
+    char *row_result; /* the result as JSON text (owned), or NULL */
+    struct job *cont; /* owned: submitted once this record is written (status running) */
 };
 
 struct engine {
@@ -63,9 +65,10 @@ struct engine {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop_dispatcher;
-    bool wake_refresh; /* refresh the batch list at once */
-    bool wake_claim;   /* capacity or work may be there */
-    bool flushed;      /* records were written since the last refresh */
+    bool wake_refresh;       /* refresh the batch list at once */
+    bool wake_claim;         /* capacity or work may be there */
+    bool flushed;            /* records were written since the last refresh */
+    bool dispatcher_waiting; /* the dispatcher sleeps on cv: a wake-up is worth a signal */
     struct batch_info *batches;
     size_t nbatches;
     struct jobq delayed; /* retries waiting for their time, unordered */
@@ -78,7 +81,8 @@ struct engine {
     size_t nrecs, caprecs;
     uint64_t rec_seq;
     bool stop_flusher;
-    bool flushing; /* the flusher holds records not yet written */
+    bool flushing;     /* the flusher holds records not yet written */
+    bool flusher_idle; /* the flusher sleeps on rec_cv */
     pthread_t flusher;
 };
 
@@ -174,7 +178,10 @@ static void wake_dispatcher(struct engine *e, bool refresh)
     if (refresh) {
         e->wake_refresh = true;
     }
-    pthread_cond_signal(&e->cv);
+    /* A running dispatcher sees the flags on its next turn: signal only a sleeping one. */
+    if (e->dispatcher_waiting) {
+        pthread_cond_signal(&e->cv);
+    }
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -193,7 +200,7 @@ static void push_record(struct engine *e, struct record *r)
             free(r->last_error);
             free(r->file_name);
             free(r->row_error);
-            json_decref(r->row_result);
+            free(r->row_result);
             return;
         }
         e->recs = p;
@@ -201,7 +208,9 @@ static void push_record(struct engine *e, struct record *r)
     }
     r->seq = e->rec_seq++;
     e->recs[e->nrecs++] = *r;
-    pthread_cond_signal(&e->rec_cv);
+    if (e->flusher_idle) {
+        pthread_cond_signal(&e->rec_cv);
+    }
     pthread_mutex_unlock(&e->rec_mu);
 }
 
@@ -333,9 +342,10 @@ void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
     /* Success: keep the result for later stages and record it. */
     int done_stage = j->stage;
     int64_t now = clock_wall_ms();
-    /* The record gets its own copy: jansson's reference counts are not a safe way to share
-     * one tree between the lane threads (which read prev) and the flusher (which frees). */
-    json_t *copy = json_deep_copy(o->result);
+    /* The record gets the result as text, made here in the lane's thread: the tree itself
+     * stays with the job (jansson's reference counts are no safe way to share one tree
+     * between threads). */
+    char *text = json_dumps(o->result, JSON_COMPACT);
     struct record r;
     memset(&r, 0, sizeof r);
     r.has_row = true;
@@ -343,7 +353,7 @@ void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
     r.row_attempts = j->attempts;
     r.row_started_ms = j->stage_started_wall;
     r.row_finished_ms = now;
-    r.row_result = copy;
+    r.row_result = text;
     json_object_set_new(j->prev, stage_name(done_stage), o->result);
     o->result = NULL;
 
@@ -416,43 +426,54 @@ static int cmp_row_seq(const void *a, const void *b)
     return x->seq < y->seq ? -1 : (x->seq > y->seq);
 }
 
-static json_t *json_str_or_null(const char *s)
-{
-    return s != NULL ? json_string(s) : json_null();
-}
-
 /* Builds the two JSON arrays of work_flush from n records: the last position of every call,
- * and the last row of every (call, stage). Returns 0 or -1 (out of memory). */
+ * and the last row of every (call, stage). Written as text directly: the results are
+ * already text. Returns 0 or -1 (out of memory). */
+/* Appends a string literal. */
+#define buf_lit(b, lit) buf_append((b), (lit), sizeof(lit) - 1)
+
 static int build_flush(struct engine *e, struct record *recs, size_t n, char **calls_out,
                        char **stages_out)
 {
     struct record **idx = malloc((n ? n : 1) * sizeof *idx);
-    json_t *calls = json_array();
-    json_t *stages = json_array();
-    if (idx == NULL || calls == NULL || stages == NULL) {
-        free(idx);
-        json_decref(calls);
-        json_decref(stages);
+    struct buf calls;
+    struct buf stages;
+    buf_init(&calls, (size_t)1 << 30);
+    buf_init(&stages, (size_t)1 << 30);
+    if (idx == NULL) {
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
         idx[i] = &recs[i];
     }
     qsort(idx, n, sizeof *idx, cmp_call_seq);
-    for (size_t i = 0; i < n; i++) {
+    int rc = buf_lit(&calls, "[");
+    bool first = true;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
         if (i + 1 < n && idx[i + 1]->call_id == idx[i]->call_id) {
             continue; /* a later record of the same call wins */
         }
-        struct record *r = idx[i];
-        json_t *o =
-            json_pack("{s:I, s:i, s:s, s:i, s:o, s:o, s:o, s:o}", "id", (json_int_t)r->call_id,
-                      "stage", r->stage, "status", call_status_name(r->status), "attempts",
-                      r->attempts, "last_error", json_str_or_null(r->last_error), "node",
-                      r->node >= 0 ? json_string(e->cfg->nodes[r->node].id) : json_null(),
-                      "file_name", json_str_or_null(r->file_name), "started_ms",
-                      r->started_ms >= 0 ? json_integer(r->started_ms) : json_null());
-        json_array_append_new(calls, o);
+        const struct record *r = idx[i];
+        rc = buf_printf(&calls,
+                        "%s{\"id\":%lld,\"stage\":%d,\"status\":\"%s\",\"attempts\":%d,"
+                        "\"last_error\":",
+                        first ? "" : ",", (long long)r->call_id, r->stage,
+                        call_status_name(r->status), r->attempts);
+        first = false;
+        rc = rc == 0 ? buf_json_string(&calls, r->last_error) : rc;
+        rc = rc == 0 ? buf_lit(&calls, ",\"node\":") : rc;
+        rc =
+            rc == 0 ? buf_json_string(&calls, r->node >= 0 ? e->cfg->nodes[r->node].id : NULL) : rc;
+        rc = rc == 0 ? buf_lit(&calls, ",\"file_name\":") : rc;
+        rc = rc == 0 ? buf_json_string(&calls, r->file_name) : rc;
+        if (rc == 0 && r->started_ms >= 0) {
+            rc = buf_printf(&calls, ",\"started_ms\":%lld}", (long long)r->started_ms);
+        } else if (rc == 0) {
+            rc = buf_lit(&calls, ",\"started_ms\":null}");
+        }
     }
+    rc = rc == 0 ? buf_lit(&calls, "]") : rc;
+
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         if (recs[i].has_row) {
@@ -460,30 +481,39 @@ static int build_flush(struct engine *e, struct record *recs, size_t n, char **c
         }
     }
     qsort(idx, m, sizeof *idx, cmp_row_seq);
-    for (size_t i = 0; i < m; i++) {
+    rc = rc == 0 ? buf_lit(&stages, "[") : rc;
+    first = true;
+    for (size_t i = 0; rc == 0 && i < m; i++) {
         if (i + 1 < m && idx[i + 1]->call_id == idx[i]->call_id &&
             idx[i + 1]->row_stage == idx[i]->row_stage) {
             continue;
         }
-        struct record *r = idx[i];
-        json_t *o =
-            json_pack("{s:I, s:i, s:s, s:i, s:o, s:I, s:I, s:O}", "call_id", (json_int_t)r->call_id,
-                      "stage", r->row_stage, "state", r->row_failed ? "failed" : "done", "attempts",
-                      r->row_attempts, "last_error", json_str_or_null(r->row_error), "started_ms",
-                      (json_int_t)r->row_started_ms, "finished_ms", (json_int_t)r->row_finished_ms,
-                      "result", r->row_result != NULL ? r->row_result : json_null());
-        json_array_append_new(stages, o);
+        const struct record *r = idx[i];
+        rc = buf_printf(&stages,
+                        "%s{\"call_id\":%lld,\"stage\":%d,\"state\":\"%s\",\"attempts\":%d,"
+                        "\"started_ms\":%lld,\"finished_ms\":%lld,\"last_error\":",
+                        first ? "" : ",", (long long)r->call_id, r->row_stage,
+                        r->row_failed ? "failed" : "done", r->row_attempts,
+                        (long long)r->row_started_ms, (long long)r->row_finished_ms);
+        first = false;
+        rc = rc == 0 ? buf_json_string(&stages, r->row_error) : rc;
+        rc = rc == 0 ? buf_lit(&stages, ",\"result\":") : rc;
+        if (rc == 0 && r->row_result != NULL) {
+            rc = buf_append(&stages, r->row_result, strlen(r->row_result));
+        } else if (rc == 0) {
+            rc = buf_lit(&stages, "null");
+        }
+        rc = rc == 0 ? buf_lit(&stages, "}") : rc;
     }
+    rc = rc == 0 ? buf_lit(&stages, "]") : rc;
     free(idx);
-    *calls_out = json_dumps(calls, JSON_COMPACT);
-    *stages_out = json_dumps(stages, JSON_COMPACT);
-    json_decref(calls);
-    json_decref(stages);
-    if (*calls_out == NULL || *stages_out == NULL) {
-        free(*calls_out);
-        free(*stages_out);
+    if (rc != 0) {
+        buf_free(&calls);
+        buf_free(&stages);
         return -1;
     }
+    *calls_out = buf_steal(&calls);
+    *stages_out = buf_steal(&stages);
     return 0;
 }
 
@@ -498,7 +528,7 @@ static void free_records(struct engine *e, struct record *recs, size_t n)
         free(recs[i].last_error);
         free(recs[i].file_name);
         free(recs[i].row_error);
-        json_decref(recs[i].row_result);
+        free(recs[i].row_result);
     }
 }
 
@@ -572,11 +602,11 @@ static void release_calls(struct engine *e, PGconn *c, const struct record *recs
 {
     struct buf ids;
     buf_init(&ids, (size_t)64 << 20);
-    buf_append(&ids, "{", 1);
+    buf_lit(&ids, "{");
     for (size_t i = 0; i < n; i++) {
         buf_printf(&ids, "%s%lld", i ? "," : "", (long long)recs[i].call_id);
     }
-    buf_append(&ids, "}", 1);
+    buf_lit(&ids, "}");
     struct cofi_err err;
     if (ids.data == NULL || work_release(c, e->instance, ids.data, &err) != 0) {
         log_error("could not return %zu calls to the queue (%s); they come back when this "
@@ -597,7 +627,9 @@ static void *flusher_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&e->rec_mu);
         while (e->nrecs == 0 && nbatch == 0 && !e->stop_flusher) {
+            e->flusher_idle = true;
             pthread_cond_wait(&e->rec_cv, &e->rec_mu);
+            e->flusher_idle = false;
         }
         if (e->nrecs == 0 && nbatch == 0 && e->stop_flusher) {
             pthread_mutex_unlock(&e->rec_mu);
@@ -654,7 +686,9 @@ static void *flusher_main(void *arg)
             pthread_mutex_lock(&e->mu);
             e->flushed = true;
             e->wake_claim = true;
-            pthread_cond_signal(&e->cv);
+            if (e->dispatcher_waiting) {
+                pthread_cond_signal(&e->cv);
+            }
             pthread_mutex_unlock(&e->mu);
             continue;
         }
@@ -715,15 +749,17 @@ static int refresh_batches(struct engine *e, PGconn *c, struct cofi_err *err)
     struct batch_info *list = calloc((size_t)(n > 0 ? n : 1), sizeof *list);
     struct buf ids;
     buf_init(&ids, 1 << 20);
-    buf_append(&ids, "{", 1);
+    buf_lit(&ids, "{");
     for (int i = 0; i < n && list != NULL; i++) {
         list[i].id = atoll(PQgetvalue(r, i, 0));
         list[i].staged = strcmp(PQgetvalue(r, i, 1), "staged") == 0;
         list[i].cancelled = strcmp(PQgetvalue(r, i, 2), "cancelled") == 0;
         list[i].cur_stage = PQgetisnull(r, i, 3) ? -1 : atoi(PQgetvalue(r, i, 3));
+        list[i].pending_med = atoll(PQgetvalue(r, i, 4));
+        list[i].pending_llm = atoll(PQgetvalue(r, i, 5));
         buf_printf(&ids, "%s%lld", i ? "," : "", (long long)list[i].id);
     }
-    buf_append(&ids, "}", 1);
+    buf_lit(&ids, "}");
     PQclear(r);
     if (list == NULL) {
         buf_free(&ids);
@@ -770,7 +806,9 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *cl
         if (bhi > hi) {
             bhi = hi;
         }
-        if (blo > bhi) {
+        /* Nothing waits in that range (as of the last refresh): no query. */
+        int64_t waiting = lo > STAGE_STT ? b->pending_llm : b->pending_med;
+        if (blo > bhi || waiting == 0) {
             continue;
         }
         json_array_append_new(
@@ -789,7 +827,7 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *cl
     /* Nodes that are healthy but of which this instance has no share. */
     struct buf blocked;
     buf_init(&blocked, 1 << 16);
-    buf_append(&blocked, "{", 1);
+    buf_lit(&blocked, "{");
     bool first = true;
     for (size_t i = 0; i < e->cfg->node_count; i++) {
         if (mediator_lane_node_limit(e->med, i) == 0) {
@@ -797,7 +835,7 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *cl
             first = false;
         }
     }
-    buf_append(&blocked, "}", 1);
+    buf_lit(&blocked, "}");
     PGresult *r = work_claim(c, e->instance, s, limit, blocked.data, err);
     buf_free(&blocked);
     free(s);
@@ -1063,7 +1101,9 @@ static void *dispatcher_main(void *arg)
         pthread_mutex_lock(&e->mu);
         if (!e->stop_dispatcher && !e->wake_claim && !e->wake_refresh) {
             struct timespec dl = clock_deadline_ms(wait_ms);
+            e->dispatcher_waiting = true;
             pthread_cond_timedwait(&e->cv, &e->mu, &dl);
+            e->dispatcher_waiting = false;
         }
         pthread_mutex_unlock(&e->mu);
     }
