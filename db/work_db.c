@@ -87,14 +87,18 @@ int work_unregister(PGconn *c, const char *instance, struct cofi_err *err)
 
 PGresult *work_active_batches(PGconn *c, struct cofi_err *err)
 {
-    return db_exec(c,
-                   "SELECT b.id, b.mode, b.state, "
-                   "  (SELECT min(p.stage) FROM batch_progress p WHERE p.batch_id = b.id "
-                   "     AND p.status IN ('pending', 'running') AND p.n > 0) "
-                   "FROM batches b "
-                   "WHERE b.state = 'running' OR (b.state = 'cancelled' AND b.finished_at IS NULL) "
-                   "ORDER BY b.id",
-                   0, NULL, err);
+    return db_exec(
+        c,
+        "SELECT b.id, b.mode, b.state, p.cur, coalesce(p.med, 0), coalesce(p.llm, 0) "
+        "FROM batches b LEFT JOIN LATERAL ("
+        "  SELECT min(p.stage) FILTER (WHERE p.status IN ('pending', 'running')) AS cur, "
+        "    sum(p.n) FILTER (WHERE p.status = 'pending' AND p.stage <= 4) AS med, "
+        "    sum(p.n) FILTER (WHERE p.status = 'pending' AND p.stage BETWEEN 5 AND 6) "
+        "      AS llm "
+        "  FROM batch_progress p WHERE p.batch_id = b.id AND p.n > 0) p ON true "
+        "WHERE b.state = 'running' OR (b.state = 'cancelled' AND b.finished_at IS NULL) "
+        "ORDER BY b.id",
+        0, NULL, err);
 }
 
 PGresult *work_finish_batches(PGconn *c, const char *ids, struct cofi_err *err)

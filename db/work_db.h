@@ -53,7 +53,8 @@ int work_unregister(PGconn *c, const char *instance, struct cofi_err *err);
 
 /* The batches that need the engine: running, or cancelled with work still in flight.
  * Returns a new PGresult with columns id, mode, state, current stage (min stage with
- * pending or running calls; NULL when none), or NULL with err. */
+ * pending or running calls; NULL when none), calls pending at stages 0..4, calls pending at
+ * stages 5..6; or NULL with err. */
 PGresult *work_active_batches(PGconn *c, struct cofi_err *err);
 
 /* Ends every batch in ids (a PostgreSQL array literal "{1,2}") that has nothing pending or
