@@ -239,6 +239,19 @@ static void submit(struct engine *e, struct job *j)
     }
 }
 
+/* Submits every job of q (left empty), one lock and wake-up per lane. */
+static void submit_all(struct engine *e, struct jobq *q)
+{
+    struct jobq med = {0};
+    struct jobq llm = {0};
+    struct job *j;
+    while ((j = jobq_pop(q)) != NULL) {
+        jobq_push(stage_is_llm(j->stage) ? &llm : &med, j);
+    }
+    mediator_lane_push_all(e->med, &med);
+    llm_lane_push_all(e->llm, &llm);
+}
+
 /* Looks up what the engine knows of a batch; copies it into *out. */
 static bool batch_lookup(struct engine *e, int64_t id, struct batch_info *out)
 {
@@ -554,6 +567,8 @@ static void continue_jobs(struct engine *e, PGresult *res, struct record *recs, 
     if (running != NULL) {
         qsort(running, nrun, sizeof *running, cmp_i64);
     }
+    struct jobq go = {0};
+    int64_t now = clock_wall_ms();
     for (size_t i = 0; i < n; i++) {
         struct job *j = recs[i].cont;
         if (j == NULL) {
@@ -561,8 +576,8 @@ static void continue_jobs(struct engine *e, PGresult *res, struct record *recs, 
         }
         recs[i].cont = NULL;
         if (running != NULL && bsearch(&j->call_id, running, nrun, sizeof *running, cmp_i64)) {
-            j->stage_started_wall = clock_wall_ms();
-            submit(e, j);
+            j->stage_started_wall = now;
+            jobq_push(&go, j);
         } else {
             log_debug("call %s: not continued (cancelled or claim lost)", j->call_id_str);
             in_hand_add(e, j->stage, -1);
@@ -570,7 +585,12 @@ static void continue_jobs(struct engine *e, PGresult *res, struct record *recs, 
         }
     }
     free(running);
+    submit_all(e, &go);
 }
+
+/* Below this many queued records the flusher waits FLUSH_LINGER_MS for more. */
+#define FLUSH_LINGER_BELOW 64
+#define FLUSH_LINGER_MS    2
 
 struct flush_stats {
     long flushes;
@@ -634,6 +654,12 @@ static void *flusher_main(void *arg)
         if (e->nrecs == 0 && nbatch == 0 && e->stop_flusher) {
             pthread_mutex_unlock(&e->rec_mu);
             break;
+        }
+        if (nbatch == 0 && e->nrecs < FLUSH_LINGER_BELOW && !e->stop_flusher) {
+            /* A few records: wait a moment for more, so one statement carries many (the
+             * statement's fixed cost dominates small flushes). Only stop wakes this early. */
+            struct timespec dl = clock_deadline_ms(FLUSH_LINGER_MS);
+            pthread_cond_timedwait(&e->rec_cv, &e->rec_mu, &dl);
         }
         if (nbatch == 0) {
             /* Take everything queued: one statement writes it all. */
@@ -844,6 +870,7 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *cl
     }
     int n = PQntuples(r);
     int64_t now = clock_wall_ms();
+    struct jobq claimed_jobs = {0};
     for (int i = 0; i < n; i++) {
         struct job *j = calloc(1, sizeof *j);
         if (j == NULL) {
@@ -867,9 +894,10 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *cl
             (j->node < 0 || j->file_name == NULL)) {
             engine__redistribute(e, j);
         }
-        submit(e, j);
+        jobq_push(&claimed_jobs, j);
     }
     PQclear(r);
+    submit_all(e, &claimed_jobs);
     *claimed = n;
     return 0;
 }
@@ -1140,7 +1168,7 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     pthread_mutex_init(&e->mu, NULL);
     clock_cond_init(&e->cv);
     pthread_mutex_init(&e->rec_mu, NULL);
-    pthread_cond_init(&e->rec_cv, NULL);
+    clock_cond_init(&e->rec_cv);
     if (e->metrics == NULL) {
         cofi_err_set(err, COFI_E_NOMEM, "out of memory");
         goto fail;

@@ -55,6 +55,8 @@ struct llm_lane;
 /* Lane API used by the engine. Pushing steals the job. */
 int mediator_lane_start(struct mediator_lane **out, struct engine *e, struct cofi_err *err);
 void mediator_lane_push(struct mediator_lane *m, struct job *j);
+/* Pushes every job of q (left empty) with one lock and one wake-up. */
+void mediator_lane_push_all(struct mediator_lane *m, struct jobq *q);
 /* Stops starting requests, waits for in-flight ones (until deadline_mono, then aborts
  * them), gives queued jobs back via engine__release and joins the lane's threads. A job
  * pushed afterwards is released at once. */
@@ -74,6 +76,8 @@ int mediator_lane_node_in_flight(struct mediator_lane *m, size_t node);
 
 int llm_lane_start(struct llm_lane **out, struct engine *e, struct cofi_err *err);
 void llm_lane_push(struct llm_lane *l, struct job *j);
+/* Pushes every job of q (left empty) with one lock. */
+void llm_lane_push_all(struct llm_lane *l, struct jobq *q);
 void llm_lane_stop(struct llm_lane *l, int64_t deadline_mono);
 void llm_lane_free(struct llm_lane *l);
 int llm_lane_in_flight(struct llm_lane *l);

@@ -39,17 +39,30 @@ void llm_lane_set_limit(struct llm_lane *l, int limit)
     pthread_mutex_unlock(&l->mu);
 }
 
+void llm_lane_push_all(struct llm_lane *l, struct jobq *q)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&l->mu);
+    bool closed = l->closed;
+    struct job *j;
+    while (!closed && (j = jobq_pop(q)) != NULL) {
+        jobq_push(&l->q, j);
+        n++;
+    }
+    pthread_mutex_unlock(&l->mu);
+    while ((j = jobq_pop(q)) != NULL) {
+        engine__release(l->e, j);
+    }
+    for (size_t i = 0; i < n; i++) {
+        sem_post(&l->jobs);
+    }
+}
+
 void llm_lane_push(struct llm_lane *l, struct job *j)
 {
-    pthread_mutex_lock(&l->mu);
-    if (l->closed) {
-        pthread_mutex_unlock(&l->mu);
-        engine__release(l->e, j);
-        return;
-    }
-    jobq_push(&l->q, j);
-    pthread_mutex_unlock(&l->mu);
-    sem_post(&l->jobs);
+    struct jobq q = {0};
+    jobq_push(&q, j);
+    llm_lane_push_all(l, &q);
 }
 
 static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)

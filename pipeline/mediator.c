@@ -127,14 +127,9 @@ static void xfer_destroy(struct xfer *x)
     free(x);
 }
 
-void mediator_lane_push(struct mediator_lane *m, struct job *j)
+/* Queues j where it belongs (mu held): its node, or distribute. */
+static void enqueue(struct mediator_lane *m, struct job *j)
 {
-    pthread_mutex_lock(&m->mu);
-    if (m->closed) {
-        pthread_mutex_unlock(&m->mu);
-        engine__release(m->e, j);
-        return;
-    }
     if (j->stage == STAGE_DISTRIBUTE || j->node < 0) {
         jobq_push(&m->dist, j);
     } else if (!atomic_load(&m->nodes[j->node].healthy)) {
@@ -143,8 +138,32 @@ void mediator_lane_push(struct mediator_lane *m, struct job *j)
     } else {
         jobq_push(&m->nodes[j->node].q, j);
     }
+}
+
+void mediator_lane_push_all(struct mediator_lane *m, struct jobq *q)
+{
+    if (q->len == 0) {
+        return;
+    }
+    pthread_mutex_lock(&m->mu);
+    bool closed = m->closed;
+    struct job *j;
+    while (!closed && (j = jobq_pop(q)) != NULL) {
+        enqueue(m, j);
+    }
     pthread_mutex_unlock(&m->mu);
+    while ((j = jobq_pop(q)) != NULL) {
+        engine__release(m->e, j);
+    }
+    /* One wake-up for the whole list. */
     curl_multi_wakeup(m->multi);
+}
+
+void mediator_lane_push(struct mediator_lane *m, struct job *j)
+{
+    struct jobq q = {0};
+    jobq_push(&q, j);
+    mediator_lane_push_all(m, &q);
 }
 
 /* Marks node i healthy or not, logging transitions. Lane thread only. */
