@@ -1064,8 +1064,10 @@ static void *dispatcher_main(void *arg)
         }
         if (!registered) {
             if (work_register(c, e->instance, e->host, e->pid, &err) != 0) {
-                log_warn("engine: cannot register instance: %s", err.msg);
+                log_warn("engine: cannot register instance: %s; retrying in %lld ms", err.msg,
+                         (long long)backoff);
                 wait_ms = backoff;
+                backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
                 goto wait;
             }
             registered = true;
@@ -1120,7 +1122,8 @@ static void *dispatcher_main(void *arg)
             }
         }
     wait:
-        if (wait_ms > 50) {
+        /* At work the loop turns at least every 50 ms; a back-off is kept whole. */
+        if (wait_ms > 50 && registered && db_conn_ok(c)) {
             wait_ms = 50;
         }
         if (wait_ms <= 0) {
