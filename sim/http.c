@@ -223,8 +223,11 @@ static enum MHD_Result on_form_field(void *cls, enum MHD_ValueKind kind, const c
         }
         req->file_bytes += size;
     } else if (strcmp(key, "call_id") == 0) {
-        if (off == 0 && req->have_call_id) {
-            return MHD_NO; /* a second call_id field: which one would count? */
+        /* A second call_id field (which one would count?) starts again at offset 0 after
+         * the first had data. libmicrohttpd may also hand over a value's first piece empty
+         * and then the data, again at offset 0: that is one field, not two. */
+        if (off == 0 && size > 0 && req->call_id.len > 0) {
+            return MHD_NO;
         }
         req->have_call_id = true;
         if (size > 0 && buf_append(&req->call_id, data, size) != 0) {
