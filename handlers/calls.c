@@ -13,10 +13,7 @@ int handle_calls_list(const struct cofi_app *app, const struct http_req *req,
     }
     int limit;
     int64_t cursor;
-    int rc = req_parse_limit(req->query(req, "limit"), &limit, err);
-    if (rc == 0) {
-        rc = req_parse_cursor(req->query(req, "cursor"), &cursor, err);
-    }
+    int rc = req_parse_page(req, &limit, &cursor, err);
     if (rc != 0) {
         return rc;
     }

@@ -108,6 +108,10 @@ int req_parse_limit(const char *s, int *out, struct cofi_err *err);
  * the start). Returns 0, or COFI_E_BAD_REQUEST with err filled and *out unchanged. */
 int req_parse_cursor(const char *s, int64_t *out, struct cofi_err *err);
 
+/* Reads the `limit` and `cursor` query parameters of a list request (req_parse_limit,
+ * req_parse_cursor). Returns 0 or COFI_E_BAD_REQUEST; on error the outputs are unchanged. */
+int req_parse_page(const struct http_req *req, int *limit, int64_t *cursor, struct cofi_err *err);
+
 /* True when content_type is application/json, case-insensitive, optionally followed by
  * parameters (";charset=utf-8"). False for NULL. */
 bool req_is_json_type(const char *content_type);

@@ -222,3 +222,18 @@ PGconn *req_db_acquire(const struct cofi_app *app, struct cofi_err *err)
     }
     return conn;
 }
+
+int req_parse_page(const struct http_req *req, int *limit, int64_t *cursor, struct cofi_err *err)
+{
+    int l = 0;
+    int64_t c = 0;
+    int rc = req_parse_limit(req->query(req, "limit"), &l, err);
+    if (rc == 0) {
+        rc = req_parse_cursor(req->query(req, "cursor"), &c, err);
+    }
+    if (rc == 0) {
+        *limit = l;
+        *cursor = c;
+    }
+    return rc;
+}
