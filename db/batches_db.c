@@ -259,27 +259,13 @@ int batches_db_list(PGconn *conn, int64_t cursor, int limit, const char *state, 
     int rows = PQntuples(r);
     int shown = rows > limit ? limit : rows;
     json_t *arr = json_array();
-    json_t *page = json_object();
-    int rc = arr != NULL && page != NULL ? 0 : -1;
+    int rc = arr != NULL ? 0 : -1;
     for (int i = 0; i < shown && rc == 0; i++) {
         rc = json_array_append_new(arr, batch_from_row(r, i, 0));
     }
     json_t *next = rows > limit ? json_string(PQgetvalue(r, shown - 1, 0)) : json_null();
     PQclear(r);
-    if (rc == 0) {
-        rc |= json_object_set_new(page, "batches", arr);
-        arr = NULL;
-        rc |= json_object_set_new(page, "next_cursor", next);
-        next = NULL;
-    }
-    json_decref(arr);
-    json_decref(next);
-    if (rc != 0) {
-        json_decref(page);
-        return nomem(err);
-    }
-    *out = page;
-    return 0;
+    return db_json_page("batches", arr, rc, next, out, err);
 }
 
 /* Reads a batch's row and whether its request_hash equals the hash in column 0/1 layout of

@@ -205,8 +205,7 @@ int calls_db_list(PGconn *conn, int64_t batch_id, int64_t cursor, int limit, con
     int rows = PQgetisnull(r, 0, 1) ? 0 : PQntuples(r);
     int shown = rows > limit ? limit : rows;
     json_t *arr = json_array();
-    json_t *page = json_object();
-    int rc = arr != NULL && page != NULL ? 0 : -1;
+    int rc = arr != NULL ? 0 : -1;
     for (int i = 0; i < shown && rc == 0; i++) {
         rc = json_array_append_new(arr, call_from_row(r, i, 1, /* with_result= */ false));
     }
@@ -217,20 +216,7 @@ int calls_db_list(PGconn *conn, int64_t batch_id, int64_t cursor, int limit, con
     }
     json_t *next = rows > limit ? json_string(next_seq) : json_null();
     PQclear(r);
-    if (rc == 0) {
-        rc |= json_object_set_new(page, "calls", arr);
-        arr = NULL;
-        rc |= json_object_set_new(page, "next_cursor", next);
-        next = NULL;
-    }
-    json_decref(arr);
-    json_decref(next);
-    if (rc != 0) {
-        json_decref(page);
-        return nomem(err);
-    }
-    *out = page;
-    return 0;
+    return db_json_page("calls", arr, rc, next, out, err);
 }
 
 int calls_db_get(PGconn *conn, int64_t batch_id, int64_t call_id, json_t **out,

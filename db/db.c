@@ -216,3 +216,26 @@ void db_redact(const char *conninfo, char *out, size_t outlen)
         }
     }
 }
+
+int db_json_page(const char *key, json_t *items, int items_rc, json_t *next, json_t **out,
+                 struct cofi_err *err)
+{
+    json_t *page = json_object();
+    int rc = (page != NULL && items != NULL && next != NULL && items_rc == 0) ? 0 : -1;
+    if (rc == 0) {
+        rc = json_object_set_new(page, key, items);
+        items = NULL;
+    }
+    if (rc == 0) {
+        rc = json_object_set_new(page, "next_cursor", next);
+        next = NULL;
+    }
+    json_decref(items);
+    json_decref(next);
+    if (rc != 0) {
+        json_decref(page);
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    *out = page;
+    return 0;
+}

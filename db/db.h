@@ -2,6 +2,7 @@
 #ifndef COFI_DB_H
 #define COFI_DB_H
 
+#include <jansson.h>
 #include <libpq-fe.h>
 #include <stdbool.h>
 
@@ -58,6 +59,13 @@ int db_command(PGconn *conn, const char *sql, int nparams, const char *const *pa
 
 /* True when the connection is usable (CONNECTION_OK). Accepts NULL (false). */
 bool db_conn_ok(PGconn *conn);
+
+/* Builds a list page {key: items, "next_cursor": next} into *out (a new reference). Steals
+ * items and next (either may be NULL after an allocation failure); items_rc is the result of
+ * filling items (non-zero: something failed). Returns 0, or COFI_E_NOMEM with *out unchanged
+ * and both stolen references released. */
+int db_json_page(const char *key, json_t *items, int items_rc, json_t *next, json_t **out,
+                 struct cofi_err *err);
 
 /* Writes a redacted form of conninfo (password removed) for logs into out. */
 void db_redact(const char *conninfo, char *out, size_t outlen);
