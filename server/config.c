@@ -26,6 +26,7 @@ void config_defaults(struct cofi_config *cfg)
     cfg->db_pool_size = 8;
     cfg->shutdown_grace_ms = 30000;
     cfg->lease_ms = 15000;
+    cfg->status_cache_ms = 100;
 }
 
 void config_free(struct cofi_config *cfg)
@@ -324,13 +325,21 @@ static int parse_auth(json_t *auth, struct cofi_config *cfg, struct cofi_err *er
 
 static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *err)
 {
-    static const char *const known[] = {"listen",       "database_url",
-                                        "input_root",   "max_body_bytes",
-                                        "nodes",        "mediator",
-                                        "llm",          "auth",
-                                        "log_level",    "http_threads",
-                                        "db_pool_size", "shutdown_grace_ms",
-                                        "lease_ms",     NULL};
+    static const char *const known[] = {"listen",
+                                        "database_url",
+                                        "input_root",
+                                        "max_body_bytes",
+                                        "nodes",
+                                        "mediator",
+                                        "llm",
+                                        "auth",
+                                        "log_level",
+                                        "http_threads",
+                                        "db_pool_size",
+                                        "shutdown_grace_ms",
+                                        "lease_ms",
+                                        "status_cache_ms",
+                                        NULL};
     static const char *const med_known[] = {"timeout_ms",         "max_attempts",
                                             "backoff_base_ms",    "backoff_max_ms",
                                             "health_interval_ms", NULL};
@@ -413,6 +422,9 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
     }
     if (rc == 0) {
         rc = get_int32(root, "", "lease_ms", 1000, 3600000, &cfg->lease_ms, err);
+    }
+    if (rc == 0) {
+        rc = get_int32(root, "", "status_cache_ms", 0, 10000, &cfg->status_cache_ms, err);
     }
     return rc;
 }

@@ -52,6 +52,9 @@ struct cofi_config {
     int db_pool_size;      /* 8 */
     int shutdown_grace_ms; /* 30000 */
     int lease_ms;          /* 15000: an instance whose heartbeat is older loses its claims */
+    int status_cache_ms;   /* 100: GET /batches/{id} and /stages/{name}/status answers are
+                              served again for this long (0: never; writes through this
+                              instance's API always show at once) */
 };
 
 /* Fills cfg with the defaults of every optional key. Can't fail; cfg owns nothing yet. */

@@ -22,6 +22,7 @@
 #include "server/auth.h"
 #include "server/problem.h"
 #include "server/router.h"
+#include "server/status_cache.h"
 
 #define HTTP_CONNECTION_LIMIT  4096u
 #define HTTP_IDLE_TIMEOUT_S    60u
@@ -33,7 +34,8 @@ struct http_server {
     struct cofi_app *app;
     MHD_socket listen_fd;
     int port;
-    atomic_int active; /* requests between their headers and their completion */
+    atomic_int active;          /* requests between their headers and their completion */
+    struct status_cache *cache; /* owned; NULL when status_cache_ms is 0 */
 };
 
 /* One request, from its headers to its completion (MHD's per-request context). */
@@ -109,34 +111,74 @@ static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct 
     return queue(conn, status, resp);
 }
 
-static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_reply *rep)
+/* Answers a JSON success body: text (length len, stolen: freed by MHD) with location as
+ * the Location header when not empty. */
+static enum MHD_Result answer_json(struct MHD_Connection *conn, int status, char *text, size_t len,
+                                   const char *location)
 {
-    struct MHD_Response *resp;
-    if (rep->raw != NULL) {
-        resp =
-            MHD_create_response_from_buffer(rep->raw_len, (void *)rep->raw, MHD_RESPMEM_PERSISTENT);
-    } else {
-        /* 15 significant digits print 4.1 as "4.1", not "4.0999999999999996". */
-        char *text = json_dumps(rep->body != NULL ? rep->body : json_null(),
-                                JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
-        if (text == NULL) {
-            struct cofi_err err;
-            cofi_err_set(&err, COFI_E_NOMEM, "out of memory while encoding a reply");
-            return answer_problem(conn, &err, NULL, NULL);
-        }
-        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-        if (resp == NULL) {
-            free(text);
-        }
-    }
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL) {
+        free(text);
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
-    if (rep->location[0] != '\0') {
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, rep->location);
+    if (location != NULL && location[0] != '\0') {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
     }
-    return queue(conn, rep->status != 0 ? rep->status : 200, resp);
+    return queue(conn, status, resp);
+}
+
+/* The JSON text of a reply's body (not of a raw one): a new string the caller frees, or
+ * NULL when out of memory. */
+static char *reply_text(const struct http_reply *rep)
+{
+    /* 15 significant digits print 4.1 as "4.1", not "4.0999999999999996". */
+    return json_dumps(rep->body != NULL ? rep->body : json_null(),
+                      JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+}
+
+static enum MHD_Result answer_out_of_memory(struct MHD_Connection *conn)
+{
+    struct cofi_err err;
+    cofi_err_set(&err, COFI_E_NOMEM, "out of memory while encoding a reply");
+    return answer_problem(conn, &err, NULL, NULL);
+}
+
+static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_reply *rep)
+{
+    int status = rep->status != 0 ? rep->status : 200;
+    if (rep->raw != NULL) {
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(rep->raw_len, (void *)rep->raw, MHD_RESPMEM_PERSISTENT);
+        if (resp == NULL) {
+            return MHD_NO;
+        }
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
+        return queue(conn, status, resp);
+    }
+    char *text = reply_text(rep);
+    if (text == NULL) {
+        return answer_out_of_memory(conn);
+    }
+    return answer_json(conn, status, text, strlen(text), rep->location);
+}
+
+/* Answers a successful reply of a cached route and gives the ticket back: a 200 is stored
+ * in the cache, anything else is not. */
+static enum MHD_Result answer_and_store(struct status_cache *cache, struct MHD_Connection *conn,
+                                        const char *key, size_t key_len,
+                                        const struct status_cache_ticket *ticket,
+                                        struct http_reply *rep)
+{
+    bool storable = (rep->status == 0 || rep->status == 200) && rep->raw == NULL;
+    char *text = storable ? reply_text(rep) : NULL;
+    if (text == NULL) {
+        status_cache_drop(cache, key, key_len, ticket);
+        return answer_reply(conn, rep);
+    }
+    size_t len = strlen(text);
+    status_cache_put(cache, key, key_len, ticket, text, len);
+    return answer_json(conn, 200, text, len, rep->location);
 }
 
 static const char *query_value(const struct http_req *req, const char *name)
@@ -147,6 +189,40 @@ static const char *query_value(const struct http_req *req, const char *name)
 static const char *header(struct MHD_Connection *conn, const char *name)
 {
     return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+}
+
+struct key_builder {
+    char *out;
+    size_t cap;
+    size_t len;
+    bool full; /* a part did not fit: the request is not cached */
+};
+
+static enum MHD_Result add_query_part(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    (void)kind;
+    struct key_builder *kb = cls;
+    if (status_cache_key_part(kb->out, kb->cap, &kb->len, key) != 0 ||
+        status_cache_key_part(kb->out, kb->cap, &kb->len, value) != 0) {
+        kb->full = true;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+/* The status cache key of a GET: its path, then every query argument (name and value, in
+ * the order sent), each part with its length first, so that requests the handler could
+ * answer differently never share a key. Returns the key's length, or 0 when it is longer
+ * than cap (such a request is not cached). */
+static size_t cache_key(struct MHD_Connection *conn, const char *path, char *out, size_t cap)
+{
+    struct key_builder kb = {out, cap, 0, false};
+    if (status_cache_key_part(out, cap, &kb.len, path) != 0) {
+        return 0;
+    }
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_part, &kb);
+    return kb.full ? 0 : kb.len;
 }
 
 /* The Allow header of a refusal: only for 405. */
@@ -256,10 +332,33 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
     for (size_t i = 0; i < rq->match.param_count; i++) {
         req.params[i] = rq->match.params[i];
     }
+    const struct route *route = rq->match.route;
+    char key[STATUS_CACHE_KEY_MAX];
+    size_t key_len = 0;
+    struct status_cache_ticket ticket;
+    if (srv->cache != NULL && route->cached) {
+        key_len = cache_key(conn, url, key, sizeof key);
+    }
+    if (key_len > 0) {
+        char *text;
+        size_t len;
+        if (status_cache_get(srv->cache, key, key_len, &text, &len, &ticket)) {
+            rq->status = 200;
+            return answer_json(conn, 200, text, len, NULL);
+        }
+    }
     struct http_reply rep = HTTP_REPLY_INIT;
-    int rc = rq->match.route->handler(srv->app, &req, &rep, &err);
+    int rc = route->handler(srv->app, &req, &rep, &err);
+    if (strcmp(route->method, "GET") != 0) {
+        /* A write has committed (or nothing changed): no cached answer may predate it once
+         * it is answered. */
+        status_cache_invalidate(srv->cache);
+    }
     enum MHD_Result ret;
     if (rc != 0) {
+        if (key_len > 0) {
+            status_cache_drop(srv->cache, key, key_len, &ticket);
+        }
         if (err.code == COFI_OK) {
             cofi_err_set(&err, COFI_E_INTERNAL, "handler of %s %s failed without a reason", method,
                          url);
@@ -270,7 +369,11 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         ret = answer_problem(conn, &err, ext, NULL);
     } else {
         rq->status = rep.status != 0 ? rep.status : 200;
-        ret = answer_reply(conn, &rep);
+        if (key_len > 0) {
+            ret = answer_and_store(srv->cache, conn, key, key_len, &ticket, &rep);
+        } else {
+            ret = answer_reply(conn, &rep);
+        }
     }
     http_reply_free(&rep);
     return ret;
@@ -434,9 +537,14 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     }
     srv->app = app;
     atomic_init(&srv->active, 0);
+    if (cfg->status_cache_ms > 0 && status_cache_new(&srv->cache, cfg->status_cache_ms) != 0) {
+        free(srv);
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
     int family = AF_INET;
     int fd = open_listener(cfg->listen_host, cfg->listen_port, &family, &srv->port, err);
     if (fd < 0) {
+        status_cache_free(srv->cache);
         free(srv);
         return err->code;
     }
@@ -452,6 +560,7 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     }
     if (srv->daemon == NULL) {
         close(fd);
+        status_cache_free(srv->cache);
         free(srv);
         return cofi_err_set(err, COFI_E_INTERNAL, "can't start the HTTP server on %s:%d",
                             cfg->listen_host, cfg->listen_port);
@@ -485,5 +594,6 @@ void http_stop(struct http_server *srv)
     if (fd != MHD_INVALID_SOCKET) {
         close(fd);
     }
+    status_cache_free(srv->cache);
     free(srv);
 }

@@ -4,19 +4,20 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Every route of the API (CONTRACTS §2), in one table. */
+/* Every route of the API (CONTRACTS §2), in one table: method, pattern, handler, public,
+ * cached (served from the status cache within status_cache_ms). */
 static const struct route routes[] = {
-    {"POST", "/batches", handle_batches_create, false},
-    {"GET", "/batches", handle_batches_list, false},
-    {"GET", "/batches/{}", handle_batch_get, false},
-    {"POST", "/batches/{}/run", handle_batch_run, false},
-    {"POST", "/batches/{}/cancel", handle_batch_cancel, false},
-    {"GET", "/batches/{}/calls", handle_calls_list, false},
-    {"GET", "/batches/{}/calls/{}", handle_call_get, false},
-    {"GET", "/stages/{}/status", handle_stage_status, false},
-    {"GET", "/healthz", handle_healthz, true},
-    {"GET", "/readyz", handle_readyz, true},
-    {"GET", "/openapi.json", handle_openapi, true},
+    {"POST", "/batches", handle_batches_create, false, false},
+    {"GET", "/batches", handle_batches_list, false, false},
+    {"GET", "/batches/{}", handle_batch_get, false, true},
+    {"POST", "/batches/{}/run", handle_batch_run, false, false},
+    {"POST", "/batches/{}/cancel", handle_batch_cancel, false, false},
+    {"GET", "/batches/{}/calls", handle_calls_list, false, false},
+    {"GET", "/batches/{}/calls/{}", handle_call_get, false, false},
+    {"GET", "/stages/{}/status", handle_stage_status, false, true},
+    {"GET", "/healthz", handle_healthz, true, false},
+    {"GET", "/readyz", handle_readyz, true, false},
+    {"GET", "/openapi.json", handle_openapi, true, false},
 };
 
 #define ROUTE_COUNT  (sizeof routes / sizeof routes[0])

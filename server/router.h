@@ -12,6 +12,7 @@ struct route {
     const char *pattern; /* "/batches/{}/calls/{}": "{}" matches one non-empty segment */
     handler_fn handler;
     bool public_route; /* served without a token when auth is on */
+    bool cached;       /* a polled GET: answers may come from server/status_cache.h */
 };
 
 enum route_result {

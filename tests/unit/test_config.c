@@ -124,6 +124,28 @@ static void test_duplicate_node_ids_rejected(void **state)
     assert_non_null(strstr(err.msg, "nodes[1].id"));
 }
 
+static void test_status_cache_ms(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    assert_int_equal(parse("", &cfg, &err), 0);
+    assert_int_equal(cfg.status_cache_ms, 100);
+    config_free(&cfg);
+    assert_int_equal(parse(", \"status_cache_ms\": 0", &cfg, &err), 0);
+    assert_int_equal(cfg.status_cache_ms, 0);
+    config_free(&cfg);
+    assert_int_equal(parse(", \"status_cache_ms\": 10000", &cfg, &err), 0);
+    assert_int_equal(cfg.status_cache_ms, 10000);
+    config_free(&cfg);
+    const char *bad[] = {", \"status_cache_ms\": -1", ", \"status_cache_ms\": 10001",
+                         ", \"status_cache_ms\": \"100\"", ", \"status_cache_ms\": 1.5"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(parse(bad[i], &cfg, &err), 0);
+        assert_non_null(strstr(err.msg, "status_cache_ms"));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -133,6 +155,7 @@ int main(void)
         cmocka_unit_test(test_env_overrides),
         cmocka_unit_test(test_auth_tokens_from_env),
         cmocka_unit_test(test_duplicate_node_ids_rejected),
+        cmocka_unit_test(test_status_cache_ms),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
