@@ -9,6 +9,7 @@
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "db/db.h"
 #include "db/work_db.h"
 #include "pipeline/engine_internal.h"
@@ -316,6 +317,10 @@ static void finish_failed(struct engine *e, struct job *j, const char *why)
 void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
 {
     metrics_record(e->metrics, j->stage, o->latency_us);
+    if (o->kind != OUTCOME_OK) {
+        free(o->result_text);
+        o->result_text = NULL;
+    }
     const struct cofi_worker_cfg *w = stage_is_llm(j->stage) ? &e->cfg->llm : &e->cfg->mediator;
 
     if (o->kind == OUTCOME_RETRY && j->attempts >= w->max_attempts) {
@@ -355,10 +360,11 @@ void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
     /* Success: keep the result for later stages and record it. */
     int done_stage = j->stage;
     int64_t now = clock_wall_ms();
-    /* The record gets the result as text, made here in the lane's thread: the tree itself
-     * stays with the job (jansson's reference counts are no safe way to share one tree
-     * between threads). */
-    char *text = json_dumps(o->result, JSON_COMPACT);
+    /* The record gets the result as text (the worker's own when the lane kept it, else made
+     * here in the lane's thread): the tree itself stays with the job (jansson's reference
+     * counts are no safe way to share one tree between threads). */
+    char *text = o->result_text != NULL ? o->result_text : json_dumps(o->result, JSON_COMPACT);
+    o->result_text = NULL;
     struct record r;
     memset(&r, 0, sizeof r);
     r.has_row = true;
@@ -639,6 +645,7 @@ static void release_calls(struct engine *e, PGconn *c, const struct record *recs
 static void *flusher_main(void *arg)
 {
     struct engine *e = arg;
+    thread_set_name("cofi-flusher");
     PGconn *c = NULL;
     struct record *batch = NULL;
     size_t nbatch = 0;
@@ -1005,6 +1012,7 @@ static int heartbeat(struct engine *e, PGconn *c, struct work_share *shares, siz
 static void *dispatcher_main(void *arg)
 {
     struct engine *e = arg;
+    thread_set_name("cofi-dispatch");
     const struct cofi_config *cfg = e->cfg;
     PGconn *c = NULL;
     bool registered = false;

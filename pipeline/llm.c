@@ -6,6 +6,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "pipeline/engine_internal.h"
 #include "pipeline/stages.h"
 #include "pipeline/worker_http.h"
@@ -151,6 +152,7 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
 static void *worker_main(void *arg)
 {
     struct llm_lane *l = arg;
+    thread_set_name("cofi-llm");
     CURL *easy = curl_easy_init();
     struct exchange x;
     memset(&x, 0, sizeof x);
