@@ -44,6 +44,7 @@ void job_free(struct job *j);
 struct job_outcome {
     enum outcome_kind kind;
     json_t *result;         /* OUTCOME_OK: the result to store (stolen) */
+    char *result_text;      /* OUTCOME_OK: the result as the worker sent it (owned), or NULL */
     char error[256];        /* otherwise: what went wrong, for last_error */
     int64_t retry_after_ms; /* >= 0 when the worker said Retry-After, else -1 */
     int64_t latency_us;

@@ -1,12 +1,16 @@
 /* The mediator lane: one thread drives every GPU node's requests with curl_multi. */
+#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "pipeline/engine_internal.h"
 #include "pipeline/stages.h"
 #include "pipeline/worker_http.h"
@@ -26,13 +30,20 @@ struct med_node {
     bool checking;
 };
 
+/* What an easy handle was last set up for: a handle is reused for the same kind without
+ * curl_easy_reset (the options that differ are set for every request). */
+enum xfer_kind { XFER_HEALTH, XFER_UPLOAD, XFER_JSON, XFER_KINDS };
+
 struct xfer {
     CURL *easy;
+    enum xfer_kind kind;
     struct job *job; /* NULL for a health check */
     int node;
     curl_mime *mime;
     struct exchange x;
-    struct xfer *next_free;
+    CURLcode rc;                            /* once done */
+    int64_t slot_us;                        /* mono us when the request took its slot */
+    struct xfer *next_free;                 /* free list, or list of finished transfers */
     struct xfer *prev_active, *next_active; /* list of transfers in the multi handle */
 };
 
@@ -50,9 +61,25 @@ struct mediator_lane {
     bool stop;
     bool closed;
     int64_t deadline;
-    struct xfer *free_xfers;  /* lane thread only */
-    struct xfer *active_list; /* transfers in the multi handle (lane thread only) */
+    struct xfer *free_xfers[XFER_KINDS]; /* lane thread only */
+    struct xfer *active_list;            /* transfers in the multi handle (lane thread only) */
     int active;
+    /* The lane waits in epoll_wait on curl's sockets and on wakefd; curl's sockets are driven
+     * with curl_multi_socket_action, so a turn costs what its ready sockets cost, not what
+     * every connection costs. */
+    int epfd;
+    int wakefd;
+    atomic_bool sleeping; /* the lane is (about to be) in epoll_wait: wakefd is worth a write */
+    int64_t timer_due_us; /* when curl wants CURL_SOCKET_TIMEOUT, -1 for never (lane thread) */
+    /* Lane thread only: what the periodic log line reports. */
+    struct {
+        int64_t since_us, last_us;
+        long requests;
+        int64_t worker_us;    /* sum over requests of curl's total time (network + worker) */
+        int64_t slot_held_us; /* sum over requests of the time they held their slot */
+        int64_t slot_us;      /* slot time of healthy nodes */
+        int64_t idle_us;      /* slot time free with no job ready for it */
+    } st;
 };
 
 static void active_add(struct mediator_lane *m, struct xfer *x)
@@ -87,18 +114,19 @@ static size_t discard(char *p, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-static struct xfer *xfer_get(struct mediator_lane *m)
+static struct xfer *xfer_get(struct mediator_lane *m, enum xfer_kind kind)
 {
-    struct xfer *x = m->free_xfers;
+    struct xfer *x = m->free_xfers[kind];
     if (x != NULL) {
-        m->free_xfers = x->next_free;
-        curl_easy_reset(x->easy);
+        m->free_xfers[kind] = x->next_free;
+        x->next_free = NULL;
         return x;
     }
     x = calloc(1, sizeof *x);
     if (x == NULL) {
         return NULL;
     }
+    x->kind = kind;
     x->easy = curl_easy_init();
     if (x->easy == NULL) {
         free(x);
@@ -114,8 +142,8 @@ static void xfer_put(struct mediator_lane *m, struct xfer *x)
     x->mime = NULL;
     x->job = NULL;
     exchange_reset(&x->x);
-    x->next_free = m->free_xfers;
-    m->free_xfers = x;
+    x->next_free = m->free_xfers[x->kind];
+    m->free_xfers[x->kind] = x;
 }
 
 static void xfer_destroy(struct xfer *x)
@@ -125,6 +153,16 @@ static void xfer_destroy(struct xfer *x)
     buf_free(&x->x.reply);
     curl_easy_cleanup(x->easy);
     free(x);
+}
+
+/* Wakes the lane thread if it waits (or is about to). Any thread. */
+static void lane_wake(struct mediator_lane *m)
+{
+    if (atomic_load(&m->sleeping)) {
+        uint64_t one = 1;
+        ssize_t n = write(m->wakefd, &one, sizeof one);
+        (void)n; /* a full counter already means "wake up" */
+    }
 }
 
 /* Queues j where it belongs (mu held): its node, or distribute. */
@@ -156,7 +194,7 @@ void mediator_lane_push_all(struct mediator_lane *m, struct jobq *q)
         engine__release(m->e, j);
     }
     /* One wake-up for the whole list. */
-    curl_multi_wakeup(m->multi);
+    lane_wake(m);
 }
 
 void mediator_lane_push(struct mediator_lane *m, struct job *j)
@@ -198,7 +236,7 @@ static void start_job(struct mediator_lane *m, struct job *j)
     j->attempts++;
     engine__inflight(e, j->stage, 1);
 
-    struct xfer *x = xfer_get(m);
+    struct xfer *x = xfer_get(m, j->stage == STAGE_DISTRIBUTE ? XFER_UPLOAD : XFER_JSON);
     char url[1200];
     char rid[200];
     engine__request_id(e, rid, sizeof rid);
@@ -209,6 +247,7 @@ static void start_job(struct mediator_lane *m, struct job *j)
     }
     x->job = j;
     x->node = j->node;
+    x->slot_us = clock_mono_us();
     if (j->stage == STAGE_DISTRIBUTE) {
         char path[PATH_MAX + 2];
         snprintf(path, sizeof path, "%s/%s", cfg->input_root, j->file);
@@ -275,7 +314,7 @@ local_fail:
 
 static void start_health(struct mediator_lane *m, size_t i)
 {
-    struct xfer *x = xfer_get(m);
+    struct xfer *x = xfer_get(m, XFER_HEALTH);
     if (x == NULL) {
         return;
     }
@@ -307,10 +346,10 @@ static void start_health(struct mediator_lane *m, size_t i)
     active_add(m, x);
 }
 
+/* Works out the outcome of a finished transfer (already out of the multi handle, its slot
+ * already free: see collect_done) and hands the job on. */
 static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
 {
-    curl_multi_remove_handle(m->multi, x->easy);
-    active_remove(m, x);
     struct med_node *nd = &m->nodes[x->node];
     if (x->job == NULL) {
         long status = 0;
@@ -328,11 +367,6 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
     struct job_outcome o;
     exchange_outcome(x->easy, rc, &x->x, &o);
     xfer_put(m, x);
-    pthread_mutex_lock(&m->mu);
-    nd->in_flight--;
-    atomic_store(&nd->in_flight_pub, nd->in_flight);
-    pthread_mutex_unlock(&m->mu);
-    engine__inflight(m->e, j->stage, -1);
 
     bool transport = rc != CURLE_OK && o.kind == OUTCOME_RETRY;
     if (transport && rc != CURLE_OPERATION_TIMEDOUT) {
@@ -354,6 +388,8 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
                 json_pack("{s:s, s:s}", "node", nd->cfg->id, "file_name", json_string_value(fn));
             json_decref(o.result);
             o.result = res;
+            free(o.result_text); /* what is stored is the node and name, not the reply */
+            o.result_text = NULL;
         }
     }
     /* A call whose node is unhealthy, or whose last try failed on a node that is failing its
@@ -362,6 +398,7 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
                         (nd->fails > 0 && j->attempts >= m->cfg->mediator.max_attempts);
     if (o.kind == OUTCOME_RETRY && node_failing && !engine__stopping(m->e)) {
         /* The node is gone: this is not the call's fault, start over elsewhere. */
+        free(o.result_text);
         engine__redistribute(m->e, j);
         pthread_mutex_lock(&m->mu);
         jobq_push(&m->dist, j);
@@ -435,69 +472,267 @@ static void fill(struct mediator_lane *m, struct jobq *out)
     m->rr++;
 }
 
-static void *lane_main(void *arg)
+/* Accounts the time since the last turn: every free slot of a healthy node with nothing queued
+ * for it is idle time. Every 10 s logs how the slots were used: the worker's time per
+ * request (curl's total: network and worker), what cofid added while the request held its
+ * slot, and the share of slot time with no work for it. Lane thread only, mu held. */
+static void account_slots(struct mediator_lane *m)
 {
-    struct mediator_lane *m = arg;
-    for (;;) {
-        struct jobq start = {0};
-        struct jobq give_back = {0};
-        abandon_unhealthy(m);
-        pthread_mutex_lock(&m->mu);
-        bool stop = m->stop;
-        if (stop && !m->closed) {
-            m->closed = true;
-            struct job *j;
-            while ((j = jobq_pop(&m->dist)) != NULL) {
-                jobq_push(&give_back, j);
-            }
-            for (size_t i = 0; i < m->n; i++) {
-                while ((j = jobq_pop(&m->nodes[i].q)) != NULL) {
-                    jobq_push(&give_back, j);
-                }
-            }
+    int64_t now = clock_mono_us();
+    if (m->st.since_us == 0) {
+        m->st.since_us = m->st.last_us = now;
+        return;
+    }
+    int64_t dt = now - m->st.last_us;
+    m->st.last_us = now;
+    for (size_t i = 0; i < m->n; i++) {
+        struct med_node *nd = &m->nodes[i];
+        int limit = atomic_load(&nd->limit);
+        if (!atomic_load(&nd->healthy) || limit <= 0) {
+            continue;
         }
-        if (!stop) {
-            fill(m, &start);
+        m->st.slot_us += (int64_t)limit * dt;
+        if (nd->in_flight < limit) {
+            m->st.idle_us += (int64_t)(limit - nd->in_flight) * dt;
+        }
+    }
+    if (now - m->st.since_us >= 10000000) {
+        if (m->st.requests > 0 && m->st.slot_us > 0) {
+            double n = (double)m->st.requests;
+            log_info("mediator: %ld requests in %.0f s; per request %.2f ms at the worker "
+                     "(network included), %.2f ms in cofid; slots %.1f %% busy",
+                     m->st.requests, (double)(now - m->st.since_us) / 1e6,
+                     (double)m->st.worker_us / 1000.0 / n,
+                     (double)(m->st.slot_held_us - m->st.worker_us) / 1000.0 / n,
+                     100.0 * (1.0 - (double)m->st.idle_us / (double)m->st.slot_us));
+        }
+        m->st.since_us = now;
+        m->st.requests = 0;
+        m->st.worker_us = m->st.slot_held_us = m->st.slot_us = m->st.idle_us = 0;
+    }
+}
+
+/* curl's socket callback: keeps the epoll set in step with what curl waits for. */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    (void)socketp;
+    struct mediator_lane *m = userp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, NULL);
+        return 0;
+    }
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.data.fd = fd;
+    ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
+    if (epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT &&
+        epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        log_error("mediator: epoll_ctl: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* curl's timer callback: when to call curl_multi_socket_action(CURL_SOCKET_TIMEOUT). */
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    struct mediator_lane *m = userp;
+    m->timer_due_us = timeout_ms < 0 ? -1 : clock_mono_us() + (int64_t)timeout_ms * 1000;
+    return 0;
+}
+
+/* Lets curl act on every transfer whose time has come (new ones included). */
+static void kick(struct mediator_lane *m)
+{
+    int running = 0;
+    m->timer_due_us = -1;
+    curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+/* Takes every finished transfer out of the multi handle and frees its node slot at once;
+ * returns them (oldest first) for finish_xfer. */
+static struct xfer *collect_done(struct mediator_lane *m)
+{
+    struct xfer *head = NULL;
+    struct xfer **tail = &head;
+    CURLMsg *msg;
+    int left = 0;
+    int freed = 0;
+    while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE) {
+            continue;
+        }
+        struct xfer *x = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        x->rc = msg->data.result;
+        if (x->job != NULL) {
+            curl_off_t total = 0;
+            curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME_T, &total);
+            m->st.requests++;
+            m->st.worker_us += (int64_t)total;
+            m->st.slot_held_us += clock_mono_us() - x->slot_us;
+        }
+        curl_multi_remove_handle(m->multi, x->easy);
+        active_remove(m, x);
+        x->next_free = NULL;
+        *tail = x;
+        tail = &x->next_free;
+        freed += x->job != NULL;
+    }
+    if (freed > 0) {
+        pthread_mutex_lock(&m->mu);
+        for (struct xfer *x = head; x != NULL; x = x->next_free) {
+            if (x->job != NULL) {
+                struct med_node *nd = &m->nodes[x->node];
+                nd->in_flight--;
+                atomic_store(&nd->in_flight_pub, nd->in_flight);
+            }
         }
         pthread_mutex_unlock(&m->mu);
-
-        struct job *j;
-        while ((j = jobq_pop(&give_back)) != NULL) {
-            engine__release(m->e, j);
+        for (struct xfer *x = head; x != NULL; x = x->next_free) {
+            if (x->job != NULL) {
+                engine__inflight(m->e, x->job->stage, -1);
+            }
         }
+    }
+    return head;
+}
+
+/* Fills every free slot from the queues and sends the requests; on stop, gives the queued
+ * jobs back instead. Returns whether the lane is stopping. */
+static bool start_ready(struct mediator_lane *m)
+{
+    struct jobq start = {0};
+    struct jobq give_back = {0};
+    pthread_mutex_lock(&m->mu);
+    bool stop = m->stop;
+    if (stop && !m->closed) {
+        m->closed = true;
+        struct job *j;
+        while ((j = jobq_pop(&m->dist)) != NULL) {
+            jobq_push(&give_back, j);
+        }
+        for (size_t i = 0; i < m->n; i++) {
+            while ((j = jobq_pop(&m->nodes[i].q)) != NULL) {
+                jobq_push(&give_back, j);
+            }
+        }
+    }
+    if (!stop) {
+        fill(m, &start);
+    }
+    account_slots(m);
+    pthread_mutex_unlock(&m->mu);
+
+    struct job *j;
+    while ((j = jobq_pop(&give_back)) != NULL) {
+        engine__release(m->e, j);
+    }
+    if (start.len > 0) {
         while ((j = jobq_pop(&start)) != NULL) {
             start_job(m, j);
         }
+        kick(m); /* the requests leave now, not on the next turn */
+    }
+    return stop;
+}
+
+/* True when a free slot of a healthy node has a job waiting for it (mu held). */
+static bool work_ready(struct mediator_lane *m)
+{
+    if (m->stop && !m->closed) {
+        return true;
+    }
+    for (size_t i = 0; i < m->n; i++) {
+        struct med_node *nd = &m->nodes[i];
+        if (atomic_load(&nd->healthy) && nd->in_flight < atomic_load(&nd->limit) &&
+            (nd->q.len > 0 || m->dist.len > 0)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Waits (at most max_ms) for a socket, curl's timer or a wake-up, and lets curl act on what
+ * is ready. */
+static void wait_and_act(struct mediator_lane *m, int64_t max_ms)
+{
+    int64_t now = clock_mono_us();
+    int64_t wait_ms = max_ms;
+    if (m->timer_due_us >= 0) {
+        int64_t t = (m->timer_due_us - now + 999) / 1000;
+        wait_ms = t < 0 ? 0 : (t < wait_ms ? t : wait_ms);
+    }
+    atomic_store(&m->sleeping, true);
+    pthread_mutex_lock(&m->mu);
+    if (work_ready(m)) {
+        wait_ms = 0; /* pushed after the last fill, before sleeping was set */
+    }
+    pthread_mutex_unlock(&m->mu);
+    struct epoll_event evs[64];
+    int n = epoll_wait(m->epfd, evs, 64, (int)wait_ms);
+    atomic_store(&m->sleeping, false);
+    for (int i = 0; i < n; i++) {
+        int fd = evs[i].data.fd;
+        if (fd == m->wakefd) {
+            uint64_t v;
+            ssize_t r = read(m->wakefd, &v, sizeof v);
+            (void)r;
+            continue;
+        }
+        int flags = 0;
+        flags |= (evs[i].events & EPOLLIN) ? CURL_CSELECT_IN : 0;
+        flags |= (evs[i].events & EPOLLOUT) ? CURL_CSELECT_OUT : 0;
+        flags |= (evs[i].events & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0;
+        int running = 0;
+        curl_multi_socket_action(m->multi, fd, flags, &running);
+    }
+    if (m->timer_due_us >= 0 && clock_mono_us() >= m->timer_due_us) {
+        kick(m);
+    }
+}
+
+static void *lane_main(void *arg)
+{
+    struct mediator_lane *m = arg;
+    thread_set_name("cofi-mediator");
+    for (;;) {
+        abandon_unhealthy(m);
+        /* Slots first: finished transfers free theirs, waiting jobs take them and leave; only
+         * then is the finished work looked at (parsing, records), so a slot never waits for
+         * that. */
+        struct xfer *done = collect_done(m);
+        bool stop = start_ready(m);
+        while (done != NULL) {
+            struct xfer *x = done;
+            done = x->next_free;
+            x->next_free = NULL;
+            finish_xfer(m, x, x->rc);
+        }
         int64_t now = clock_mono_ms();
+        int64_t max_wait = stop ? 50 : 100;
         if (!stop) {
+            bool started = false;
             for (size_t i = 0; i < m->n; i++) {
-                if (!m->nodes[i].checking && now >= m->nodes[i].next_check) {
+                struct med_node *nd = &m->nodes[i];
+                if (!nd->checking && now >= nd->next_check) {
                     start_health(m, i);
+                    started = true;
+                }
+                if (!nd->checking && nd->next_check - now < max_wait) {
+                    max_wait = nd->next_check - now < 0 ? 0 : nd->next_check - now;
                 }
             }
-        }
-
-        int running = 0;
-        curl_multi_perform(m->multi, &running);
-        CURLMsg *msg;
-        int left = 0;
-        while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
-            if (msg->msg != CURLMSG_DONE) {
-                continue;
-            }
-            struct xfer *x = NULL;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-            finish_xfer(m, x, msg->data.result);
-        }
-        if (stop) {
-            if (m->active == 0) {
-                break;
-            }
-            if (clock_mono_ms() >= m->deadline) {
-                break;
+            if (started) {
+                kick(m);
             }
         }
-        curl_multi_poll(m->multi, NULL, 0, stop ? 50 : 100, NULL);
+        if (stop && (m->active == 0 || clock_mono_ms() >= m->deadline)) {
+            break;
+        }
+        wait_and_act(m, max_wait);
     }
     return NULL;
 }
@@ -514,11 +749,24 @@ int mediator_lane_start(struct mediator_lane **out, struct engine *e, struct cof
     m->n = cfg->node_count;
     m->nodes = calloc(m->n, sizeof *m->nodes);
     m->multi = curl_multi_init();
+    m->epfd = epoll_create1(EPOLL_CLOEXEC);
+    m->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    m->timer_due_us = -1;
     pthread_mutex_init(&m->mu, NULL);
     if (m->nodes == NULL || m->multi == NULL) {
         mediator_lane_free(m);
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = m->wakefd};
+    if (m->epfd < 0 || m->wakefd < 0 || epoll_ctl(m->epfd, EPOLL_CTL_ADD, m->wakefd, &ev) != 0) {
+        cofi_err_set(err, COFI_E_INTERNAL, "mediator lane: epoll/eventfd: %s", strerror(errno));
+        mediator_lane_free(m);
+        return err->code;
+    }
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
     long total = 0;
     for (size_t i = 0; i < m->n; i++) {
         m->nodes[i].cfg = &cfg->nodes[i];
@@ -545,7 +793,8 @@ void mediator_lane_stop(struct mediator_lane *m, int64_t deadline_mono)
     m->stop = true;
     m->deadline = deadline_mono;
     pthread_mutex_unlock(&m->mu);
-    curl_multi_wakeup(m->multi);
+    atomic_store(&m->sleeping, true); /* a spare wake-up is harmless; a lost one is not */
+    lane_wake(m);
     pthread_join(m->thread, NULL);
     m->thread_started = false;
     /* Whatever is still in flight after the deadline is abandoned and given back. */
@@ -569,11 +818,13 @@ void mediator_lane_free(struct mediator_lane *m)
     if (m == NULL) {
         return;
     }
-    struct xfer *x = m->free_xfers;
-    while (x != NULL) {
-        struct xfer *next = x->next_free;
-        xfer_destroy(x);
-        x = next;
+    for (int k = 0; k < XFER_KINDS; k++) {
+        struct xfer *x = m->free_xfers[k];
+        while (x != NULL) {
+            struct xfer *next = x->next_free;
+            xfer_destroy(x);
+            x = next;
+        }
     }
     struct job *j;
     while ((j = jobq_pop(&m->dist)) != NULL) {
@@ -586,6 +837,12 @@ void mediator_lane_free(struct mediator_lane *m)
     }
     if (m->multi != NULL) {
         curl_multi_cleanup(m->multi);
+    }
+    if (m->epfd >= 0) {
+        close(m->epfd);
+    }
+    if (m->wakefd >= 0) {
+        close(m->wakefd);
     }
     pthread_mutex_destroy(&m->mu);
     free(m->nodes);
@@ -631,7 +888,7 @@ void mediator_lane_set_limit(struct mediator_lane *m, size_t node, int limit)
             limit = m->nodes[node].cfg->capacity;
         }
         atomic_store(&m->nodes[node].limit, limit);
-        curl_multi_wakeup(m->multi);
+        lane_wake(m);
     }
 }
 

@@ -116,7 +116,9 @@ void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_ou
     }
     o->kind = retry_classify(false, status, json_is_object(body));
     if (o->kind == OUTCOME_OK) {
+        /* The text jansson accepted is what gets stored: no second serialisation. */
         o->result = body;
+        o->result_text = buf_steal(&x->reply);
         return;
     }
     if (x->retry_after[0] != '\0') {

@@ -32,7 +32,8 @@ int exchange_prepare(CURL *easy, struct exchange *x, const char *url, const stru
                      const char *request_id, char *json_body, const char *bearer, int timeout_ms);
 
 /* Turns a finished transfer into an outcome: classification (CONTRACTS §5), the parsed
- * result (a new reference in o->result on success), Retry-After. Can't fail. */
+ * result (a new reference in o->result on success, and the reply's text, taken from x, in
+ * o->result_text), Retry-After. Can't fail. */
 void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_outcome *o);
 
 #endif
