@@ -176,7 +176,7 @@ def proc_cpu(pid):
 
 
 def threads_cpu(pid):
-    """{tid: utime + stime in seconds} of every thread of a process."""
+    """{tid: (name, utime + stime in seconds)} of every thread of a process."""
     out = {}
     try:
         tids = os.listdir("/proc/%d/task" % pid)
@@ -189,8 +189,9 @@ def threads_cpu(pid):
                 data = f.read()
         except OSError:
             continue
+        name = data[data.index("(") + 1:data.rindex(")")]
         rest = data[data.rindex(")") + 2:].split()
-        out[int(tid)] = (int(rest[11]) + int(rest[12])) / tick
+        out[int(tid)] = (name, (int(rest[11]) + int(rest[12])) / tick)
     return out
 
 
@@ -804,10 +805,13 @@ class Runner:
         bound, formula = (sb, sformula) if mode == "staged" else (pb, pformula)
         cpu = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
         cpu["wrk"] = round(wrk_cpu, 2)
-        # cofid's busiest threads over the run (by thread id, in order of creation).
-        busy = sorted(((tid, t - threads0.get(tid, 0.0)) for tid, t in threads1.items()),
-                      key=lambda x: -x[1])
-        cpu["cofid_threads"] = [[tid - cofid.pid, round(t, 2)] for tid, t in busy[:8]]
+        # cofid's CPU over the run by thread name (cofid names its threads: cofi-mediator,
+        # cofi-llm (all of them together), cofi-flusher, cofi-dispatch, cofid for HTTP...).
+        by_name = {}
+        for tid, (name, t) in threads1.items():
+            by_name[name] = by_name.get(name, 0.0) + t - threads0.get(tid, (name, 0.0))[1]
+        busy = sorted(by_name.items(), key=lambda x: -x[1])
+        cpu["cofid_threads"] = [[name, round(t, 2)] for name, t in busy[:8]]
         result.update({
             "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "scenario": scenario, "mode": mode, "calls": calls, "batch_id": batch_id,
@@ -855,6 +859,15 @@ def check_targets(scenario, r):
         met = v >= limit if cmp == ">=" else v <= limit
         out.append((label, v, cmp, limit, met))
     return out
+
+
+def cpu_line(r):
+    """Where the CPU went over a run: cofid by thread, PostgreSQL, cofi-sim, the machine."""
+    c = r["cpu_s"]
+    threads = ", ".join("%s %.2f" % (n, t) for n, t in c.get("cofid_threads", []) if t >= 0.05)
+    return "  cpu s: cofid %.2f (%s), postgres %.2f, sim %.2f, machine %.2f of %.2f" % (
+        c["cofid"], threads, c["postgres"], c["sim"], c["machine"],
+        (os.cpu_count() or 1) * r["observed_s"] if r.get("observed_s") else 0.0)
 
 
 def figures_line(r):
@@ -1042,6 +1055,7 @@ def main():
                 append_result(r)
                 print(figures_line(r), flush=True)
                 print("  " + r["bound_formula"], flush=True)
+                print(cpu_line(r), flush=True)
                 by_mode.setdefault(mode, []).append(r)
         if args.repeat > 1:
             for mode, runs in by_mode.items():
