@@ -88,14 +88,14 @@ SCENARIOS = {
 
 WRK_THREADS = 2
 WRK_CONNECTIONS = 200
-# Each connection waits this long after an answer before its next request (bench/poll.lua):
-# dashboards poll at an interval. 200 connections / 38.5 ms offer about 5,200 requests/s.
-WRK_DELAY_MS = 38.5
+# Each connection sends one request every this many ms (bench/poll.lua): dashboards poll at
+# an interval. 200 connections / 38.5 ms offer 5,195 requests/s.
+WRK_INTERVAL_MS = 38.5
 
 
-def wrk_offered_per_s(delay_ms):
-    """The request rate the wrk connections offer when every answer were instant."""
-    return WRK_CONNECTIONS * 1000.0 / delay_ms if delay_ms > 0 else None
+def wrk_offered_per_s(interval_ms):
+    """The request rate the wrk connections offer (None: as fast as answers come)."""
+    return WRK_CONNECTIONS * 1000.0 / interval_ms if interval_ms > 0 else None
 
 
 class BenchError(Exception):
@@ -735,7 +735,8 @@ class Runner:
             wrk = self.procs.start("wrk", [
                 "wrk", "-t%d" % WRK_THREADS, "-c%d" % WRK_CONNECTIONS, "-d10h", "--latency",
                 "-s", os.path.join(BENCH, "poll.lua"), "http://127.0.0.1:%d" % api_port,
-                "--", str(batch_id), "%g" % self.args.wrk_delay_ms],
+                "--", str(batch_id), "%g" % self.args.wrk_interval_ms,
+                str(WRK_CONNECTIONS // WRK_THREADS)],
                 os.path.join(logs, tag + "-wrk.log"))
         perf = None
         if self.args.perf:
@@ -839,8 +840,8 @@ class Runner:
         if wrk:
             result["wrk_threads"] = WRK_THREADS
             result["wrk_connections"] = WRK_CONNECTIONS
-            result["wrk_delay_ms"] = self.args.wrk_delay_ms
-            offered = wrk_offered_per_s(self.args.wrk_delay_ms)
+            result["wrk_interval_ms"] = self.args.wrk_interval_ms
+            offered = wrk_offered_per_s(self.args.wrk_interval_ms)
             result["wrk_offered_per_s"] = round(offered, 1) if offered else None
         return result
 
@@ -981,18 +982,18 @@ def parse_args():
                     help="profile cofid with perf record during the run (bench/out/*-perf.txt); "
                          "adds overhead, so not for the figures")
     ap.add_argument("--no-plot", action="store_true", help="seed-scaled: do not draw the plot")
-    ap.add_argument("--wrk-delay-ms", type=float, default=WRK_DELAY_MS,
-                    help="polled: each wrk connection's wait after an answer before its next "
-                         "request (default %g ms: 200 connections offer about %.0f requests/s; "
-                         "0 asks again at once, a closed loop)"
-                         % (WRK_DELAY_MS, wrk_offered_per_s(WRK_DELAY_MS)))
+    ap.add_argument("--wrk-interval-ms", type=float, default=WRK_INTERVAL_MS,
+                    help="polled: each wrk connection sends one request every this many ms "
+                         "(default %g: the 200 connections offer %.0f requests/s; 0: a closed "
+                         "loop, the next request as soon as an answer arrives)"
+                         % (WRK_INTERVAL_MS, wrk_offered_per_s(WRK_INTERVAL_MS)))
     args = ap.parse_args()
     if args.calls is not None and args.calls < 1:
         ap.error("--calls must be at least 1")
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
-    if args.wrk_delay_ms < 0:
-        ap.error("--wrk-delay-ms must be at least 0")
+    if args.wrk_interval_ms < 0:
+        ap.error("--wrk-interval-ms must be at least 0")
     return args
 
 
