@@ -73,11 +73,11 @@ PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limi
 
 /* Writes a batch of transitions in one statement. calls_json is an array of
  * {"id","stage","status","attempts","last_error","node","file_name","started_ms"} (at most
- * one per call), stages_json an array of {"call_id","stage","state","attempts","last_error",
- * "started_ms","finished_ms","result"} (at most one per call and stage). Only calls still
- * claimed by this instance are written. Returns a new PGresult (id, batch_id, status) of
- * the calls written, or NULL with err. */
-PGresult *work_flush(PGconn *c, const char *instance, const char *calls_json,
+ * one per call), ids the array literal ("{1,2}") of those calls' ids, stages_json an array of
+ * {"call_id","stage","state","attempts","last_error","started_ms","finished_ms","result"}
+ * (at most one per call and stage). Only calls still claimed by this instance are written.
+ * Returns a new PGresult (id, batch_id, status) of the calls written, or NULL with err. */
+PGresult *work_flush(PGconn *c, const char *instance, const char *calls_json, const char *ids,
                      const char *stages_json, struct cofi_err *err);
 
 #endif

@@ -452,12 +452,14 @@ static int cmp_row_seq(const void *a, const void *b)
 #define buf_lit(b, lit) buf_append((b), (lit), sizeof(lit) - 1)
 
 static int build_flush(struct engine *e, struct record *recs, size_t n, char **calls_out,
-                       char **stages_out)
+                       char **ids_out, char **stages_out)
 {
     struct record **idx = malloc((n ? n : 1) * sizeof *idx);
     struct buf calls;
+    struct buf ids;
     struct buf stages;
     buf_init(&calls, (size_t)1 << 30);
+    buf_init(&ids, (size_t)1 << 30);
     buf_init(&stages, (size_t)1 << 30);
     if (idx == NULL) {
         return -1;
@@ -467,17 +469,20 @@ static int build_flush(struct engine *e, struct record *recs, size_t n, char **c
     }
     qsort(idx, n, sizeof *idx, cmp_call_seq);
     int rc = buf_lit(&calls, "[");
+    rc = rc == 0 ? buf_lit(&ids, "{") : rc;
     bool first = true;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         if (i + 1 < n && idx[i + 1]->call_id == idx[i]->call_id) {
             continue; /* a later record of the same call wins */
         }
         const struct record *r = idx[i];
-        rc = buf_printf(&calls,
-                        "%s{\"id\":%lld,\"stage\":%d,\"status\":\"%s\",\"attempts\":%d,"
-                        "\"last_error\":",
-                        first ? "" : ",", (long long)r->call_id, r->stage,
-                        call_status_name(r->status), r->attempts);
+        rc = buf_printf(&ids, "%s%lld", first ? "" : ",", (long long)r->call_id);
+        rc = rc == 0 ? buf_printf(&calls,
+                                  "%s{\"id\":%lld,\"stage\":%d,\"status\":\"%s\",\"attempts\":%d,"
+                                  "\"last_error\":",
+                                  first ? "" : ",", (long long)r->call_id, r->stage,
+                                  call_status_name(r->status), r->attempts)
+                     : rc;
         first = false;
         rc = rc == 0 ? buf_json_string(&calls, r->last_error) : rc;
         rc = rc == 0 ? buf_lit(&calls, ",\"node\":") : rc;
@@ -492,6 +497,7 @@ static int build_flush(struct engine *e, struct record *recs, size_t n, char **c
         }
     }
     rc = rc == 0 ? buf_lit(&calls, "]") : rc;
+    rc = rc == 0 ? buf_lit(&ids, "}") : rc;
 
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -528,10 +534,12 @@ static int build_flush(struct engine *e, struct record *recs, size_t n, char **c
     free(idx);
     if (rc != 0) {
         buf_free(&calls);
+        buf_free(&ids);
         buf_free(&stages);
         return -1;
     }
     *calls_out = buf_steal(&calls);
+    *ids_out = buf_steal(&ids);
     *stages_out = buf_steal(&stages);
     return 0;
 }
@@ -687,18 +695,20 @@ static void *flusher_main(void *arg)
             c = db_connect(e->cfg->database_url, &err);
         }
         char *calls = NULL;
+        char *ids = NULL;
         char *stages = NULL;
         PGresult *res = NULL;
         int64_t t0 = clock_mono_us();
         if (c != NULL) {
-            if (build_flush(e, batch, nbatch, &calls, &stages) == 0) {
-                res = work_flush(c, e->instance, calls, stages, &err);
+            if (build_flush(e, batch, nbatch, &calls, &ids, &stages) == 0) {
+                res = work_flush(c, e->instance, calls, ids, stages, &err);
             } else {
                 cofi_err_set(&err, COFI_E_NOMEM, "out of memory building a flush");
             }
         }
         log_flush_stats(&stats, nbatch, clock_mono_us() - t0);
         free(calls);
+        free(ids);
         free(stages);
         if (res != NULL) {
             int written = PQntuples(res);
