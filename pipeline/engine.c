@@ -1116,7 +1116,9 @@ static void *dispatcher_main(void *arg)
         if (!atomic_load(&e->stopping)) {
             int cap = mediator_lane_healthy_capacity(e->med);
             int med_target = cap * 16 > 64 ? cap * 16 : 64;
-            int llm_target = cfg->llm_concurrency * 4;
+            /* Enough in hand that the lane never drains while a claim (tens of ms for a few
+             * hundred calls, earlier results included) is on its way: claims start at 3/4. */
+            int llm_target = cfg->llm_concurrency * 8;
             int med = atomic_load(&e->med_in_hand);
             int llm = atomic_load(&e->llm_in_hand);
             int got = 0;
@@ -1129,7 +1131,7 @@ static void *dispatcher_main(void *arg)
                     wait_ms = 0; /* there is more */
                 }
             }
-            if (llm <= llm_target / 2) {
+            if (llm <= llm_target * 3 / 4) {
                 if (claim(e, c, STAGE_LLM1, STAGE_LLM2, llm_target - llm, &got, &err) != 0) {
                     log_warn("engine: claim: %s", err.msg);
                     goto wait;
