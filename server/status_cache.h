@@ -10,7 +10,8 @@
  * old; never one from an older generation.
  *
  * The cache knows nothing of HTTP: keys and bodies are bytes. Every function is thread-safe
- * (one mutex, never held across a handler, the database or an allocation). */
+ * (one mutex, held to look an entry up and copy its body out, never across a handler or the
+ * database). */
 #ifndef COFI_STATUS_CACHE_H
 #define COFI_STATUS_CACHE_H
 
