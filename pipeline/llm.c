@@ -130,7 +130,9 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
         char rid[200];
         snprintf(url, sizeof url, "%s/%s", cfg->llm_url, stage_name(j->stage));
         engine__request_id(l->e, rid, sizeof rid);
-        curl_easy_reset(easy);
+        /* No curl_easy_reset: every request of this thread is the same kind of POST and
+         * exchange_prepare sets every option that differs (a reset throws away the
+         * handle's settings only for them to be set again). */
         if (exchange_prepare(easy, x, url, j, rid, body, cfg->nlp_api_key, cfg->llm.timeout_ms) !=
             0) {
             o.kind = OUTCOME_RETRY;
