@@ -277,6 +277,7 @@ struct sim_req {
     struct buf filename; /* the file field's filename, capped at SIM_FIELD_MAX */
     uint64_t file_bytes;
 
+    int64_t arrival_us; /* mono us when its headers had arrived: where latency starts */
     bool in_concurrent; /* counted in stats.concurrent and not yet uncounted */
     bool stop_after;    /* after the answer is sent, tell the main thread to stop this port */
 };

@@ -102,7 +102,7 @@ static int check_key(const struct sim_job *job, struct sim_reply *r)
 
 /* Takes a node slot, queueing while all are taken. Returns 0, or -1 when the port is refused
  * (stopped) meanwhile. */
-static int node_slot_take(struct sim_port *p)
+static int node_slot_take(struct sim_port *p, bool *waited_out)
 {
     struct sim_stats *st = &p->stats;
     bool waited = false;
@@ -124,6 +124,7 @@ static int node_slot_take(struct sim_port *p)
     if (waited) {
         atomic_fetch_sub(&st->queued, 1);
     }
+    *waited_out = waited;
     return rc;
 }
 
@@ -165,20 +166,18 @@ static int64_t latency_us(const struct sim_port *p, const struct sim_job *job, u
     return v < 0 ? 0 : (int64_t)v;
 }
 
-/* Works for us microseconds. Returns 0, or -1 when the port is refused (stopped) meanwhile. */
-static int work(struct sim_port *p, int64_t us)
+/* Works until us microseconds after start_us (CLOCK_MONOTONIC): the request's latency counts
+ * from its arrival, or from when it got its slot if it queued, so the time spent parsing and
+ * checking it is part of the latency, not added to it. Returns 0, or -1 when the port is
+ * refused (stopped) meanwhile. */
+static int work(struct sim_port *p, int64_t start_us, int64_t us)
 {
     if (us <= 0) {
         return 0;
     }
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += (time_t)(us / 1000000);
-    deadline.tv_nsec += (long)(us % 1000000) * 1000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    int64_t end_us = start_us + us;
+    struct timespec deadline = {.tv_sec = (time_t)(end_us / 1000000),
+                                .tv_nsec = (long)(end_us % 1000000) * 1000L};
     pthread_mutex_lock(&p->mu);
     while (atomic_load(&p->mode) != SIM_MODE_REFUSE) {
         if (pthread_cond_timedwait(&p->state_cv, &p->mu, &deadline) == ETIMEDOUT) {
@@ -225,10 +224,15 @@ static void run(struct sim_port *p, struct sim_req *req, struct sim_job *job, ui
                 struct sim_reply *r)
 {
     struct sim_stats *st = &p->stats;
+    int64_t start_us = req->arrival_us;
     if (p->role == SIM_ROLE_NODE) {
-        if (node_slot_take(p) != 0) {
+        bool waited = false;
+        if (node_slot_take(p, &waited) != 0) {
             r->status = 0;
             return;
+        }
+        if (waited) {
+            start_us = clock_mono_us();
         }
     } else if (nlp_slot_try(p) != 0) {
         sim_reply_error(r, 429, "too many requests");
@@ -236,7 +240,7 @@ static void run(struct sim_port *p, struct sim_req *req, struct sim_job *job, ui
         return;
     }
     in_flight_enter(st, job->ep);
-    if (work(p, latency_us(p, job, seen)) != 0) {
+    if (work(p, start_us, latency_us(p, job, seen)) != 0) {
         r->status = 0;
     } else if (p->role == SIM_ROLE_NODE) {
         sim_node_produce(p, req, job, r);
