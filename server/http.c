@@ -70,12 +70,20 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_warn("http: %s", line);
 }
 
+/* Adds the header every answer ends with, after the builder's own: nothing we answer may be
+ * kept by a client or a proxy. */
+static void add_final_headers(struct MHD_Response *resp)
+{
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+}
+
+/* Queues resp (stolen: the caller's reference is dropped, MHD holds its own until the answer
+ * is sent). Returns MHD_NO when resp is NULL. */
 static enum MHD_Result queue(struct MHD_Connection *conn, int status, struct MHD_Response *resp)
 {
     if (resp == NULL) {
         return MHD_NO;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned int)status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -111,24 +119,34 @@ static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct 
     if (allow != NULL) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
     }
+    add_final_headers(resp);
     return queue(conn, status, resp);
 }
 
-/* Answers a JSON success body: text (length len, stolen: freed by MHD) with location as
- * the Location header when not empty. */
-static enum MHD_Result answer_json(struct MHD_Connection *conn, int status, char *text, size_t len,
-                                   const char *location)
+/* A finished response (a new reference) of a JSON success body: text (length len, stolen:
+ * freed with the response) with location as the Location header when not empty. Returns
+ * NULL when out of memory (text is freed). */
+static struct MHD_Response *json_response(char *text, size_t len, const char *location)
 {
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL) {
         free(text);
-        return MHD_NO;
+        return NULL;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
     if (location != NULL && location[0] != '\0') {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
     }
-    return queue(conn, status, resp);
+    add_final_headers(resp);
+    return resp;
+}
+
+/* Answers a JSON success body: text (length len, stolen) with location as the Location
+ * header when not empty. */
+static enum MHD_Result answer_json(struct MHD_Connection *conn, int status, char *text, size_t len,
+                                   const char *location)
+{
+    return queue(conn, status, json_response(text, len, location));
 }
 
 /* The JSON text of a reply's body (not of a raw one): a new string the caller frees, or
@@ -157,6 +175,7 @@ static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_rep
             return MHD_NO;
         }
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
+        add_final_headers(resp);
         return queue(conn, status, resp);
     }
     char *text = reply_text(rep);
@@ -166,8 +185,17 @@ static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_rep
     return answer_json(conn, status, text, strlen(text), rep->location);
 }
 
+/* The status cache's value_free: a cached answer is a finished MHD response. */
+static void cached_response_free(void *value)
+{
+    MHD_destroy_response(value);
+}
+
 /* Answers a successful reply of a cached route and gives the ticket back: a 200 is stored
- * in the cache, anything else is not. */
+ * in the cache, anything else is not. What is stored is the finished response itself
+ * (body and headers), which hits then queue as is: MHD counts the references of a response
+ * under its own mutex, so one response may be queued on several connections, from several
+ * threads, at once. Its size in the cache is its body's. */
 static enum MHD_Result answer_and_store(struct status_cache *cache, struct MHD_Connection *conn,
                                         const char *key, size_t key_len,
                                         const struct status_cache_ticket *ticket,
@@ -180,8 +208,17 @@ static enum MHD_Result answer_and_store(struct status_cache *cache, struct MHD_C
         return answer_reply(conn, rep);
     }
     size_t len = strlen(text);
-    status_cache_put(cache, key, key_len, ticket, text, len);
-    return answer_json(conn, 200, text, len, rep->location);
+    struct MHD_Response *resp = json_response(text, len, rep->location);
+    struct status_cache_answer *answer =
+        resp != NULL ? status_cache_answer_new(resp, len, cached_response_free) : NULL;
+    if (answer == NULL) {
+        status_cache_drop(cache, key, key_len, ticket);
+        return queue(conn, 200, resp);
+    }
+    status_cache_put(cache, key, key_len, ticket, answer);
+    enum MHD_Result ret = MHD_queue_response(conn, 200, resp);
+    status_cache_answer_release(answer);
+    return ret;
 }
 
 static const char *query_value(const struct http_req *req, const char *name)
@@ -343,11 +380,14 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         key_len = cache_key(conn, url, key, sizeof key);
     }
     if (key_len > 0) {
-        char *text;
-        size_t len;
-        if (status_cache_get(srv->cache, key, key_len, &text, &len, &ticket)) {
+        struct status_cache_answer *hit;
+        if (status_cache_get(srv->cache, key, key_len, &hit, &ticket)) {
+            /* Our own reference keeps the response alive even if another thread evicts the
+             * entry now; MHD takes its own while queueing. */
             rq->status = 200;
-            return answer_json(conn, 200, text, len, NULL);
+            enum MHD_Result ret = MHD_queue_response(conn, 200, status_cache_answer_value(hit));
+            status_cache_answer_release(hit);
+            return ret;
         }
     }
     struct http_reply rep = HTTP_REPLY_INIT;

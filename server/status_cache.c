@@ -9,23 +9,29 @@
 
 #include "common/clock.h"
 
+struct status_cache_answer {
+    atomic_size_t refs; /* the cache's (one per entry holding it) and the callers' */
+    void *value;        /* owned: value_free(value) when refs drops to 0 */
+    size_t size;
+    status_cache_value_free_fn *value_free;
+};
+
 struct entry {
     char *key; /* owned; NULL: the slot is free */
     size_t key_len;
     uint64_t hash;
-    char *body; /* owned; never NULL in a used slot */
-    size_t body_len;
-    uint64_t generation; /* the generation it was rendered in */
-    int64_t rendered_us; /* when the handler that rendered it started */
-    int64_t used_us;     /* last served or stored: the least recent one is evicted first */
-    bool refreshing;     /* a caller is re-rendering it */
+    struct status_cache_answer *answer; /* a reference of the cache's; never NULL in a used slot */
+    uint64_t generation;                /* the generation it was rendered in */
+    int64_t rendered_us;                /* when the handler that rendered it started */
+    int64_t used_us; /* last served or stored: the least recent one is evicted first */
+    bool refreshing; /* a caller is re-rendering it */
 };
 
 struct status_cache {
     pthread_mutex_t lock;
     atomic_uint_fast64_t generation; /* bumped by every write through the API */
     int64_t window_us;
-    size_t bytes; /* body_len of every used slot together; at most STATUS_CACHE_BYTES_MAX */
+    size_t bytes; /* answer sizes of every used slot together; at most STATUS_CACHE_BYTES_MAX */
     struct entry entries[STATUS_CACHE_ENTRIES];
 };
 
@@ -38,6 +44,45 @@ static uint64_t hash_key(const char *key, size_t len)
         h *= 1099511628211ULL;
     }
     return h;
+}
+
+struct status_cache_answer *status_cache_answer_new(void *value, size_t size,
+                                                    status_cache_value_free_fn *value_free)
+{
+    struct status_cache_answer *a = malloc(sizeof *a);
+    if (a == NULL) {
+        return NULL;
+    }
+    atomic_init(&a->refs, 1);
+    a->value = value;
+    a->size = size;
+    a->value_free = value_free;
+    return a;
+}
+
+void *status_cache_answer_value(const struct status_cache_answer *answer)
+{
+    return answer->value;
+}
+
+/* Takes one more reference to a, which the caller holds already (directly or through an
+ * entry, under the lock): the count can't be 0 here. */
+static void answer_retain(struct status_cache_answer *a)
+{
+    atomic_fetch_add_explicit(&a->refs, 1, memory_order_relaxed);
+}
+
+void status_cache_answer_release(struct status_cache_answer *answer)
+{
+    if (answer == NULL) {
+        return;
+    }
+    /* acq_rel: every holder's reads of the value happen before it is freed. */
+    if (atomic_fetch_sub_explicit(&answer->refs, 1, memory_order_acq_rel) != 1) {
+        return;
+    }
+    answer->value_free(answer->value);
+    free(answer);
 }
 
 int status_cache_new(struct status_cache **out, int window_ms)
@@ -57,13 +102,14 @@ int status_cache_new(struct status_cache **out, int window_ms)
     return 0;
 }
 
-/* Empties a slot; its key and body go to *key_out and *body_out for the caller to free once
- * the lock is released. Call with the lock held. */
-static void clear_slot(struct status_cache *c, struct entry *e, char **key_out, char **body_out)
+/* Empties a slot; its key and its reference to the answer go to *key_out and *answer_out,
+ * for the caller to free and release once the lock is released. Call with the lock held. */
+static void clear_slot(struct status_cache *c, struct entry *e, char **key_out,
+                       struct status_cache_answer **answer_out)
 {
-    c->bytes -= e->body_len;
+    c->bytes -= e->answer->size;
     *key_out = e->key;
-    *body_out = e->body;
+    *answer_out = e->answer;
     memset(e, 0, sizeof *e);
 }
 
@@ -74,7 +120,7 @@ void status_cache_free(struct status_cache *c)
     }
     for (size_t i = 0; i < STATUS_CACHE_ENTRIES; i++) {
         free(c->entries[i].key);
-        free(c->entries[i].body);
+        status_cache_answer_release(c->entries[i].answer);
     }
     pthread_mutex_destroy(&c->lock);
     free(c);
@@ -118,12 +164,10 @@ static struct entry *least_used(struct status_cache *c, const struct entry *keep
     return best;
 }
 
-bool status_cache_get(struct status_cache *c, const char *key, size_t key_len, char **body,
-                      size_t *body_len, struct status_cache_ticket *ticket)
+bool status_cache_get(struct status_cache *c, const char *key, size_t key_len,
+                      struct status_cache_answer **answer, struct status_cache_ticket *ticket)
 {
     uint64_t hash = hash_key(key, key_len);
-    size_t len = 0;
-    char *copy = NULL;
     bool serve = false;
 
     pthread_mutex_lock(&c->lock);
@@ -149,44 +193,58 @@ bool status_cache_get(struct status_cache *c, const char *key, size_t key_len, c
         ticket->refresher = true;
     }
     if (serve) {
-        len = e->body_len;
-        copy = malloc(len > 0 ? len : 1);
-        if (copy != NULL) {
-            memcpy(copy, e->body, len);
-            e->used_us = now;
-        }
+        /* The reference is taken under the lock: no eviction can free the answer first. */
+        answer_retain(e->answer);
+        *answer = e->answer;
+        e->used_us = now;
     }
     pthread_mutex_unlock(&c->lock);
-
-    if (copy == NULL) {
-        return false;
-    }
-    *body = copy;
-    *body_len = len;
-    return true;
+    return serve;
 }
 
-/* Keys and bodies taken out of the table under the lock, freed once it is released. */
+/* Keys and answers taken out of the table under the lock, freed and released once it is
+ * released (an answer's value_free never runs under the lock). */
 struct garbage {
-    char *p[2 * STATUS_CACHE_ENTRIES + 4];
-    size_t n;
+    char *keys[STATUS_CACHE_ENTRIES + 1];
+    struct status_cache_answer *answers[STATUS_CACHE_ENTRIES + 2];
+    size_t n_keys;
+    size_t n_answers;
 };
 
 /* Empties slot e into g. Call with the lock held. */
 static void evict(struct status_cache *c, struct entry *e, struct garbage *g)
 {
-    clear_slot(c, e, &g->p[g->n], &g->p[g->n + 1]);
-    g->n += 2;
+    clear_slot(c, e, &g->keys[g->n_keys], &g->answers[g->n_answers]);
+    g->n_keys++;
+    g->n_answers++;
 }
 
-/* Stores body (taking new_body) in e, the slot of key or an empty one (taking new_key then).
- * Makes room first: the least recently used other entries go while the bodies together
- * would pass STATUS_CACHE_BYTES_MAX. Call with the lock held. */
+/* Frees and releases what g holds. Call without the lock. */
+static void garbage_free(struct garbage *g)
+{
+    for (size_t i = 0; i < g->n_keys; i++) {
+        free(g->keys[i]);
+    }
+    for (size_t i = 0; i < g->n_answers; i++) {
+        status_cache_answer_release(g->answers[i]);
+    }
+}
+
+/* The size of e's answer; 0 for a free slot. */
+static size_t entry_size(const struct entry *e)
+{
+    return e->answer != NULL ? e->answer->size : 0;
+}
+
+/* Stores answer (a new reference of the cache's) in e, the slot of key or an empty one
+ * (taking new_key then). Makes room first: the least recently used other entries go while
+ * the answers together would pass STATUS_CACHE_BYTES_MAX. Call with the lock held. */
 static void fill(struct status_cache *c, struct entry *e, char **new_key, size_t key_len,
-                 uint64_t hash, char **new_body, size_t body_len,
+                 uint64_t hash, struct status_cache_answer *answer,
                  const struct status_cache_ticket *ticket, struct garbage *g)
 {
-    while (c->bytes - e->body_len + body_len > STATUS_CACHE_BYTES_MAX) {
+    size_t size = answer->size;
+    while (c->bytes - entry_size(e) + size > STATUS_CACHE_BYTES_MAX) {
         struct entry *v = least_used(c, e);
         if (v == NULL) {
             break;
@@ -199,11 +257,12 @@ static void fill(struct status_cache *c, struct entry *e, char **new_key, size_t
         e->hash = hash;
         *new_key = NULL;
     }
-    g->p[g->n++] = e->body;
-    c->bytes = c->bytes - e->body_len + body_len;
-    e->body = *new_body;
-    e->body_len = body_len;
-    *new_body = NULL;
+    if (e->answer != NULL) {
+        g->answers[g->n_answers++] = e->answer;
+    }
+    c->bytes = c->bytes - entry_size(e) + size;
+    answer_retain(answer);
+    e->answer = answer;
     e->generation = ticket->generation;
     e->rendered_us = ticket->start_us;
     e->used_us = clock_mono_us();
@@ -211,33 +270,26 @@ static void fill(struct status_cache *c, struct entry *e, char **new_key, size_t
 }
 
 void status_cache_put(struct status_cache *c, const char *key, size_t key_len,
-                      const struct status_cache_ticket *ticket, const char *body, size_t body_len)
+                      const struct status_cache_ticket *ticket, struct status_cache_answer *answer)
 {
     uint64_t hash = hash_key(key, key_len);
-    char *new_body = NULL;
     char *new_key = NULL;
-    if (body_len <= STATUS_CACHE_BODY_MAX) {
-        new_body = malloc(body_len > 0 ? body_len : 1);
+    if (answer->size <= STATUS_CACHE_BODY_MAX) {
         new_key = malloc(key_len > 0 ? key_len : 1);
     }
-    if (new_body == NULL || new_key == NULL) {
-        free(new_body);
-        free(new_key);
-        new_body = NULL;
-        new_key = NULL;
-    } else {
-        memcpy(new_body, body, body_len);
+    if (new_key != NULL) {
         memcpy(new_key, key, key_len);
     }
     struct garbage g;
-    g.n = 0;
+    g.n_keys = 0;
+    g.n_answers = 0;
 
     pthread_mutex_lock(&c->lock);
     struct entry *e = find(c, key, key_len, hash);
     if (e != NULL && ticket->refresher) {
         e->refreshing = false;
     }
-    bool store = new_body != NULL && ticket->generation == atomic_load(&c->generation);
+    bool store = new_key != NULL && ticket->generation == atomic_load(&c->generation);
     if (store && e != NULL && e->generation == ticket->generation &&
         e->rendered_us > ticket->start_us) {
         store = false; /* a newer answer is stored already */
@@ -250,14 +302,11 @@ void status_cache_put(struct status_cache *c, const char *key, size_t key_len,
         }
     }
     if (store) {
-        fill(c, e, &new_key, key_len, hash, &new_body, body_len, ticket, &g);
+        fill(c, e, &new_key, key_len, hash, answer, ticket, &g);
     }
     pthread_mutex_unlock(&c->lock);
 
-    for (size_t i = 0; i < g.n; i++) {
-        free(g.p[i]);
-    }
-    free(new_body);
+    garbage_free(&g);
     free(new_key);
 }
 
@@ -267,15 +316,15 @@ void status_cache_drop(struct status_cache *c, const char *key, size_t key_len,
     (void)ticket;
     uint64_t hash = hash_key(key, key_len);
     char *old_key = NULL;
-    char *old_body = NULL;
+    struct status_cache_answer *old_answer = NULL;
     pthread_mutex_lock(&c->lock);
     struct entry *e = find(c, key, key_len, hash);
     if (e != NULL) {
-        clear_slot(c, e, &old_key, &old_body);
+        clear_slot(c, e, &old_key, &old_answer);
     }
     pthread_mutex_unlock(&c->lock);
     free(old_key);
-    free(old_body);
+    status_cache_answer_release(old_answer);
 }
 
 void status_cache_invalidate(struct status_cache *c)

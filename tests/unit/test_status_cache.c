@@ -1,7 +1,10 @@
 /* The status cache: served within the window, never across a write, one refresher at a time,
- * bounded in entries and bytes, keys that never collide. */
+ * bounded in entries and bytes, keys that never collide, answers shared by reference that
+ * outlive their entries. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -15,36 +18,59 @@
 
 #define LONG_WINDOW_MS 60000
 
-static bool get(struct status_cache *c, const char *key, char **body, size_t *len,
+/* Values freed so far by text_free, to check that every answer is freed exactly once. */
+static atomic_long texts_freed;
+
+static void text_free(void *value)
+{
+    atomic_fetch_add(&texts_freed, 1);
+    free(value);
+}
+
+static void nothing_free(void *value)
+{
+    (void)value;
+}
+
+/* A new answer (one reference, the caller's) whose value is a copy of text. */
+static struct status_cache_answer *text_answer(const char *text)
+{
+    char *copy = strdup(text);
+    assert_non_null(copy);
+    struct status_cache_answer *a = status_cache_answer_new(copy, strlen(text), text_free);
+    assert_non_null(a);
+    return a;
+}
+
+static bool get(struct status_cache *c, const char *key, struct status_cache_answer **a,
                 struct status_cache_ticket *t)
 {
-    return status_cache_get(c, key, strlen(key), body, len, t);
+    return status_cache_get(c, key, strlen(key), a, t);
 }
 
 static void put(struct status_cache *c, const char *key, const struct status_cache_ticket *t,
                 const char *body)
 {
-    status_cache_put(c, key, strlen(key), t, body, strlen(body));
+    struct status_cache_answer *a = text_answer(body);
+    status_cache_put(c, key, strlen(key), t, a);
+    status_cache_answer_release(a);
 }
 
 /* Asserts that key is served with exactly `want`. */
 static void assert_served(struct status_cache *c, const char *key, const char *want)
 {
-    char *body = NULL;
-    size_t len = 0;
+    struct status_cache_answer *a = NULL;
     struct status_cache_ticket t;
-    assert_true(get(c, key, &body, &len, &t));
-    assert_int_equal(len, strlen(want));
-    assert_memory_equal(body, want, len);
-    free(body);
+    assert_true(get(c, key, &a, &t));
+    assert_string_equal(status_cache_answer_value(a), want);
+    status_cache_answer_release(a);
 }
 
 static void assert_missed(struct status_cache *c, const char *key)
 {
-    char *body = NULL;
-    size_t len = 0;
+    struct status_cache_answer *a = NULL;
     struct status_cache_ticket t;
-    assert_false(get(c, key, &body, &len, &t));
+    assert_false(get(c, key, &a, &t));
     status_cache_drop(c, key, strlen(key), &t);
 }
 
@@ -53,10 +79,9 @@ static void test_served_until_a_write(void **state)
     (void)state;
     struct status_cache *c;
     assert_int_equal(status_cache_new(&c, LONG_WINDOW_MS), 0);
-    char *body = NULL;
-    size_t len = 0;
+    struct status_cache_answer *a = NULL;
     struct status_cache_ticket t;
-    assert_false(get(c, "/batches/1", &body, &len, &t));
+    assert_false(get(c, "/batches/1", &a, &t));
     assert_false(t.refresher); /* nothing to refresh yet */
     put(c, "/batches/1", &t, "{\"state\":\"created\"}");
     assert_served(c, "/batches/1", "{\"state\":\"created\"}");
@@ -64,11 +89,11 @@ static void test_served_until_a_write(void **state)
     assert_missed(c, "/batches/2");
 
     status_cache_invalidate(c);
-    assert_false(get(c, "/batches/1", &body, &len, &t));
+    assert_false(get(c, "/batches/1", &a, &t));
     assert_true(t.refresher);
     /* Nobody else gets the answer of before the write while it is re-rendered. */
     struct status_cache_ticket t2;
-    assert_false(get(c, "/batches/1", &body, &len, &t2));
+    assert_false(get(c, "/batches/1", &a, &t2));
     assert_false(t2.refresher);
     put(c, "/batches/1", &t, "{\"state\":\"running\"}");
     put(c, "/batches/1", &t2, "{\"state\":\"running\"}");
@@ -83,10 +108,9 @@ static void test_answer_rendered_before_a_write_is_not_stored(void **state)
     (void)state;
     struct status_cache *c;
     assert_int_equal(status_cache_new(&c, LONG_WINDOW_MS), 0);
-    char *body = NULL;
-    size_t len = 0;
+    struct status_cache_answer *a = NULL;
     struct status_cache_ticket t;
-    assert_false(get(c, "k", &body, &len, &t));
+    assert_false(get(c, "k", &a, &t));
     status_cache_invalidate(c); /* the write commits while the handler reads */
     put(c, "k", &t, "old");
     assert_missed(c, "k");
@@ -98,13 +122,12 @@ static void test_older_answer_does_not_replace_a_newer_one(void **state)
     (void)state;
     struct status_cache *c;
     assert_int_equal(status_cache_new(&c, LONG_WINDOW_MS), 0);
-    char *body = NULL;
-    size_t len = 0;
+    struct status_cache_answer *a = NULL;
     struct status_cache_ticket slow;
     struct status_cache_ticket fast;
-    assert_false(get(c, "k", &body, &len, &slow));
+    assert_false(get(c, "k", &a, &slow));
     clock_sleep_ms(2);
-    assert_false(get(c, "k", &body, &len, &fast));
+    assert_false(get(c, "k", &a, &fast));
     put(c, "k", &fast, "new");
     put(c, "k", &slow, "old");
     assert_served(c, "k", "new");
@@ -116,27 +139,26 @@ static void test_window_then_one_refresher_then_stale_limit(void **state)
     (void)state;
     struct status_cache *c;
     assert_int_equal(status_cache_new(&c, 100), 0);
-    char *body = NULL;
-    size_t len = 0;
+    struct status_cache_answer *a = NULL;
     struct status_cache_ticket t;
-    assert_false(get(c, "k", &body, &len, &t));
+    assert_false(get(c, "k", &a, &t));
     put(c, "k", &t, "v1");
     assert_served(c, "k", "v1");
     clock_sleep_ms(110); /* past the window */
     struct status_cache_ticket refresh;
-    assert_false(get(c, "k", &body, &len, &refresh));
+    assert_false(get(c, "k", &a, &refresh));
     assert_true(refresh.refresher);
     /* While it refreshes, the others get the previous answer... */
     assert_served(c, "k", "v1");
     /* ...but not once it is two windows old. */
     clock_sleep_ms(100);
     struct status_cache_ticket other;
-    assert_false(get(c, "k", &body, &len, &other));
+    assert_false(get(c, "k", &a, &other));
     assert_false(other.refresher);
     status_cache_drop(c, "k", 1, &other);
     /* A failed refresh removes the entry: the error is not hidden. */
     status_cache_drop(c, "k", 1, &refresh);
-    assert_false(get(c, "k", &body, &len, &t));
+    assert_false(get(c, "k", &a, &t));
     assert_false(t.refresher);
     put(c, "k", &t, "v2");
     assert_served(c, "k", "v2");
@@ -149,18 +171,17 @@ static void test_least_used_entry_goes_first(void **state)
     struct status_cache *c;
     assert_int_equal(status_cache_new(&c, LONG_WINDOW_MS), 0);
     char key[32];
-    char *body = NULL;
-    size_t len = 0;
+    struct status_cache_answer *a = NULL;
     struct status_cache_ticket t;
     for (int i = 0; i < STATUS_CACHE_ENTRIES; i++) {
         snprintf(key, sizeof key, "/batches/%d", i);
-        assert_false(get(c, key, &body, &len, &t));
+        assert_false(get(c, key, &a, &t));
         put(c, key, &t, key);
     }
     clock_sleep_ms(1);
     assert_served(c, "/batches/0", "/batches/0"); /* now /batches/1 is the least used */
     clock_sleep_ms(1);
-    assert_false(get(c, "/batches/new", &body, &len, &t));
+    assert_false(get(c, "/batches/new", &a, &t));
     put(c, "/batches/new", &t, "new");
     assert_served(c, "/batches/new", "new");
     assert_served(c, "/batches/0", "/batches/0");
@@ -175,39 +196,130 @@ static void test_bytes_are_bounded(void **state)
     struct status_cache *c;
     assert_int_equal(status_cache_new(&c, LONG_WINDOW_MS), 0);
     size_t big = STATUS_CACHE_BODY_MAX;
-    char *body_in = malloc(big + 1);
-    assert_non_null(body_in);
-    memset(body_in, 'x', big + 1);
-    char *body = NULL;
-    size_t len = 0;
+    static char body_in[1]; /* the value does not matter, the size does */
+    struct status_cache_answer *huge = status_cache_answer_new(body_in, big + 1, nothing_free);
+    struct status_cache_answer *largest = status_cache_answer_new(body_in, big, nothing_free);
+    assert_non_null(huge);
+    assert_non_null(largest);
+    struct status_cache_answer *a = NULL;
     struct status_cache_ticket t;
     /* Over the limit of one answer: not stored. */
-    assert_false(get(c, "huge", &body, &len, &t));
-    status_cache_put(c, "huge", 4, &t, body_in, big + 1);
+    assert_false(get(c, "huge", &a, &t));
+    status_cache_put(c, "huge", 4, &t, huge);
     assert_missed(c, "huge");
     /* Twice as many largest answers as the total allows: the oldest went. */
     size_t n = 2 * STATUS_CACHE_BYTES_MAX / big;
     char key[32];
     for (size_t i = 0; i < n; i++) {
         snprintf(key, sizeof key, "k%zu", i);
-        assert_false(get(c, key, &body, &len, &t));
-        status_cache_put(c, key, strlen(key), &t, body_in, big);
+        assert_false(get(c, key, &a, &t));
+        status_cache_put(c, key, strlen(key), &t, largest); /* one answer in many entries */
         clock_sleep_ms(1);
     }
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         snprintf(key, sizeof key, "k%zu", i);
         struct status_cache_ticket t2;
-        if (get(c, key, &body, &len, &t2)) {
-            assert_int_equal(len, big);
-            free(body);
+        if (get(c, key, &a, &t2)) {
+            assert_ptr_equal(a, largest);
+            status_cache_answer_release(a);
             kept++;
             assert_true(i >= n - STATUS_CACHE_BYTES_MAX / big);
         }
     }
     assert_int_equal(kept, STATUS_CACHE_BYTES_MAX / big);
-    free(body_in);
+    status_cache_answer_release(huge);
+    status_cache_answer_release(largest);
     status_cache_free(c);
+}
+
+static void test_answer_outlives_its_entry(void **state)
+{
+    (void)state;
+    struct status_cache *c;
+    assert_int_equal(status_cache_new(&c, LONG_WINDOW_MS), 0);
+    struct status_cache_answer *a = NULL;
+    struct status_cache_ticket t;
+    assert_false(get(c, "k", &a, &t));
+    put(c, "k", &t, "v1");
+    struct status_cache_answer *held = NULL;
+    assert_true(get(c, "k", &held, &t));
+    long freed = atomic_load(&texts_freed);
+    /* Replaced, dropped and the cache gone: the answer held is still whole... */
+    status_cache_invalidate(c);
+    assert_false(get(c, "k", &a, &t));
+    put(c, "k", &t, "v2");
+    status_cache_drop(c, "k", 1, &t);
+    status_cache_free(c);
+    assert_int_equal(atomic_load(&texts_freed), freed + 1); /* v2 only */
+    assert_string_equal(status_cache_answer_value(held), "v1");
+    /* ...and freed with its last reference. */
+    status_cache_answer_release(held);
+    assert_int_equal(atomic_load(&texts_freed), freed + 2);
+    status_cache_answer_release(NULL);
+}
+
+#define SHARING_THREADS 4
+#define SHARING_ROUNDS  20000
+#define SHARING_KEYS    3
+
+static atomic_long texts_made;
+static atomic_long answers_served;
+static atomic_long answers_torn; /* served with another key's text: cmocka can't fail a thread */
+
+/* One thread of test_threads_share_answers: serves, renders, drops and writes in turn. */
+static void *share_answers(void *arg)
+{
+    struct status_cache *c = arg;
+    char key[16];
+    char text[32];
+    for (int i = 0; i < SHARING_ROUNDS; i++) {
+        snprintf(key, sizeof key, "k%d", i % SHARING_KEYS);
+        struct status_cache_answer *a = NULL;
+        struct status_cache_ticket t;
+        if (get(c, key, &a, &t)) {
+            /* Whatever another thread does meanwhile, the answer served is whole. */
+            const char *v = status_cache_answer_value(a);
+            if (strncmp(v, key, strlen(key)) != 0 || v[strlen(key)] != '=') {
+                atomic_fetch_add(&answers_torn, 1);
+            }
+            atomic_fetch_add(&answers_served, 1);
+            status_cache_answer_release(a);
+        } else if (i % 7 == 0) {
+            status_cache_drop(c, key, strlen(key), &t);
+        } else {
+            snprintf(text, sizeof text, "%s=%d", key, i);
+            atomic_fetch_add(&texts_made, 1);
+            put(c, key, &t, text);
+        }
+        if (i % 101 == 0) {
+            status_cache_invalidate(c);
+        }
+    }
+    return NULL;
+}
+
+static void test_threads_share_answers(void **state)
+{
+    (void)state;
+    struct status_cache *c;
+    assert_int_equal(status_cache_new(&c, 1), 0);
+    long freed = atomic_load(&texts_freed);
+    atomic_store(&texts_made, 0);
+    atomic_store(&answers_served, 0);
+    atomic_store(&answers_torn, 0);
+    pthread_t threads[SHARING_THREADS];
+    for (int i = 0; i < SHARING_THREADS; i++) {
+        assert_int_equal(pthread_create(&threads[i], NULL, share_answers, c), 0);
+    }
+    for (int i = 0; i < SHARING_THREADS; i++) {
+        assert_int_equal(pthread_join(threads[i], NULL), 0);
+    }
+    status_cache_free(c);
+    assert_true(atomic_load(&answers_served) > 0);
+    assert_int_equal(atomic_load(&answers_torn), 0);
+    /* Every answer made was freed, once. */
+    assert_int_equal(atomic_load(&texts_freed) - freed, atomic_load(&texts_made));
 }
 
 static void test_key_parts_never_collide(void **state)
@@ -252,6 +364,8 @@ int main(void)
         cmocka_unit_test(test_window_then_one_refresher_then_stale_limit),
         cmocka_unit_test(test_least_used_entry_goes_first),
         cmocka_unit_test(test_bytes_are_bounded),
+        cmocka_unit_test(test_answer_outlives_its_entry),
+        cmocka_unit_test(test_threads_share_answers),
         cmocka_unit_test(test_key_parts_never_collide),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
