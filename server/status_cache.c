@@ -3,7 +3,6 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -334,19 +333,40 @@ void status_cache_invalidate(struct status_cache *c)
     }
 }
 
+/* Writes n in decimal then ':' to head (at least 22 bytes); returns the bytes written. No
+ * snprintf: a key is made for every polled GET. */
+static size_t length_head(char *head, size_t n)
+{
+    char digits[20];
+    size_t d = 0;
+    do {
+        digits[d++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    for (size_t i = 0; i < d; i++) {
+        head[i] = digits[d - 1 - i];
+    }
+    head[d] = ':';
+    return d + 1;
+}
+
 int status_cache_key_part(char *out, size_t cap, size_t *len, const char *part)
 {
     char head[24];
     size_t part_len = part != NULL ? strlen(part) : 0;
-    int n = part != NULL ? snprintf(head, sizeof head, "%zu:", part_len)
-                         : snprintf(head, sizeof head, "-");
-    if (n < 0 || *len + (size_t)n + part_len > cap) {
+    size_t n = 1;
+    if (part != NULL) {
+        n = length_head(head, part_len);
+    } else {
+        head[0] = '-';
+    }
+    if (*len + n + part_len > cap) {
         return -1;
     }
-    memcpy(out + *len, head, (size_t)n);
+    memcpy(out + *len, head, n);
     if (part_len > 0) {
-        memcpy(out + *len + (size_t)n, part, part_len);
+        memcpy(out + *len + n, part, part_len);
     }
-    *len += (size_t)n + part_len;
+    *len += n + part_len;
     return 0;
 }

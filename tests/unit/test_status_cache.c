@@ -345,6 +345,12 @@ static void test_key_parts_never_collide(void **state)
     assert_int_equal(status_cache_key_part(a, sizeof a, &n1, NULL), 0);
     assert_int_equal(status_cache_key_part(b, sizeof b, &n2, ""), 0);
     assert_false(n1 == n2 && memcmp(a, b, n1) == 0);
+    /* The length in decimal, then ':' and the bytes. */
+    char exact[32];
+    size_t elen = 0;
+    assert_int_equal(status_cache_key_part(exact, sizeof exact, &elen, "11:8:batch_id1:5"), 0);
+    assert_int_equal(elen, 19);
+    assert_memory_equal(exact, "16:11:8:batch_id1:5", 19);
     /* Too long: -1, nothing changed. */
     char small[8];
     size_t used = 0;
