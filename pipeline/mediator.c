@@ -155,6 +155,13 @@ static void xfer_destroy(struct xfer *x)
     free(x);
 }
 
+/* Counts requests taking (+1) or leaving (-1) a slot of nd and publishes the count (mu held). */
+static void node_slots(struct med_node *nd, int delta)
+{
+    nd->in_flight += delta;
+    atomic_store(&nd->in_flight_pub, nd->in_flight);
+}
+
 /* Wakes the lane thread if it waits (or is about to). Any thread. */
 static void lane_wake(struct mediator_lane *m)
 {
@@ -305,8 +312,7 @@ local_fail:
         xfer_put(m, x);
     }
     pthread_mutex_lock(&m->mu);
-    m->nodes[j->node].in_flight--;
-    atomic_store(&m->nodes[j->node].in_flight_pub, m->nodes[j->node].in_flight);
+    node_slots(&m->nodes[j->node], -1);
     pthread_mutex_unlock(&m->mu);
     engine__inflight(e, j->stage, -1);
     engine__job_done(e, j, &o);
@@ -424,8 +430,7 @@ static void abandon_unhealthy(struct mediator_lane *m)
             xfer_put(m, x);
             engine__inflight(m->e, j->stage, -1);
             pthread_mutex_lock(&m->mu);
-            nd->in_flight--;
-            atomic_store(&nd->in_flight_pub, nd->in_flight);
+            node_slots(nd, -1);
             engine__redistribute(m->e, j);
             jobq_push(&m->dist, j);
             pthread_mutex_unlock(&m->mu);
@@ -464,8 +469,7 @@ static void fill(struct mediator_lane *m, struct jobq *out)
                 }
                 j->node = (int)i;
             }
-            nd->in_flight++;
-            atomic_store(&nd->in_flight_pub, nd->in_flight);
+            node_slots(nd, 1);
             jobq_push(out, j);
         }
     }
@@ -585,17 +589,11 @@ static struct xfer *collect_done(struct mediator_lane *m)
         pthread_mutex_lock(&m->mu);
         for (struct xfer *x = head; x != NULL; x = x->next_free) {
             if (x->job != NULL) {
-                struct med_node *nd = &m->nodes[x->node];
-                nd->in_flight--;
-                atomic_store(&nd->in_flight_pub, nd->in_flight);
-            }
-        }
-        pthread_mutex_unlock(&m->mu);
-        for (struct xfer *x = head; x != NULL; x = x->next_free) {
-            if (x->job != NULL) {
+                node_slots(&m->nodes[x->node], -1);
                 engine__inflight(m->e, x->job->stage, -1);
             }
         }
+        pthread_mutex_unlock(&m->mu);
     }
     return head;
 }
