@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/thread.h"
 #include "handlers/handlers.h"
 #include "server/auth.h"
 #include "server/problem.h"
@@ -32,6 +34,37 @@
 #define HTTP_CONNECTION_MEMORY (16u * 1024u)
 #define HTTP_BACKLOG           4096
 
+/* Query arguments a background re-rendering keeps (more: the poll re-renders itself). */
+#define REFRESH_QUERY_MAX 4
+/* Re-renderings waiting for the refresher thread (more: the entry is dropped instead). */
+#define REFRESH_QUEUE 16
+
+/* A cached answer to re-render in the background: the request, copied. */
+struct refresh_job {
+    struct status_cache_ticket ticket;
+    char key[STATUS_CACHE_KEY_MAX];
+    size_t key_len;
+    char path[ROUTE_PATH_MAX];
+    size_t nquery;
+    const char *qname[REFRESH_QUERY_MAX]; /* into qbuf */
+    const char *qvalue[REFRESH_QUERY_MAX];
+    char qbuf[STATUS_CACHE_KEY_MAX];
+    size_t qlen;
+};
+
+/* One thread that re-renders cached answers that aged out while polls are served the previous
+ * answer: a steady poll never waits for the database. */
+struct refresher {
+    pthread_t thread;
+    bool inited; /* mu and cv are */
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+    struct refresh_job jobs[REFRESH_QUEUE]; /* a ring: len jobs from head */
+    size_t head, len;
+};
+
 struct http_server {
     struct MHD_Daemon *daemon;
     struct cofi_app *app;
@@ -39,6 +72,7 @@ struct http_server {
     int port;
     atomic_int active;          /* requests between their headers and their completion */
     struct status_cache *cache; /* owned; NULL when status_cache_ms is 0 */
+    struct refresher refresh;   /* started with the cache */
 };
 
 /* One request, from its headers to its completion (MHD's per-request context). */
@@ -265,6 +299,194 @@ static size_t cache_key(struct MHD_Connection *conn, const char *path, char *out
     return kb.full ? 0 : kb.len;
 }
 
+/* ---- background re-rendering of cached answers ------------------------------------------ */
+
+static enum MHD_Result add_query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    (void)kind;
+    struct refresh_job *job = cls;
+    size_t kl = strlen(key) + 1;
+    size_t vl = value != NULL ? strlen(value) + 1 : 0;
+    if (job->nquery == REFRESH_QUERY_MAX || job->qlen + kl + vl > sizeof job->qbuf) {
+        job->nquery = REFRESH_QUERY_MAX + 1; /* does not fit */
+        return MHD_NO;
+    }
+    char *name = job->qbuf + job->qlen;
+    memcpy(name, key, kl);
+    job->qlen += kl;
+    const char *val = NULL;
+    if (value != NULL) {
+        char *v = job->qbuf + job->qlen;
+        memcpy(v, value, vl);
+        job->qlen += vl;
+        val = v;
+    }
+    job->qname[job->nquery] = name;
+    job->qvalue[job->nquery] = val;
+    job->nquery++;
+    return MHD_YES;
+}
+
+/* The job's copy of the request's query, for http_req.query. */
+static const char *job_query(const struct http_req *req, const char *name)
+{
+    const struct refresh_job *job = req->query_ctx;
+    for (size_t i = 0; i < job->nquery; i++) {
+        if (strcmp(job->qname[i], name) == 0) {
+            return job->qvalue[i];
+        }
+    }
+    return NULL;
+}
+
+/* Hands the re-rendering of key (a poll of url on conn was just served the previous answer)
+ * to the refresher thread; when it can't take it, the entry goes, and the next poll renders
+ * its own answer. */
+static void refresh_enqueue(struct http_server *srv, struct MHD_Connection *conn, const char *url,
+                            const char *key, size_t key_len,
+                            const struct status_cache_ticket *ticket)
+{
+    struct refresher *r = &srv->refresh;
+    size_t path_len = strlen(url);
+    bool queued = false;
+    pthread_mutex_lock(&r->mu);
+    if (!r->stop && r->len < REFRESH_QUEUE && path_len < sizeof r->jobs[0].path &&
+        key_len <= sizeof r->jobs[0].key) {
+        struct refresh_job *job = &r->jobs[(r->head + r->len) % REFRESH_QUEUE];
+        job->ticket = *ticket;
+        memcpy(job->key, key, key_len);
+        job->key_len = key_len;
+        memcpy(job->path, url, path_len + 1);
+        job->nquery = 0;
+        job->qlen = 0;
+        MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_arg, job);
+        if (job->nquery <= REFRESH_QUERY_MAX) {
+            r->len++;
+            queued = true;
+            pthread_cond_signal(&r->cv);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!queued) {
+        status_cache_drop(srv->cache, key, key_len, ticket);
+    }
+}
+
+/* Runs the handler of job's request and stores its answer when it is a 200 (as a poll that
+ * rendered it would); anything else removes the entry, so the next poll gets the error. */
+static void refresh_one(struct http_server *srv, struct refresh_job *job)
+{
+    struct route_match m;
+    if (router_match("GET", job->path, &m) != ROUTE_FOUND || !m.route->cached) {
+        status_cache_drop(srv->cache, job->key, job->key_len, &job->ticket);
+        return;
+    }
+    struct http_req req = {
+        .method = "GET",
+        .path = job->path,
+        .param_count = m.param_count,
+        .query = job_query,
+        .query_ctx = job,
+    };
+    for (size_t i = 0; i < m.param_count; i++) {
+        req.params[i] = m.params[i];
+    }
+    struct http_reply rep = HTTP_REPLY_INIT;
+    struct cofi_err err;
+    cofi_err_clear(&err);
+    /* The answer is as old as the moment its handler starts (the generation stays the one of
+     * the lookup: a write since then keeps this answer out of the cache). */
+    job->ticket.start_us = clock_mono_us();
+    int rc = m.route->handler(srv->app, &req, &rep, &err);
+    char *text = NULL;
+    if (rc == 0 && (rep.status == 0 || rep.status == 200) && rep.raw == NULL) {
+        text = reply_text(&rep);
+    }
+    struct MHD_Response *resp = NULL;
+    struct status_cache_answer *answer = NULL;
+    if (text != NULL) {
+        size_t len = strlen(text);
+        resp = json_response(text, len, rep.location);
+        answer = resp != NULL ? status_cache_answer_new(resp, len, cached_response_free) : NULL;
+        if (answer == NULL && resp != NULL) {
+            MHD_destroy_response(resp);
+        }
+    }
+    if (answer != NULL) {
+        status_cache_put(srv->cache, job->key, job->key_len, &job->ticket, answer);
+        status_cache_answer_release(answer);
+    } else {
+        if (rc != 0) {
+            log_debug("status cache: re-rendering %s failed: %s", job->path, err.msg);
+        }
+        status_cache_drop(srv->cache, job->key, job->key_len, &job->ticket);
+    }
+    http_reply_free(&rep);
+}
+
+static void *refresher_main(void *arg)
+{
+    struct http_server *srv = arg;
+    struct refresher *r = &srv->refresh;
+    thread_set_name("cofi-refresh");
+    struct refresh_job *job = malloc(sizeof *job);
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        while (r->len == 0 && !r->stop) {
+            pthread_cond_wait(&r->cv, &r->mu);
+        }
+        if (r->stop) {
+            pthread_mutex_unlock(&r->mu);
+            break;
+        }
+        bool have = job != NULL;
+        if (have) {
+            *job = r->jobs[r->head];
+        }
+        r->head = (r->head + 1) % REFRESH_QUEUE;
+        r->len--;
+        pthread_mutex_unlock(&r->mu);
+        if (have) {
+            refresh_one(srv, job);
+        }
+    }
+    free(job);
+    return NULL;
+}
+
+static void refresher_start(struct http_server *srv)
+{
+    struct refresher *r = &srv->refresh;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    r->inited = true;
+    r->started = pthread_create(&r->thread, NULL, refresher_main, srv) == 0;
+    if (!r->started) {
+        log_warn("http: no refresher thread: polls re-render cached answers themselves");
+    }
+}
+
+/* Stops the refresher thread (jobs still queued are dropped with the cache). Call once no
+ * request can be in progress any more. */
+static void refresher_stop(struct http_server *srv)
+{
+    struct refresher *r = &srv->refresh;
+    if (r->started) {
+        pthread_mutex_lock(&r->mu);
+        r->stop = true;
+        pthread_cond_signal(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->thread, NULL);
+        r->started = false;
+    }
+    if (r->inited) {
+        pthread_cond_destroy(&r->cv);
+        pthread_mutex_destroy(&r->mu);
+        r->inited = false;
+    }
+}
+
 /* The Allow header of a refusal: only for 405. */
 static const char *refusal_allow(const struct request *rq)
 {
@@ -381,7 +603,15 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
     }
     if (key_len > 0) {
         struct status_cache_answer *hit;
-        if (status_cache_get(srv->cache, key, key_len, &hit, &ticket)) {
+        bool background =
+            srv->refresh.started &&
+            MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, NULL, NULL) <= REFRESH_QUERY_MAX;
+        bool served = background ? status_cache_get_stale(srv->cache, key, key_len, &hit, &ticket)
+                                 : status_cache_get(srv->cache, key, key_len, &hit, &ticket);
+        if (served) {
+            if (ticket.refresher) {
+                refresh_enqueue(srv, conn, url, key, key_len, &ticket);
+            }
             /* Our own reference keeps the response alive even if another thread evicts the
              * entry now; MHD takes its own while queueing. */
             rq->status = 200;
@@ -598,9 +828,13 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
         free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
+    if (srv->cache != NULL) {
+        refresher_start(srv);
+    }
     int family = AF_INET;
     int fd = open_listener(cfg->listen_host, cfg->listen_port, &family, &srv->port, err);
     if (fd < 0) {
+        refresher_stop(srv);
         status_cache_free(srv->cache);
         free(srv);
         return err->code;
@@ -617,6 +851,7 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     }
     if (srv->daemon == NULL) {
         close(fd);
+        refresher_stop(srv);
         status_cache_free(srv->cache);
         free(srv);
         return cofi_err_set(err, COFI_E_INTERNAL, "can't start the HTTP server on %s:%d",
@@ -651,6 +886,7 @@ void http_stop(struct http_server *srv)
     if (fd != MHD_INVALID_SOCKET) {
         close(fd);
     }
+    refresher_stop(srv);
     status_cache_free(srv->cache);
     free(srv);
 }

@@ -163,8 +163,10 @@ static struct entry *least_used(struct status_cache *c, const struct entry *keep
     return best;
 }
 
-bool status_cache_get(struct status_cache *c, const char *key, size_t key_len,
-                      struct status_cache_answer **answer, struct status_cache_ticket *ticket)
+/* status_cache_get and status_cache_get_stale: background says whether the caller can have an
+ * aged-out entry re-rendered elsewhere while it serves the old answer. */
+static bool lookup(struct status_cache *c, const char *key, size_t key_len, bool background,
+                   struct status_cache_answer **answer, struct status_cache_ticket *ticket)
 {
     uint64_t hash = hash_key(key, key_len);
     bool serve = false;
@@ -183,6 +185,8 @@ bool status_cache_get(struct status_cache *c, const char *key, size_t key_len,
         } else if (!e->refreshing) {
             e->refreshing = true;
             ticket->refresher = true;
+            /* In the background: the old answer now, the new one for the next callers. */
+            serve = background && age < 2 * c->window_us;
         } else {
             /* Someone re-renders it: the previous answer, if it is not too old. */
             serve = age < 2 * c->window_us;
@@ -199,6 +203,18 @@ bool status_cache_get(struct status_cache *c, const char *key, size_t key_len,
     }
     pthread_mutex_unlock(&c->lock);
     return serve;
+}
+
+bool status_cache_get(struct status_cache *c, const char *key, size_t key_len,
+                      struct status_cache_answer **answer, struct status_cache_ticket *ticket)
+{
+    return lookup(c, key, key_len, false, answer, ticket);
+}
+
+bool status_cache_get_stale(struct status_cache *c, const char *key, size_t key_len,
+                            struct status_cache_answer **answer, struct status_cache_ticket *ticket)
+{
+    return lookup(c, key, key_len, true, answer, ticket);
 }
 
 /* Keys and answers taken out of the table under the lock, freed and released once it is

@@ -7,7 +7,8 @@
  * cache's generation (status_cache_invalidate), and an entry only counts in the generation
  * it was rendered in. Only successful (200) answers are stored. While one caller re-renders
  * an entry that has just aged out, the others get the previous answer, at most two windows
- * old; never one from an older generation.
+ * old; never one from an older generation. With status_cache_get_stale the re-rendering
+ * caller gets the previous answer too, and re-renders in the background.
  *
  * The cache knows nothing of HTTP: keys are bytes, and what it stores is an answer, an
  * immutable value of the caller's (cofid stores a finished MHD response) with a count of
@@ -77,6 +78,17 @@ void status_cache_free(struct status_cache *c);
  * status_cache_put or status_cache_drop. */
 bool status_cache_get(struct status_cache *c, const char *key, size_t key_len,
                       struct status_cache_answer **answer, struct status_cache_ticket *ticket);
+
+/* Like status_cache_get, for a caller that can have an answer re-rendered in the background
+ * (cofid's refresher thread): an entry of the current generation that has aged out, but is
+ * younger than two windows, is still served, and when no one re-renders it yet, *ticket is
+ * filled too with refresher set: the caller then has the answer rendered and gives the ticket
+ * back with status_cache_put or status_cache_drop, as after a miss. So a steady poll never
+ * waits for a rendering; only the first one after a write or a pause does. Returns true
+ * with *answer (check ticket->refresher), or false with *ticket as status_cache_get. */
+bool status_cache_get_stale(struct status_cache *c, const char *key, size_t key_len,
+                            struct status_cache_answer **answer,
+                            struct status_cache_ticket *ticket);
 
 /* Stores a 200 answer rendered after status_cache_get gave ticket (copies key; takes a
  * reference of its own to answer, the caller keeps its own). Nothing is stored when a write

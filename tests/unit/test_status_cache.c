@@ -165,6 +165,80 @@ static void test_window_then_one_refresher_then_stale_limit(void **state)
     status_cache_free(c);
 }
 
+static bool get_stale(struct status_cache *c, const char *key, struct status_cache_answer **a,
+                      struct status_cache_ticket *t)
+{
+    return status_cache_get_stale(c, key, strlen(key), a, t);
+}
+
+/* Asserts that get_stale serves key with exactly `want`; returns whether the caller was made
+ * the refresher. */
+static bool stale_served(struct status_cache *c, const char *key, const char *want,
+                         struct status_cache_ticket *t)
+{
+    struct status_cache_answer *a = NULL;
+    assert_true(get_stale(c, key, &a, t));
+    assert_non_null(a);
+    assert_string_equal((const char *)status_cache_answer_value(a), want);
+    status_cache_answer_release(a);
+    return t->refresher;
+}
+
+static void test_stale_lookup_serves_the_old_answer_while_one_refreshes(void **state)
+{
+    (void)state;
+    struct status_cache *c;
+    assert_int_equal(status_cache_new(&c, 100), 0);
+    struct status_cache_answer *a = NULL;
+    struct status_cache_ticket t;
+    assert_false(get_stale(c, "k", &a, &t)); /* a miss is rendered by the caller */
+    assert_false(t.refresher);
+    put(c, "k", &t, "v1");
+    assert_false(stale_served(c, "k", "v1", &t)); /* fresh: nothing to do */
+    clock_sleep_ms(110);                          /* past the window */
+    struct status_cache_ticket refresh;
+    assert_true(stale_served(c, "k", "v1", &refresh)); /* old answer, and refresh it */
+    assert_false(stale_served(c, "k", "v1", &t));      /* one refresher at a time */
+    put(c, "k", &refresh, "v2");
+    assert_false(stale_served(c, "k", "v2", &t));
+    /* Two windows old: no longer served, the caller renders (and refreshes) it. */
+    clock_sleep_ms(210);
+    assert_false(get_stale(c, "k", &a, &t));
+    assert_true(t.refresher);
+    put(c, "k", &t, "v3");
+    assert_false(stale_served(c, "k", "v3", &t));
+    /* After a write nothing old is served, not even by a stale lookup. */
+    status_cache_invalidate(c);
+    assert_false(get_stale(c, "k", &a, &t));
+    assert_true(t.refresher);
+    /* A refresh that fails removes the entry. */
+    status_cache_drop(c, "k", 1, &t);
+    assert_false(get_stale(c, "k", &a, &t));
+    assert_false(t.refresher);
+    status_cache_drop(c, "k", 1, &t);
+    status_cache_free(c);
+}
+
+/* A background refresh that started before a write is not stored. */
+static void test_stale_refresh_across_a_write_is_not_stored(void **state)
+{
+    (void)state;
+    struct status_cache *c;
+    assert_int_equal(status_cache_new(&c, 100), 0);
+    struct status_cache_answer *a = NULL;
+    struct status_cache_ticket t;
+    assert_false(get_stale(c, "k", &a, &t));
+    put(c, "k", &t, "v1");
+    clock_sleep_ms(110);
+    struct status_cache_ticket refresh;
+    assert_true(stale_served(c, "k", "v1", &refresh));
+    status_cache_invalidate(c);
+    put(c, "k", &refresh, "rendered before the write");
+    assert_false(get_stale(c, "k", &a, &t));
+    status_cache_drop(c, "k", 1, &t);
+    status_cache_free(c);
+}
+
 static void test_least_used_entry_goes_first(void **state)
 {
     (void)state;
@@ -368,6 +442,8 @@ int main(void)
         cmocka_unit_test(test_answer_rendered_before_a_write_is_not_stored),
         cmocka_unit_test(test_older_answer_does_not_replace_a_newer_one),
         cmocka_unit_test(test_window_then_one_refresher_then_stale_limit),
+        cmocka_unit_test(test_stale_lookup_serves_the_old_answer_while_one_refreshes),
+        cmocka_unit_test(test_stale_refresh_across_a_write_is_not_stored),
         cmocka_unit_test(test_least_used_entry_goes_first),
         cmocka_unit_test(test_bytes_are_bounded),
         cmocka_unit_test(test_answer_outlives_its_entry),
