@@ -224,7 +224,7 @@ fi
 # 6. Static analysis.
 run_cppcheck() {
     local d dirs=()
-    for d in common server handlers pipeline db sim; do
+    for d in common server handlers pipeline db sim bench; do
         [ -d "$COFI_ROOT/$d" ] && dirs+=("$d")
     done
     (cd "$COFI_ROOT" && cppcheck --enable=warning,performance,portability --error-exitcode=1 \
@@ -236,7 +236,7 @@ run_clang_format() {
         mapfile -d '' files < <(git -C "$COFI_ROOT" ls-files -z -- '*.c' '*.h')
     else
         mapfile -d '' files < <(cd "$COFI_ROOT" && find common server handlers pipeline db \
-            sim tests -name '*.[ch]' -print0 2>/dev/null)
+            sim bench tests -name '*.[ch]' -print0 2>/dev/null)
     fi
     [ "${#files[@]}" -gt 0 ] || return 0
     (cd "$COFI_ROOT" && clang-format --dry-run --Werror "${files[@]}")
