@@ -63,39 +63,69 @@ SEED_SCALED_MS = {"distribute": 10, "denoise": 10, "ivr": 10, "lid": 10, "stt": 
 LARGE_MS = {s: ms / 10 for s, ms in SEED_SCALED_MS.items()}  # cofi-sim takes fractions
 
 # Each scenario: calls, per-stage latency of cofi-sim, the modes run by default, whether
-# wrk polls the API during the run, and its targets (figure, comparison, limit, label).
+# a poller (cofi-poll or wrk, --poller) polls the API during the run, and its targets (figure,
+# comparison, limit, label).
 SCENARIOS = {
     "seed-scaled": {
         "calls": 10000, "latency_ms": SEED_SCALED_MS, "modes": ("pipelined", "staged"),
-        "wrk": False, "targets": [],
+        "poll": False, "targets": [],
     },
     "overhead": {
         "calls": 10000, "latency_ms": {s: 0 for s in STAGES}, "modes": ("pipelined",),
-        "wrk": False, "targets": [("transitions_per_s", ">=", 10000, "transitions/s")],
+        "poll": False, "targets": [("transitions_per_s", ">=", 10000, "transitions/s")],
     },
     "large": {
-        "calls": 200000, "latency_ms": LARGE_MS, "modes": ("pipelined",), "wrk": False,
+        "calls": 200000, "latency_ms": LARGE_MS, "modes": ("pipelined",), "poll": False,
         "targets": [("cofid_peak_rss_mib", "<=", 128, "peak RSS MiB"),
                     ("submit_s", "<=", 5, "POST /batches s")],
     },
     "polled": {
-        "calls": 200000, "latency_ms": LARGE_MS, "modes": ("pipelined",), "wrk": True,
-        "targets": [("wrk_requests_per_s", ">=", 5000, "wrk responses/s"),
-                    ("wrk_p99_ms", "<=", 20, "wrk p99 ms"),
+        "calls": 200000, "latency_ms": LARGE_MS, "modes": ("pipelined",), "poll": True,
+        "targets": [("poll_requests_per_s", ">=", 5000, "poll responses/s"),
+                    ("poll_p99_ms", "<=", 20, "poll p99 ms"),
                     ("slowdown_pct", "<=", 10, "% longer than large")],
     },
 }
 
+POLLERS = ("cofi-poll", "wrk")
+POLL_CONNECTIONS = 200
 WRK_THREADS = 2
-WRK_CONNECTIONS = 200
-# Each connection sends one request every this many ms (bench/poll.lua): dashboards poll at
-# an interval. 200 connections / 38.5 ms offer 5,195 requests/s.
-WRK_INTERVAL_MS = 38.5
+# Each connection sends one request every this many ms (cofi-poll --interval-ms, or
+# bench/poll.lua for wrk): dashboards poll at an interval. 200 connections / 38.5 ms offer
+# 5,195 requests/s.
+POLL_INTERVAL_MS = 38.5
+
+# results.jsonl lines written before cofi-poll hold wrk's figures under these keys.
+WRK_KEYS = {
+    "wrk_requests_per_s": "poll_requests_per_s", "wrk_p50_ms": "poll_p50_ms",
+    "wrk_p90_ms": "poll_p90_ms", "wrk_p99_ms": "poll_p99_ms", "wrk_requests": "poll_requests",
+    "wrk_non_2xx": "poll_non_2xx", "wrk_socket_errors": "poll_errors",
+    "wrk_offered_per_s": "poll_offered_per_s", "wrk_connections": "poll_connections",
+    "wrk_interval_ms": "poll_interval_ms", "wrk_threads": "poll_threads",
+}
 
 
-def wrk_offered_per_s(interval_ms):
-    """The request rate the wrk connections offer (None: as fast as answers come)."""
-    return WRK_CONNECTIONS * 1000.0 / interval_ms if interval_ms > 0 else None
+def poll_offered_per_s(interval_ms):
+    """The request rate the poller's connections offer (None: as fast as answers come)."""
+    return POLL_CONNECTIONS * 1000.0 / interval_ms if interval_ms > 0 else None
+
+
+def normalise_result(r):
+    """A results.jsonl line with today's keys (changed in place and returned). Lines from before
+    cofi-poll name wrk's figures wrk_* (its p99 is from the send: it becomes poll_p99_ms and
+    poll_p99_sent_ms) and wrk's CPU cpu_s["wrk"]; they get the poll_* keys, poller "wrk" and
+    cpu_s["poller"]. The old keys stay."""
+    if "poller" not in r and any(r.get(k) is not None for k in WRK_KEYS):
+        r["poller"] = "wrk"
+        for old, new in WRK_KEYS.items():
+            if old in r and new not in r:
+                r[new] = r[old]
+        if "poll_p99_sent_ms" not in r:
+            r["poll_p99_sent_ms"] = r.get("wrk_p99_ms")
+    cpu = r.get("cpu_s")
+    if isinstance(cpu, dict) and "wrk" in cpu and "poller" not in cpu:
+        cpu["poller"] = cpu["wrk"]
+    return r
 
 
 class BenchError(Exception):
@@ -443,11 +473,11 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def prepare_binaries(build_dir, default_build):
-    """Builds if needed, refuses sanitizer builds, and copies cofid and cofi-sim to
-    .cofi/bench/bin so a rebuild during the runs does not change what is measured.
-    Returns {"cofid": path, "cofi-sim": path, ...}."""
-    names = ("cofid", "cofi-sim")
+def prepare_binaries(build_dir, default_build, extra=()):
+    """Builds if needed, refuses sanitizer builds, and copies cofid, cofi-sim and the binaries
+    named in extra (cofi-poll) to .cofi/bench/bin so a rebuild during the runs does not change
+    what is measured. Returns {"cofid": path, "cofi-sim": path, ...}."""
+    names = ("cofid", "cofi-sim") + tuple(extra)
     missing = [n for n in names if not os.access(os.path.join(build_dir, n), os.X_OK)]
     if missing:
         if not default_build:
@@ -531,7 +561,7 @@ def ensure_calls(n):
 
 
 # ---------------------------------------------------------------------------------------------
-# wrk
+# The poller: cofi-poll (bench/poller.c) or wrk with bench/poll.lua
 
 
 def parse_duration_ms(value, unit):
@@ -539,20 +569,53 @@ def parse_duration_ms(value, unit):
 
 
 def parse_wrk(text):
-    """The figures of wrk's --latency report."""
+    """The poll_* figures of wrk's --latency report. wrk times a request from its send, so its
+    p99 fills both poll_p99_ms and poll_p99_sent_ms."""
     out = {}
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    out["wrk_requests_per_s"] = float(m.group(1)) if m else None
+    out["poll_requests_per_s"] = float(m.group(1)) if m else None
     for pct in ("50", "90", "99"):
         m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s|m)\s*$" % pct, text, re.M)
-        out["wrk_p%s_ms" % pct] = parse_duration_ms(*m.groups()) if m else None
+        out["poll_p%s_ms" % pct] = parse_duration_ms(*m.groups()) if m else None
+    out["poll_p99_sent_ms"] = out["poll_p99_ms"]
     m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
-    out["wrk_requests"] = int(m.group(1)) if m else None
+    out["poll_requests"] = int(m.group(1)) if m else None
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    out["wrk_non_2xx"] = int(m.group(1)) if m else 0
+    out["poll_non_2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    out["wrk_socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    out["poll_errors"] = sum(int(x) for x in m.groups()) if m else 0
     return out
+
+
+def parse_cofi_poll(path):
+    """The poll_* figures of the JSON object cofi-poll --json wrote. Latencies are from the
+    due time (poll_p*_ms) and from the send (poll_p*_sent_ms)."""
+    with open(path) as f:
+        doc = json.load(f)
+    out = {
+        "poll_requests_per_s": doc["responses_per_s"], "poll_requests": doc["requests"],
+        "poll_non_2xx": doc["non_2xx"], "poll_errors": doc["errors"],
+        "poll_errors_by_kind": doc.get("errors_by_kind"), "poll_reconnects": doc.get("reconnects"),
+        "poll_skipped": doc.get("skipped"), "poll_unfinished": doc.get("unfinished"),
+        "poll_threads": doc.get("threads"), "poll_tick_us": doc.get("tick_us"),
+        "poll_cpu_us_per_response": doc.get("cpu_us_per_response"),
+    }
+    for q in ("p50", "p90", "p99", "p999", "max"):
+        out["poll_%s_ms" % q] = doc.get("%s_ms" % q)
+        out["poll_%s_sent_ms" % q] = doc.get("%s_sent_ms" % q)
+    return out
+
+
+def poller_argv(args, bins, port, batch_id, json_path):
+    """The command line of the poller chosen by --poller for a batch on 127.0.0.1:port."""
+    url = "http://127.0.0.1:%d" % port
+    if args.poller == "wrk":
+        return ["wrk", "-t%d" % WRK_THREADS, "-c%d" % POLL_CONNECTIONS, "-d10h", "--latency",
+                "-s", os.path.join(BENCH, "poll.lua"), url, "--", str(batch_id),
+                "%g" % args.poll_interval_ms, str(POLL_CONNECTIONS // WRK_THREADS)]
+    return [bins["cofi-poll"], "--connections", str(POLL_CONNECTIONS), "--interval-ms",
+            "%g" % args.poll_interval_ms, "--json", json_path, url,
+            "/batches/%s" % batch_id, "/stages/llm1/status"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,14 +793,14 @@ class Runner:
         cpu0 = {"cofid": proc_cpu(cofid.pid), "sim": proc_cpu(sim.pid),
                 "postgres": tree_cpu(pm), "machine": machine_busy_cpu()}
         threads0 = threads_cpu(cofid.pid)
-        wrk = None
-        if sc["wrk"]:
-            wrk = self.procs.start("wrk", [
-                "wrk", "-t%d" % WRK_THREADS, "-c%d" % WRK_CONNECTIONS, "-d10h", "--latency",
-                "-s", os.path.join(BENCH, "poll.lua"), "http://127.0.0.1:%d" % api_port,
-                "--", str(batch_id), "%g" % self.args.wrk_interval_ms,
-                str(WRK_CONNECTIONS // WRK_THREADS)],
-                os.path.join(logs, tag + "-wrk.log"))
+        poller = None
+        poller_log = os.path.join(logs, "%s-%s.log" % (tag, self.args.poller))
+        poller_json = os.path.join(logs, tag + "-cofi-poll.json")
+        if sc["poll"]:
+            if os.path.exists(poller_json):
+                os.remove(poller_json)
+            poller = self.procs.start(self.args.poller, poller_argv(
+                self.args, self.bins, api_port, batch_id, poller_json), poller_log)
         perf = None
         if self.args.perf:
             perf = self.procs.start("perf", [
@@ -755,17 +818,17 @@ class Runner:
             polls += 1
             if status == 200 and doc.get("state") in FINAL_STATES and doc.get("finished_at"):
                 break
-            for name, p in (("cofid", cofid), ("cofi-sim", sim)):
-                if p.poll() is not None:
+            for name, p in (("cofid", cofid), ("cofi-sim", sim), (self.args.poller, poller)):
+                if p is not None and p.poll() is not None:
                     raise BenchError("%s exited (%s) during the run" % (name, p.returncode))
             if tick > deadline:
                 raise BenchError("batch %s not final after %.0f s: %s" % (
                     batch_id, self.args.timeout, json.dumps(doc)[:400]))
             time.sleep(max(0.0, POLL_S - (time.monotonic() - tick)))
         observed_s = time.monotonic() - t0
-        wrk_cpu = proc_cpu(wrk.pid) if wrk else 0.0
-        if wrk:
-            self.procs.stop(wrk, sig=signal.SIGINT, grace=30)
+        poller_cpu = proc_cpu(poller.pid) if poller else 0.0
+        if poller:
+            self.procs.stop(poller, sig=signal.SIGINT, grace=30)
         cpu1 = {"cofid": proc_cpu(cofid.pid), "sim": proc_cpu(sim.pid),
                 "postgres": tree_cpu(pm), "machine": machine_busy_cpu()}
         threads1 = threads_cpu(cofid.pid)
@@ -782,9 +845,15 @@ class Runner:
             with open(os.path.join(OUT, tag + "-perf.txt"), "w") as f:
                 f.write(report.stdout)
             say("perf profile of cofid: bench/out/%s-perf.txt" % tag)
-        if wrk:
-            with open(os.path.join(logs, tag + "-wrk.log")) as f:
+        if poller and self.args.poller == "wrk":
+            with open(poller_log) as f:
                 result.update(parse_wrk(f.read()))
+        elif poller:
+            try:
+                result.update(parse_cofi_poll(poller_json))
+            except (OSError, ValueError, KeyError) as e:
+                raise BenchError("cofi-poll (exit %s) left no figures in %s: %s; see %s" % (
+                    poller.returncode, poller_json, e, poller_log))
 
         _, nlp_stats = Http(nlp_port).request("GET", "/stats")
         node_max = []
@@ -805,7 +874,7 @@ class Runner:
         sb, sformula = staged_bound(calls, lat)
         bound, formula = (sb, sformula) if mode == "staged" else (pb, pformula)
         cpu = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
-        cpu["wrk"] = round(wrk_cpu, 2)
+        cpu["poller"] = round(poller_cpu, 2)
         # cofid's CPU over the run by thread name (cofid names its threads: cofi-mediator,
         # cofi-llm (all of them together), cofi-flusher, cofi-dispatch, cofid for HTTP...).
         by_name = {}
@@ -837,12 +906,16 @@ class Runner:
             "cofid_built": self.bins["cofid_built"], "sim_sha256": self.bins["cofi-sim_sha256"], "build_type": self.bins["build_type"],
             "machine": self.machine, "top_statements": top,
         })
-        if wrk:
-            result["wrk_threads"] = WRK_THREADS
-            result["wrk_connections"] = WRK_CONNECTIONS
-            result["wrk_interval_ms"] = self.args.wrk_interval_ms
-            offered = wrk_offered_per_s(self.args.wrk_interval_ms)
-            result["wrk_offered_per_s"] = round(offered, 1) if offered else None
+        if poller:
+            result["poller"] = self.args.poller
+            if self.args.poller == "wrk":
+                result["poll_threads"] = WRK_THREADS
+            else:
+                result["poller_sha256"] = self.bins["cofi-poll_sha256"]
+            result["poll_connections"] = POLL_CONNECTIONS
+            result["poll_interval_ms"] = self.args.poll_interval_ms
+            offered = poll_offered_per_s(self.args.poll_interval_ms)
+            result["poll_offered_per_s"] = round(offered, 1) if offered else None
         return result
 
 
@@ -866,8 +939,9 @@ def cpu_line(r):
     """Where the CPU went over a run: cofid by thread, PostgreSQL, cofi-sim, the machine."""
     c = r["cpu_s"]
     threads = ", ".join("%s %.2f" % (n, t) for n, t in c.get("cofid_threads", []) if t >= 0.05)
-    return "  cpu s: cofid %.2f (%s), postgres %.2f, sim %.2f, machine %.2f of %.2f" % (
-        c["cofid"], threads, c["postgres"], c["sim"], c["machine"],
+    poller = ", %s %.2f" % (r["poller"], c["poller"]) if r.get("poller") and "poller" in c else ""
+    return "  cpu s: cofid %.2f (%s), postgres %.2f, sim %.2f%s, machine %.2f of %.2f" % (
+        c["cofid"], threads, c["postgres"], c["sim"], poller, c["machine"],
         (os.cpu_count() or 1) * r["observed_s"] if r.get("observed_s") else 0.0)
 
 
@@ -886,12 +960,17 @@ def figures_line(r):
     ]
     if r["scenario"] in ("large", "polled"):
         parts.append("POST /batches %.2f s" % r["submit_s"])
-    if r.get("wrk_requests_per_s") is not None:
-        offered = r.get("wrk_offered_per_s")
-        parts.append("wrk %.0f responses/s (%s offered), p99 %.1f ms, %d non-2xx, "
-                     "%d socket errors" % (
-                         r["wrk_requests_per_s"], "%.0f/s" % offered if offered else "unlimited",
-                         r["wrk_p99_ms"] or 0, r["wrk_non_2xx"], r["wrk_socket_errors"]))
+    if r.get("poll_requests_per_s") is not None:
+        offered = r.get("poll_offered_per_s")
+        if r.get("poller", "wrk") == "wrk":
+            p99 = "p99 %.1f ms from the send" % (r["poll_p99_ms"] or 0)
+        else:
+            p99 = "p99 %.1f ms from the due time (%.1f ms from the send)" % (
+                r["poll_p99_ms"] or 0, r.get("poll_p99_sent_ms") or 0)
+        parts.append("%s %.0f responses/s (%s offered), %s, %d non-2xx, %d errors" % (
+            r.get("poller", "wrk"), r["poll_requests_per_s"],
+            "%.0f/s" % offered if offered else "unlimited", p99, r.get("poll_non_2xx") or 0,
+            r.get("poll_errors") or 0))
     if r.get("baseline_makespan_s"):
         parts.append("makespan %+.1f %% vs large (%.2f s)" % (r["slowdown_pct"],
                                                              r["baseline_makespan_s"]))
@@ -923,7 +1002,7 @@ def last_result(scenario, calls, cofid_sha):
                     continue
                 if (r.get("scenario") == scenario and r.get("calls") == calls
                         and r.get("cofid_sha256") == cofid_sha):
-                    found = r
+                    found = normalise_result(r)
     except OSError:
         pass
     return found
@@ -931,7 +1010,7 @@ def last_result(scenario, calls, cofid_sha):
 
 def median_line(scenario, mode, runs):
     keys = ("makespan_s", "efficiency", "transitions_per_s", "cofid_cpu_s", "cofid_peak_rss_mib",
-            "sql_per_call", "submit_s", "wrk_requests_per_s", "wrk_p99_ms")
+            "sql_per_call", "submit_s", "poll_requests_per_s", "poll_p99_ms", "poll_p99_sent_ms")
     parts = []
     for k in keys:
         vals = [r[k] for r in runs if r.get(k) is not None]
@@ -970,8 +1049,8 @@ def parse_args():
     ap.add_argument("--mode", choices=("pipelined", "staged", "both"),
                     help="run mode (default: both for seed-scaled, pipelined otherwise)")
     ap.add_argument("--calls", type=int, help="number of calls (default: the scenario's)")
-    ap.add_argument("--build", help="folder with cofid and cofi-sim (default: build/, built "
-                                    "with scripts/build.sh when missing)")
+    ap.add_argument("--build", help="folder with cofid, cofi-sim and cofi-poll (default: "
+                                    "build/, built with scripts/build.sh when missing)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per mode; prints the medians")
     ap.add_argument("--fresh-baseline", action="store_true",
                     help="polled: run large first even when results.jsonl has a large result "
@@ -982,18 +1061,24 @@ def parse_args():
                     help="profile cofid with perf record during the run (bench/out/*-perf.txt); "
                          "adds overhead, so not for the figures")
     ap.add_argument("--no-plot", action="store_true", help="seed-scaled: do not draw the plot")
-    ap.add_argument("--wrk-interval-ms", type=float, default=WRK_INTERVAL_MS,
-                    help="polled: each wrk connection sends one request every this many ms "
-                         "(default %g: the 200 connections offer %.0f requests/s; 0: a closed "
-                         "loop, the next request as soon as an answer arrives)"
-                         % (WRK_INTERVAL_MS, wrk_offered_per_s(WRK_INTERVAL_MS)))
+    ap.add_argument("--poller", choices=POLLERS, default="cofi-poll",
+                    help="polled: what polls the API (default cofi-poll, built into the build "
+                         "folder, latency from the due time; wrk: wrk with bench/poll.lua, "
+                         "latency from the send)")
+    ap.add_argument("--poll-interval-ms", "--wrk-interval-ms", dest="poll_interval_ms",
+                    type=float, default=POLL_INTERVAL_MS,
+                    help="polled: each of the %d poller connections sends one request every "
+                         "this many ms (default %g: %.0f requests/s offered; 0: a closed loop, "
+                         "the next request as soon as an answer arrives). --wrk-interval-ms is "
+                         "an alias" % (POLL_CONNECTIONS, POLL_INTERVAL_MS,
+                                       poll_offered_per_s(POLL_INTERVAL_MS)))
     args = ap.parse_args()
     if args.calls is not None and args.calls < 1:
         ap.error("--calls must be at least 1")
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
-    if args.wrk_interval_ms < 0:
-        ap.error("--wrk-interval-ms must be at least 0")
+    if args.poll_interval_ms < 0:
+        ap.error("--poll-interval-ms must be at least 0")
     return args
 
 
@@ -1013,7 +1098,7 @@ def main():
         modes = ("pipelined", "staged")
     else:
         modes = (args.mode,)
-    if sc["wrk"] and shutil.which("wrk") is None:
+    if sc["poll"] and args.poller == "wrk" and shutil.which("wrk") is None:
         say("wrk is missing: scripts/deps.sh --bench installs it")
         return 1
 
@@ -1025,7 +1110,8 @@ def main():
     try:
         default_build = args.build is None
         build_dir = os.path.abspath(args.build or os.path.join(ROOT, "build"))
-        bins = prepare_binaries(build_dir, default_build)
+        poller_bins = ("cofi-poll",) if sc["poll"] and args.poller == "cofi-poll" else ()
+        bins = prepare_binaries(build_dir, default_build, poller_bins)
         ensure_calls(calls)
         cluster.start()
         runner = Runner(args, bins, procs, cluster)
