@@ -47,8 +47,11 @@ static const char usage[] =
     "request. Connection i's k-th request is due at t0 + (i / connections + k) * interval, so\n"
     "the connections are evenly staggered; a request that falls due while the previous answer\n"
     "is still awaited leaves as soon as that answer is in (at the next tick). Each response's\n"
-    "latency is recorded twice: from its request's due time (so a slow answer also shows in\n"
-    "the requests that waited behind it: no coordinated omission) and from its actual send.\n"
+    "latency is recorded from its request's due time (so a slow answer also shows in the\n"
+    "requests that waited behind it: no coordinated omission), less the poller's own lateness\n"
+    "(the time between the moment the request was due and its connection free, and its send:\n"
+    "the poller waiting for a core or its next tick, which a dashboard on another machine\n"
+    "would not add); and also from the due time as it is and from the actual send.\n"
     "\n"
     "  URL                  http://HOST:PORT (an IPv4 or [IPv6] literal or a host name; no TLS)\n"
     "  PATH                 /path?query; connection i starts with PATH number i % npaths and\n"
@@ -78,7 +81,8 @@ static const char usage[] =
     "the server closed or reset a connection with a request in flight, parse, timeout),\n"
     "reconnects (connections opened again after a close or an error), skipped (requests that\n"
     "fell due while a connection could not be opened), p50/p90/p99/p99.9/max latency from the\n"
-    "due time and from the send, and its own CPU time (getrusage).\n"
+    "due time less the poller's lateness (JSON pNN_ms), from the due time (pNN_due_ms) and\n"
+    "from the send (pNN_sent_ms), the poller's lateness (pNN_late_ms), and its own CPU time.\n"
     "Exit status: 0 when done, 1 when the server cannot be reached at the start, 2 on a bad\n"
     "command line.\n";
 
@@ -129,8 +133,10 @@ struct stats {
     uint64_t skipped;
     uint64_t unfinished;
     uint64_t errors[ERR_COUNT];
-    struct hist due;
-    struct hist sent_lat;
+    struct hist server;   /* from the due time, less the poller's own lateness */
+    struct hist due;      /* from the due time */
+    struct hist sent_lat; /* from the send */
+    struct hist late;     /* the poller's own lateness */
 };
 
 enum parse_state {
@@ -184,6 +190,10 @@ struct conn {
     int64_t k;       /* sequence number of the current (or next) request */
     int64_t due_ns;  /* when request k is due */
     int64_t sent_ns; /* when request k was sent */
+    int64_t free_ns; /* when the connection could take request k: the previous answer's
+                        arrival, or the connect */
+    int64_t late_ns; /* how late the poller itself sent request k: after it was due and the
+                        connection free (waiting for a core or the next tick) */
     int heap_pos;    /* -1: not in the heap, whose key is the due time, the time to connect
                         again or the deadline of the answer */
     size_t written;
@@ -1049,6 +1059,8 @@ static void conn_send(struct conn *c, int64_t now)
 {
     struct poller *p = c->owner;
     c->sent_ns = now_ns(); /* now may be the wake-up's, a few answers ago */
+    int64_t ready = c->due_ns > c->free_ns ? c->due_ns : c->free_ns;
+    c->late_ns = c->sent_ns > ready ? c->sent_ns - ready : 0;
     c->written = 0;
     parser_reset(&c->parser);
     p->st.sent++;
@@ -1082,6 +1094,7 @@ static void conn_connected(struct conn *c, int64_t now)
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
     (void)epoll_ctl(p->epfd, EPOLL_CTL_MOD, c->fd, &ev);
     c->want_out = false;
+    c->free_ns = now;
     conn_ready(c, now);
 }
 
@@ -1183,8 +1196,11 @@ static void conn_answered(struct conn *c, int64_t at, int64_t now)
     if (c->parser.status < 200 || c->parser.status > 299) {
         p->st.non_2xx++;
     }
+    hist_add(&p->st.server, at - c->due_ns - c->late_ns);
     hist_add(&p->st.due, at - c->due_ns);
     hist_add(&p->st.sent_lat, at - c->sent_ns);
+    hist_add(&p->st.late, c->late_ns);
+    c->free_ns = at;
     bool reopen = c->parser.close || c->state == CONN_SENDING;
     set_request(c, c->k + 1, now);
     if (p->stopping) {
@@ -1523,8 +1539,11 @@ struct figures {
     double offered_per_s; /* 0: closed loop */
     uint64_t errors;
     double cpu_s;
-    double q_due[5]; /* p50, p90, p99, p99.9, max */
+    double q_server[5]; /* p50, p90, p99, p99.9, max */
+    double q_due[5];
     double q_sent[5];
+    double q_late[5];
+    double mean_server_ms;
     double mean_due_ms;
     double mean_sent_ms;
 };
@@ -1543,12 +1562,17 @@ static void figures_compute(struct figures *f, const struct config *cfg, const s
         f->errors += st->errors[i];
     }
     for (int i = 0; i < 4; i++) {
+        f->q_server[i] = hist_quantile_ms(&st->server, quantiles[i]);
         f->q_due[i] = hist_quantile_ms(&st->due, quantiles[i]);
         f->q_sent[i] = hist_quantile_ms(&st->sent_lat, quantiles[i]);
+        f->q_late[i] = hist_quantile_ms(&st->late, quantiles[i]);
     }
+    f->q_server[4] = (double)st->server.max_ns / NS_PER_MS;
     f->q_due[4] = (double)st->due.max_ns / NS_PER_MS;
     f->q_sent[4] = (double)st->sent_lat.max_ns / NS_PER_MS;
+    f->q_late[4] = (double)st->late.max_ns / NS_PER_MS;
     if (st->due.count > 0) {
+        f->mean_server_ms = st->server.sum_ns / (double)st->server.count / NS_PER_MS;
         f->mean_due_ms = st->due.sum_ns / (double)st->due.count / NS_PER_MS;
         f->mean_sent_ms = st->sent_lat.sum_ns / (double)st->sent_lat.count / NS_PER_MS;
     }
@@ -1576,9 +1600,16 @@ static void print_figures(const struct figures *f, const struct config *cfg, con
     printf("), %llu reconnects, %llu skipped, %llu unfinished\n",
            (unsigned long long)st->reconnects, (unsigned long long)st->skipped,
            (unsigned long long)st->unfinished);
+    printf("cofi-poll: latency from due time, the poller's own lateness left out: p50 %.3f, "
+           "p90 %.3f, p99 %.3f, p99.9 %.3f, max %.3f, mean %.3f ms\n",
+           f->q_server[0], f->q_server[1], f->q_server[2], f->q_server[3], f->q_server[4],
+           f->mean_server_ms);
     printf("cofi-poll: latency from due time: p50 %.3f, p90 %.3f, p99 %.3f, p99.9 %.3f, "
            "max %.3f, mean %.3f ms\n",
            f->q_due[0], f->q_due[1], f->q_due[2], f->q_due[3], f->q_due[4], f->mean_due_ms);
+    printf("cofi-poll: the poller's own lateness: p50 %.3f, p90 %.3f, p99 %.3f, p99.9 %.3f, "
+           "max %.3f ms\n",
+           f->q_late[0], f->q_late[1], f->q_late[2], f->q_late[3], f->q_late[4]);
     printf("cofi-poll: latency from send:     p50 %.3f, p90 %.3f, p99 %.3f, p99.9 %.3f, "
            "max %.3f, mean %.3f ms\n",
            f->q_sent[0], f->q_sent[1], f->q_sent[2], f->q_sent[3], f->q_sent[4], f->mean_sent_ms);
@@ -1637,9 +1668,16 @@ static int write_json(const struct figures *f, const struct config *cfg, const s
             (unsigned long long)st->reconnects, (unsigned long long)st->skipped,
             (unsigned long long)st->unfinished);
     for (int i = 0; i < 5; i++) {
-        fprintf(out, "\"%s_ms\": %.3f, ", quantile_names[i], f->q_due[i]);
+        fprintf(out, "\"%s_ms\": %.3f, ", quantile_names[i], f->q_server[i]);
     }
-    fprintf(out, "\"mean_ms\": %.3f, ", f->mean_due_ms);
+    fprintf(out, "\"mean_ms\": %.3f, ", f->mean_server_ms);
+    for (int i = 0; i < 5; i++) {
+        fprintf(out, "\"%s_due_ms\": %.3f, ", quantile_names[i], f->q_due[i]);
+    }
+    fprintf(out, "\"mean_due_ms\": %.3f, ", f->mean_due_ms);
+    for (int i = 0; i < 5; i++) {
+        fprintf(out, "\"%s_late_ms\": %.3f, ", quantile_names[i], f->q_late[i]);
+    }
     for (int i = 0; i < 5; i++) {
         fprintf(out, "\"%s_sent_ms\": %.3f, ", quantile_names[i], f->q_sent[i]);
     }
@@ -1664,8 +1702,10 @@ static void stats_merge(struct stats *into, const struct stats *from)
     for (int i = 0; i < ERR_COUNT; i++) {
         into->errors[i] += from->errors[i];
     }
+    hist_merge(&into->server, &from->server);
     hist_merge(&into->due, &from->due);
     hist_merge(&into->sent_lat, &from->sent_lat);
+    hist_merge(&into->late, &from->late);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -589,7 +589,8 @@ def parse_wrk(text):
 
 def parse_cofi_poll(path):
     """The poll_* figures of the JSON object cofi-poll --json wrote. Latencies are from the
-    due time (poll_p*_ms) and from the send (poll_p*_sent_ms)."""
+    due time less the poller's own lateness (poll_p*_ms), from the due time (poll_p*_due_ms),
+    from the send (poll_p*_sent_ms), and the lateness itself (poll_p*_late_ms)."""
     with open(path) as f:
         doc = json.load(f)
     out = {
@@ -601,8 +602,8 @@ def parse_cofi_poll(path):
         "poll_cpu_us_per_response": doc.get("cpu_us_per_response"),
     }
     for q in ("p50", "p90", "p99", "p999", "max"):
-        out["poll_%s_ms" % q] = doc.get("%s_ms" % q)
-        out["poll_%s_sent_ms" % q] = doc.get("%s_sent_ms" % q)
+        for kind in ("", "_due", "_sent", "_late"):
+            out["poll_%s%s_ms" % (q, kind)] = doc.get("%s%s_ms" % (q, kind))
     return out
 
 
@@ -965,8 +966,10 @@ def figures_line(r):
         if r.get("poller", "wrk") == "wrk":
             p99 = "p99 %.1f ms from the send" % (r["poll_p99_ms"] or 0)
         else:
-            p99 = "p99 %.1f ms from the due time (%.1f ms from the send)" % (
-                r["poll_p99_ms"] or 0, r.get("poll_p99_sent_ms") or 0)
+            p99 = ("p99 %.1f ms from the due time less the poller's lateness (%.1f ms from the "
+                   "due time, %.1f ms from the send; the poller's own lateness p99 %.1f ms)" % (
+                       r["poll_p99_ms"] or 0, r.get("poll_p99_due_ms") or 0,
+                       r.get("poll_p99_sent_ms") or 0, r.get("poll_p99_late_ms") or 0))
         parts.append("%s %.0f responses/s (%s offered), %s, %d non-2xx, %d errors" % (
             r.get("poller", "wrk"), r["poll_requests_per_s"],
             "%.0f/s" % offered if offered else "unlimited", p99, r.get("poll_non_2xx") or 0,
