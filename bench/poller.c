@@ -7,7 +7,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,7 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define EXIT_USAGE 2
+#include "common/cli.h"
+
+#define EXIT_USAGE CLI_EXIT_USAGE
 
 #define MAX_PATHS        256
 #define MAX_CONNECTIONS  100000
@@ -233,42 +234,6 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
 }
 
-/* Reports a bad command line naming the flag. Returns EXIT_USAGE. */
-__attribute__((format(printf, 2, 3))) static int bad(const char *flag, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "cofi-poll: %s: %s\n(try cofi-poll --help)\n", flag, msg);
-    return EXIT_USAGE;
-}
-
-static int parse_int(const char *flag, const char *v, long lo, long hi, int *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno != 0 || end == v || *end != '\0' || n < lo || n > hi) {
-        return bad(flag, "expected an integer from %ld to %ld, got '%s'", lo, hi, v);
-    }
-    *out = (int)n;
-    return 0;
-}
-
-static int parse_double(const char *flag, const char *v, double lo, double hi, double *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double d = strtod(v, &end);
-    if (errno != 0 || end == v || *end != '\0' || !isfinite(d) || d < lo || d > hi) {
-        return bad(flag, "expected a number from %g to %g, got '%s'", lo, hi, v);
-    }
-    *out = d;
-    return 0;
-}
-
 /* Splits http://HOST[:PORT][/] into cfg->host_header and the resolved cfg->addr (an IPv4
  * address preferred). Returns 0, EXIT_USAGE for a malformed URL, or 1 when HOST does not
  * resolve. */
@@ -276,18 +241,18 @@ static int parse_url(const char *url, struct config *cfg)
 {
     static const char scheme[] = "http://";
     if (strncasecmp(url, "https://", 8) == 0) {
-        return bad(url, "TLS is not supported: use http://HOST:PORT");
+        return cli_bad(url, "TLS is not supported: use http://HOST:PORT");
     }
     if (strncasecmp(url, scheme, sizeof scheme - 1) != 0) {
-        return bad(url, "expected http://HOST:PORT");
+        return cli_bad(url, "expected http://HOST:PORT");
     }
     const char *auth = url + sizeof scheme - 1;
     size_t alen = strcspn(auth, "/");
     if (auth[alen] == '/' && auth[alen + 1] != '\0') {
-        return bad(url, "expected http://HOST:PORT without a path (paths are arguments)");
+        return cli_bad(url, "expected http://HOST:PORT without a path (paths are arguments)");
     }
     if (alen == 0 || alen >= sizeof cfg->host_header) {
-        return bad(url, "expected http://HOST:PORT");
+        return cli_bad(url, "expected http://HOST:PORT");
     }
     char host[300];
     const char *port = "80";
@@ -296,12 +261,12 @@ static int parse_url(const char *url, struct config *cfg)
     if (auth[0] == '[') {
         const char *close = memchr(auth, ']', alen);
         if (close == NULL) {
-            return bad(url, "unterminated [IPv6 address]");
+            return cli_bad(url, "unterminated [IPv6 address]");
         }
         snprintf(host, sizeof host, "%.*s", (int)(close - auth - 1), auth + 1);
         if (close + 1 < auth + alen) {
             if (close[1] != ':') {
-                return bad(url, "expected :PORT after ]");
+                return cli_bad(url, "expected :PORT after ]");
             }
             colon = close + 1;
         }
@@ -311,17 +276,17 @@ static int parse_url(const char *url, struct config *cfg)
         snprintf(host, sizeof host, "%.*s", (int)hlen, auth);
     }
     if (host[0] == '\0') {
-        return bad(url, "no host");
+        return cli_bad(url, "no host");
     }
     if (colon != NULL) {
         size_t plen = (size_t)(auth + alen - colon - 1);
         if (plen == 0 || plen >= sizeof portbuf || strspn(colon + 1, "0123456789") < plen) {
-            return bad(url, "expected a port from 1 to 65535");
+            return cli_bad(url, "expected a port from 1 to 65535");
         }
         snprintf(portbuf, sizeof portbuf, "%.*s", (int)plen, colon + 1);
         long p = strtol(portbuf, NULL, 10);
         if (p < 1 || p > 65535) {
-            return bad(url, "expected a port from 1 to 65535");
+            return cli_bad(url, "expected a port from 1 to 65535");
         }
         port = portbuf;
     }
@@ -356,11 +321,11 @@ static int parse_url(const char *url, struct config *cfg)
 static int check_path(const char *path)
 {
     if (path[0] != '/') {
-        return bad(path, "a PATH starts with '/'");
+        return cli_bad(path, "a PATH starts with '/'");
     }
     for (const char *s = path; *s != '\0'; s++) {
         if (*s <= ' ' || *s >= 0x7f) {
-            return bad(path, "a PATH holds only visible ASCII characters (no spaces)");
+            return cli_bad(path, "a PATH holds only visible ASCII characters (no spaces)");
         }
     }
     return 0;
@@ -370,6 +335,7 @@ static int check_path(const char *path)
  * the host does not resolve. */
 static int parse_args(int argc, char **argv, struct config *cfg)
 {
+    cli_program("cofi-poll");
     memset(cfg, 0, sizeof *cfg);
     cfg->connections = 200;
     cfg->interval_ms = 38.5;
@@ -388,7 +354,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
             if (url == NULL) {
                 url = arg;
             } else if (cfg->npaths == MAX_PATHS) {
-                return bad(arg, "at most %d paths", MAX_PATHS);
+                return cli_bad(arg, "at most %d paths", MAX_PATHS);
             } else if (check_path(arg) != 0) {
                 return EXIT_USAGE;
             } else {
@@ -409,45 +375,46 @@ static int parse_args(int argc, char **argv, struct config *cfg)
             }
         }
         if (value == NULL) {
-            return bad(flag, "needs a value");
+            return cli_bad(flag, "needs a value");
         }
         int rc = 0;
         if (strcmp(flag, "--connections") == 0) {
-            rc = parse_int(flag, value, 1, MAX_CONNECTIONS, &cfg->connections);
+            rc = cli_int(flag, value, 1, MAX_CONNECTIONS, &cfg->connections);
         } else if (strcmp(flag, "--interval-ms") == 0) {
-            rc = parse_double(flag, value, 0, 3600000, &cfg->interval_ms);
+            rc = cli_double(flag, value, 0, 3600000, &cfg->interval_ms);
         } else if (strcmp(flag, "--duration-s") == 0) {
-            rc = parse_double(flag, value, 0.001, 1e7, &cfg->duration_s);
+            rc = cli_double(flag, value, 0.001, 1e7, &cfg->duration_s);
         } else if (strcmp(flag, "--timeout-ms") == 0) {
-            rc = parse_double(flag, value, 0, 3600000, &cfg->timeout_ms);
+            rc = cli_double(flag, value, 0, 3600000, &cfg->timeout_ms);
         } else if (strcmp(flag, "--tick-us") == 0) {
-            rc = parse_double(flag, value, 0, 1000000, &cfg->tick_us);
+            rc = cli_double(flag, value, 0, 1000000, &cfg->tick_us);
             tick_set = true;
         } else if (strcmp(flag, "--threads") == 0) {
-            rc = parse_int(flag, value, 1, MAX_THREADS, &cfg->threads);
+            rc = cli_int(flag, value, 1, MAX_THREADS, &cfg->threads);
         } else if (strcmp(flag, "--json") == 0) {
             if (value[0] == '\0') {
-                return bad(flag, "expected a file name");
+                return cli_bad(flag, "expected a file name");
             }
             cfg->json_path = value;
         } else {
-            return bad(flag, "unknown option");
+            return cli_bad(flag, "unknown option");
         }
         if (rc != 0) {
             return EXIT_USAGE;
         }
     }
     if (url == NULL) {
-        return bad("URL", "is required (http://HOST:PORT)");
+        return cli_bad("URL", "is required (http://HOST:PORT)");
     }
     if (cfg->npaths == 0) {
-        return bad("PATH", "at least one is required (e.g. /health)");
+        return cli_bad("PATH", "at least one is required (e.g. /health)");
     }
     if (!tick_set) {
         cfg->tick_us = cfg->interval_ms > 0 ? DEFAULT_TICK_US : 0;
     }
     if (cfg->threads > cfg->connections) {
-        return bad("--threads", "%d threads for %d connections", cfg->threads, cfg->connections);
+        return cli_bad("--threads", "%d threads for %d connections", cfg->threads,
+                       cfg->connections);
     }
     return parse_url(url, cfg);
 }

@@ -3,14 +3,15 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
-#define EXIT_USAGE 2
+#include "common/cli.h"
+
+#define EXIT_USAGE CLI_EXIT_USAGE
 
 static const char usage[] =
     "usage: cofi-sim --nodes N --base-port P --nlp-port Q [options]\n"
@@ -31,49 +32,13 @@ static const char usage[] =
     "  --log-level L          debug, info, warn or error (default info)\n"
     "  --help                 print this help and exit\n";
 
-/* Reports a bad command line naming the flag. Returns EXIT_USAGE. */
-__attribute__((format(printf, 2, 3))) static int bad(const char *flag, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "cofi-sim: %s: %s\n(try cofi-sim --help)\n", flag, msg);
-    return EXIT_USAGE;
-}
-
-static int parse_int(const char *flag, const char *v, long lo, long hi, int *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno != 0 || end == v || *end != '\0' || n < lo || n > hi) {
-        return bad(flag, "expected an integer from %ld to %ld, got '%s'", lo, hi, v);
-    }
-    *out = (int)n;
-    return 0;
-}
-
-static int parse_double(const char *flag, const char *v, double lo, double hi, double *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double d = strtod(v, &end);
-    if (errno != 0 || end == v || *end != '\0' || !isfinite(d) || d < lo || d > hi) {
-        return bad(flag, "expected a number from %g to %g, got '%s'", lo, hi, v);
-    }
-    *out = d;
-    return 0;
-}
-
 static int parse_seed(const char *flag, const char *v, uint64_t *out)
 {
     char *end = NULL;
     errno = 0;
     unsigned long long n = strtoull(v, &end, 10);
     if (errno != 0 || end == v || *end != '\0' || v[0] == '-') {
-        return bad(flag, "expected a non-negative integer, got '%s'", v);
+        return cli_bad(flag, "expected a non-negative integer, got '%s'", v);
     }
     *out = (uint64_t)n;
     return 0;
@@ -87,20 +52,20 @@ static int parse_latency(const char *flag, const char *v, struct sim_config *cfg
     double fallback = 0;
     char copy[1024];
     if (strlen(v) >= sizeof copy) {
-        return bad(flag, "list too long");
+        return cli_bad(flag, "list too long");
     }
     snprintf(copy, sizeof copy, "%s", v);
     char *save = NULL;
     for (char *item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(item, '=');
         if (eq == NULL) {
-            return bad(flag, "expected STAGE=MS, got '%s'", item);
+            return cli_bad(flag, "expected STAGE=MS, got '%s'", item);
         }
         *eq = '\0';
         double value = 0;
         char what[160];
         snprintf(what, sizeof what, "%s %s", flag, item);
-        if (parse_double(what, eq + 1, 0, 3600000, &value) != 0) {
+        if (cli_double(what, eq + 1, 0, 3600000, &value) != 0) {
             return EXIT_USAGE;
         }
         enum sim_ep ep;
@@ -110,10 +75,10 @@ static int parse_latency(const char *flag, const char *v, struct sim_config *cfg
             ms[ep] = value;
             named[ep] = true;
         } else {
-            return bad(flag,
-                       "unknown stage '%s' (upload, distribute, denoise, ivr, lid, stt, "
-                       "llm1, llm2, default)",
-                       item);
+            return cli_bad(flag,
+                           "unknown stage '%s' (upload, distribute, denoise, ivr, lid, stt, "
+                           "llm1, llm2, default)",
+                           item);
         }
     }
     for (int i = 0; i < SIM_EP_COUNT; i++) {
@@ -125,6 +90,7 @@ static int parse_latency(const char *flag, const char *v, struct sim_config *cfg
 /* Parses the command line into cfg. Returns 0 to run, -1 after --help, or EXIT_USAGE. */
 static int parse_args(int argc, char **argv, struct sim_config *cfg, enum log_level *level)
 {
+    cli_program("cofi-sim");
     memset(cfg, 0, sizeof *cfg);
     cfg->node_capacity = 8;
     cfg->nlp_capacity = 100;
@@ -142,7 +108,7 @@ static int parse_args(int argc, char **argv, struct sim_config *cfg, enum log_le
             return -1;
         }
         if (strncmp(arg, "--", 2) != 0) {
-            return bad(arg, "unexpected argument");
+            return cli_bad(arg, "unexpected argument");
         }
         char flag[64];
         const char *value = NULL;
@@ -157,38 +123,38 @@ static int parse_args(int argc, char **argv, struct sim_config *cfg, enum log_le
             }
         }
         if (value == NULL) {
-            return bad(flag, "needs a value");
+            return cli_bad(flag, "needs a value");
         }
         int rc = 0;
         if (strcmp(flag, "--nodes") == 0) {
-            rc = parse_int(flag, value, 1, SIM_MAX_NODES, &cfg->nodes);
+            rc = cli_int(flag, value, 1, SIM_MAX_NODES, &cfg->nodes);
         } else if (strcmp(flag, "--base-port") == 0) {
-            rc = parse_int(flag, value, 1, 65535, &cfg->base_port);
+            rc = cli_int(flag, value, 1, 65535, &cfg->base_port);
         } else if (strcmp(flag, "--node-capacity") == 0) {
-            rc = parse_int(flag, value, 1, 100000, &cfg->node_capacity);
+            rc = cli_int(flag, value, 1, 100000, &cfg->node_capacity);
         } else if (strcmp(flag, "--nlp-port") == 0) {
-            rc = parse_int(flag, value, 1, 65535, &cfg->nlp_port);
+            rc = cli_int(flag, value, 1, 65535, &cfg->nlp_port);
         } else if (strcmp(flag, "--nlp-capacity") == 0) {
-            rc = parse_int(flag, value, 1, 100000, &cfg->nlp_capacity);
+            rc = cli_int(flag, value, 1, 100000, &cfg->nlp_capacity);
         } else if (strcmp(flag, "--latency-ms") == 0) {
             rc = parse_latency(flag, value, cfg);
         } else if (strcmp(flag, "--jitter-pct") == 0) {
-            rc = parse_double(flag, value, 0, 100, &cfg->jitter_pct);
+            rc = cli_double(flag, value, 0, 100, &cfg->jitter_pct);
         } else if (strcmp(flag, "--fail-rate") == 0) {
-            rc = parse_double(flag, value, 0, 1, &cfg->fail_rate);
+            rc = cli_double(flag, value, 0, 1, &cfg->fail_rate);
         } else if (strcmp(flag, "--seed") == 0) {
             rc = parse_seed(flag, value, &cfg->seed);
         } else if (strcmp(flag, "--host") == 0) {
             if (strlen(value) == 0 || strlen(value) >= sizeof cfg->host) {
-                return bad(flag, "expected an IP address, got '%s'", value);
+                return cli_bad(flag, "expected an IP address, got '%s'", value);
             }
             snprintf(cfg->host, sizeof cfg->host, "%s", value);
         } else if (strcmp(flag, "--log-level") == 0) {
             if (log_parse_level(value, level) != 0) {
-                return bad(flag, "expected debug, info, warn or error, got '%s'", value);
+                return cli_bad(flag, "expected debug, info, warn or error, got '%s'", value);
             }
         } else {
-            return bad(flag, "unknown option");
+            return cli_bad(flag, "unknown option");
         }
         if (rc != 0) {
             return EXIT_USAGE;
@@ -196,22 +162,22 @@ static int parse_args(int argc, char **argv, struct sim_config *cfg, enum log_le
     }
 
     if (cfg->nodes < 0) {
-        return bad("--nodes", "is required");
+        return cli_bad("--nodes", "is required");
     }
     if (cfg->base_port < 0) {
-        return bad("--base-port", "is required");
+        return cli_bad("--base-port", "is required");
     }
     if (cfg->nlp_port < 0) {
-        return bad("--nlp-port", "is required");
+        return cli_bad("--nlp-port", "is required");
     }
     int last = cfg->base_port + cfg->nodes - 1;
     if (last > 65535) {
-        return bad("--base-port", "nodes would need ports %d..%d, beyond 65535", cfg->base_port,
-                   last);
+        return cli_bad("--base-port", "nodes would need ports %d..%d, beyond 65535", cfg->base_port,
+                       last);
     }
     if (cfg->nlp_port >= cfg->base_port && cfg->nlp_port <= last) {
-        return bad("--nlp-port", "%d is one of the node ports %d..%d", cfg->nlp_port,
-                   cfg->base_port, last);
+        return cli_bad("--nlp-port", "%d is one of the node ports %d..%d", cfg->nlp_port,
+                       cfg->base_port, last);
     }
     return 0;
 }
