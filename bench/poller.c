@@ -364,20 +364,10 @@ static int parse_args(int argc, char **argv, struct config *cfg)
         }
         char flag[64];
         const char *value = NULL;
-        const char *eq = strchr(arg, '=');
-        if (eq != NULL) {
-            snprintf(flag, sizeof flag, "%.*s", (int)(eq - arg), arg);
-            value = eq + 1;
-        } else {
-            snprintf(flag, sizeof flag, "%s", arg);
-            if (i + 1 < argc) {
-                value = argv[++i];
-            }
+        int rc = cli_flag_value(argc, argv, &i, flag, sizeof flag, &value);
+        if (rc != 0) {
+            return rc;
         }
-        if (value == NULL) {
-            return cli_bad(flag, "needs a value");
-        }
-        int rc = 0;
         if (strcmp(flag, "--connections") == 0) {
             rc = cli_int(flag, value, 1, MAX_CONNECTIONS, &cfg->connections);
         } else if (strcmp(flag, "--interval-ms") == 0) {

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static const char *program = "cofi";
 
@@ -23,6 +24,23 @@ int cli_bad(const char *flag, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "%s: %s: %s\n(try %s --help)\n", program, flag, msg, program);
     return CLI_EXIT_USAGE;
+}
+
+int cli_flag_value(int argc, char **argv, int *i, char *flag, size_t cap, const char **value)
+{
+    const char *arg = argv[*i];
+    const char *eq = strchr(arg, '=');
+    *value = NULL;
+    if (eq != NULL) {
+        snprintf(flag, cap, "%.*s", (int)(eq - arg), arg);
+        *value = eq + 1;
+    } else {
+        snprintf(flag, cap, "%s", arg);
+        if (*i + 1 < argc) {
+            *value = argv[++*i];
+        }
+    }
+    return *value != NULL ? 0 : cli_bad(flag, "needs a value");
 }
 
 int cli_int(const char *flag, const char *v, long lo, long hi, int *out)

@@ -112,20 +112,10 @@ static int parse_args(int argc, char **argv, struct sim_config *cfg, enum log_le
         }
         char flag[64];
         const char *value = NULL;
-        const char *eq = strchr(arg, '=');
-        if (eq != NULL) {
-            snprintf(flag, sizeof flag, "%.*s", (int)(eq - arg), arg);
-            value = eq + 1;
-        } else {
-            snprintf(flag, sizeof flag, "%s", arg);
-            if (i + 1 < argc) {
-                value = argv[++i];
-            }
+        int rc = cli_flag_value(argc, argv, &i, flag, sizeof flag, &value);
+        if (rc != 0) {
+            return rc;
         }
-        if (value == NULL) {
-            return cli_bad(flag, "needs a value");
-        }
-        int rc = 0;
         if (strcmp(flag, "--nodes") == 0) {
             rc = cli_int(flag, value, 1, SIM_MAX_NODES, &cfg->nodes);
         } else if (strcmp(flag, "--base-port") == 0) {
