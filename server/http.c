@@ -288,14 +288,16 @@ static enum MHD_Result add_query_part(void *cls, enum MHD_ValueKind kind, const 
 /* The status cache key of a GET: its path, then every query argument (name and value, in
  * the order sent), each part with its length first, so that requests the handler could
  * answer differently never share a key. Returns the key's length, or 0 when it is longer
- * than cap (such a request is not cached). */
-static size_t cache_key(struct MHD_Connection *conn, const char *path, char *out, size_t cap)
+ * than cap (such a request is not cached); *nargs is the number of query arguments. */
+static size_t cache_key(struct MHD_Connection *conn, const char *path, char *out, size_t cap,
+                        int *nargs)
 {
     struct key_builder kb = {out, cap, 0, false};
+    *nargs = 0;
     if (status_cache_key_part(out, cap, &kb.len, path) != 0) {
         return 0;
     }
-    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_part, &kb);
+    *nargs = MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_part, &kb);
     return kb.full ? 0 : kb.len;
 }
 
@@ -597,15 +599,14 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
     const struct route *route = rq->match.route;
     char key[STATUS_CACHE_KEY_MAX];
     size_t key_len = 0;
+    int nargs = 0;
     struct status_cache_ticket ticket;
     if (srv->cache != NULL && route->cached) {
-        key_len = cache_key(conn, url, key, sizeof key);
+        key_len = cache_key(conn, url, key, sizeof key, &nargs);
     }
     if (key_len > 0) {
         struct status_cache_answer *hit;
-        bool background =
-            srv->refresh.started &&
-            MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, NULL, NULL) <= REFRESH_QUERY_MAX;
+        bool background = srv->refresh.started && nargs <= REFRESH_QUERY_MAX;
         bool served = background ? status_cache_get_stale(srv->cache, key, key_len, &hit, &ticket)
                                  : status_cache_get(srv->cache, key, key_len, &hit, &ticket);
         if (served) {
