@@ -49,6 +49,13 @@ PGresult *db_exec(PGconn *conn, const char *sql, int nparams, const char *const 
 PGresult *db_exec_prepared(PGconn *conn, const char *name, const char *sql, int nparams,
                            const char *const *params, struct cofi_err *err);
 
+/* As db_exec_prepared for any single statement outside a transaction, writes included: it
+ * runs at most once. Only "not prepared on this connection" (where nothing ran) is answered
+ * by preparing it and running it then; any other failure is reported as db_exec reports it.
+ * (db/prepared.c) */
+PGresult *db_write_prepared(PGconn *conn, const char *name, const char *sql, int nparams,
+                            const char *const *params, struct cofi_err *err);
+
 /* Fills err from a failed result r (NULL: the connection's own error) with the mapping of
  * db_exec, and returns err->code. For callers of libpq's asynchronous functions. */
 int db_result_error(PGconn *conn, const PGresult *r, struct cofi_err *err);

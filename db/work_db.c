@@ -148,16 +148,25 @@ PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limi
         4, p, err);
 }
 
+int work_flush_session(PGconn *c, struct cofi_err *err)
+{
+    return db_command(c, "SET plan_cache_mode = force_generic_plan", 0, NULL, err);
+}
+
 PGresult *work_flush(PGconn *c, const char *instance, const char *calls_json, const char *ids,
                      const char *stages_json, struct cofi_err *err)
 {
     const char *p[] = {instance, calls_json, stages_json, ids};
     /* The calls are found through the primary key (= ANY $4): a join on the recordset alone
      * is planned as a scan of every call (3 ms at 10,000 calls, 60 ms at 200,000, per flush).
-     * Not a prepared statement: a generic plan would look the calls up by lease_owner (one
-     * row estimated; every running call of the instance in fact). */
-    return db_exec(
-        c,
+     * Prepared, and meant for a generic plan (work_flush_session): planning it for every
+     * flush took 0.4-0.9 ms of the database's CPU, as much as running a flush of a few calls.
+     * The status test is written so the planner can't match it to calls_running_idx's
+     * predicate ("IS TRUE"): a generic plan made while statistics still say no call is
+     * running would read every call the instance is running through that index (2,000
+     * calls read for 30 written, measured), not 30 through the primary key. */
+    return db_write_prepared(
+        c, "cofi_flush",
         "WITH r AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS r(id bigint, stage smallint, "
         "    status text, attempts int, last_error text, node text, file_name text, "
         "    started_ms bigint)), "
@@ -171,7 +180,7 @@ PGresult *work_flush(PGconn *c, const char *instance, const char *calls_json, co
         "                       THEN c.lease_owner END "
         "  FROM r, batches b "
         "  WHERE c.id = ANY ($4::bigint[]) AND c.id = r.id AND c.lease_owner = $1 "
-        "    AND c.status = 'running' "
+        "    AND (c.status = 'running') IS TRUE "
         "    AND b.id = c.batch_id "
         "  RETURNING c.id, c.batch_id, c.status), "
         "s AS (INSERT INTO call_stages AS cs (call_id, stage, state, attempts, last_error, "
@@ -305,8 +314,10 @@ int work_negotiate_shares(PGconn *c, const char *instance, int lease_ms, struct 
 int work_release(PGconn *c, const char *instance, const char *ids, struct cofi_err *err)
 {
     const char *p[] = {instance, ids};
+    /* Runs on the flusher's connection, whose plans are generic: "IS TRUE" as in work_flush. */
     return db_command(c,
                       "UPDATE calls SET status = 'pending', lease_owner = NULL "
-                      "WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND status = 'running'",
+                      "WHERE id = ANY($2::bigint[]) AND lease_owner = $1 "
+                      "  AND (status = 'running') IS TRUE",
                       2, p, err);
 }

@@ -71,6 +71,12 @@ PGresult *work_finish_batches(PGconn *c, const char *ids, struct cofi_err *err);
 PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limit,
                      const char *blocked_nodes, struct cofi_err *err);
 
+/* Readies a connection that runs work_flush and work_release only: its prepared statements
+ * get generic plans (plan_cache_mode = force_generic_plan), planned once per connection.
+ * Both find their calls through the primary key whatever the parameters. Returns 0 or a
+ * negative status; on failure the connection still works, planning every flush. */
+int work_flush_session(PGconn *c, struct cofi_err *err);
+
 /* Writes a batch of transitions in one statement. calls_json is an array of
  * {"id","stage","status","attempts","last_error","node","file_name","started_ms"} (at most
  * one per call), ids the array literal ("{1,2}") of those calls' ids, stages_json an array of

@@ -693,6 +693,10 @@ static void *flusher_main(void *arg)
         if (!db_conn_ok(c)) {
             PQfinish(c);
             c = db_connect(e->cfg->database_url, &err);
+            if (c != NULL && work_flush_session(c, &err) != 0) {
+                log_warn("flush: %s; every flush is planned anew", err.msg);
+                cofi_err_clear(&err);
+            }
         }
         char *calls = NULL;
         char *ids = NULL;

@@ -1,0 +1,232 @@
+/* Prepared statements against a real PostgreSQL (COFI_TEST_PGHOST/PORT/USER): a write runs at
+ * most once, a statement missing on a connection is prepared there, and the flush keeps a
+ * generic plan that finds its calls through the primary key. Each test gets its own scratch
+ * database with the project's migrations applied. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "db/db.h"
+#include "db/migrate.h"
+#include "db/work_db.h"
+
+struct fixture {
+    char admin[512]; /* conninfo of the postgres database */
+    char name[64];   /* the scratch database */
+    PGconn *c;       /* a connection to it */
+};
+
+static void conninfo(char *out, size_t len, const char *db)
+{
+    const char *user = getenv("COFI_TEST_PGUSER");
+    snprintf(out, len, "host=%s port=%s user=%s dbname=%s", getenv("COFI_TEST_PGHOST"),
+             getenv("COFI_TEST_PGPORT"), user != NULL ? user : "postgres", db);
+}
+
+/* Runs "<verb> <the scratch database><rest>" on the postgres database. */
+static void admin_command(const struct fixture *f, const char *verb, const char *rest)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "%s %s%s", verb, f->name, rest);
+    struct cofi_err err;
+    PGconn *a = db_connect(f->admin, &err);
+    assert_non_null(a);
+    int rc = db_command(a, sql, 0, NULL, &err);
+    PQfinish(a);
+    if (rc != 0) {
+        fail_msg("%s: %s", sql, err.msg);
+    }
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    conninfo(f->admin, sizeof f->admin, "postgres");
+    snprintf(f->name, sizeof f->name, "cofi_t_prep_%ld_%d", (long)getpid(), rand() % 100000);
+    admin_command(f, "CREATE DATABASE", "");
+    char ci[512];
+    conninfo(ci, sizeof ci, f->name);
+    struct cofi_err err;
+    f->c = db_connect(ci, &err);
+    assert_non_null(f->c);
+    if (db_migrate(f->c, &err) != 0) {
+        fail_msg("migrate: %s", err.msg);
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    PQfinish(f->c);
+    admin_command(f, "DROP DATABASE IF EXISTS", " WITH (FORCE)");
+    free(f);
+    return 0;
+}
+
+/* The first row's first column of sql (no parameters) as a number. */
+static long query_long(PGconn *c, const char *sql)
+{
+    struct cofi_err err;
+    PGresult *r = db_exec(c, sql, 0, NULL, &err);
+    if (r == NULL) {
+        fail_msg("%s: %s", sql, err.msg);
+    }
+    assert_int_equal(PQntuples(r), 1);
+    long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return v;
+}
+
+static void exec_ok(PGconn *c, const char *sql)
+{
+    struct cofi_err err;
+    if (db_command(c, sql, 0, NULL, &err) != 0) {
+        fail_msg("%s: %s", sql, err.msg);
+    }
+}
+
+/* nextval is not undone by the statement's failure, so the sequence counts the runs. */
+static void test_a_failed_write_runs_once(void **state)
+{
+    struct fixture *f = *state;
+    exec_ok(f->c, "CREATE SEQUENCE runs");
+    const char *sql = "SELECT nextval('runs') / $1::int";
+    const char *zero[] = {"0"};
+    struct cofi_err err;
+    cofi_err_clear(&err);
+    PGresult *r = db_write_prepared(f->c, "t_div", sql, 1, zero, &err);
+    assert_null(r);
+    assert_int_equal(err.code, COFI_E_INTERNAL);
+    assert_string_equal(err.sqlstate, "22012");
+    assert_non_null(strstr(err.msg, "division by zero"));
+    assert_int_equal(query_long(f->c, "SELECT last_value FROM runs"), 1);
+
+    /* Prepared once: the second call runs it once more, and it is still there. */
+    r = db_write_prepared(f->c, "t_div", sql, 1, zero, &err);
+    assert_null(r);
+    assert_int_equal(query_long(f->c, "SELECT last_value FROM runs"), 2);
+    assert_int_equal(
+        query_long(f->c, "SELECT count(*) FROM pg_prepared_statements WHERE name = 't_div'"), 1);
+
+    const char *one[] = {"1"};
+    r = db_write_prepared(f->c, "t_div", sql, 1, one, &err);
+    assert_non_null(r);
+    assert_string_equal(PQgetvalue(r, 0, 0), "3");
+    PQclear(r);
+}
+
+/* A connection that lost its statements (a new one, or after DEALLOCATE) prepares again. */
+static void test_a_missing_statement_is_prepared_again(void **state)
+{
+    struct fixture *f = *state;
+    exec_ok(f->c, "CREATE TABLE t (v int)");
+    const char *sql = "INSERT INTO t VALUES ($1::int) RETURNING v";
+    const char *p[] = {"7"};
+    struct cofi_err err;
+    for (int i = 0; i < 2; i++) {
+        PGresult *r = db_write_prepared(f->c, "t_ins", sql, 1, p, &err);
+        assert_non_null(r);
+        PQclear(r);
+        exec_ok(f->c, "DEALLOCATE ALL");
+    }
+    assert_int_equal(query_long(f->c, "SELECT count(*) FROM t"), 2);
+}
+
+/* Inside a transaction a statement not prepared yet fails (and the transaction with it):
+ * reported, never run. */
+static void test_not_prepared_inside_a_transaction_is_an_error(void **state)
+{
+    struct fixture *f = *state;
+    exec_ok(f->c, "CREATE TABLE t (v int)");
+    exec_ok(f->c, "BEGIN");
+    const char *p[] = {"7"};
+    struct cofi_err err;
+    cofi_err_clear(&err);
+    PGresult *r = db_write_prepared(f->c, "t_ins_tx", "INSERT INTO t VALUES ($1::int)", 1, p, &err);
+    assert_null(r);
+    assert_string_equal(err.sqlstate, "26000");
+    exec_ok(f->c, "ROLLBACK");
+    assert_int_equal(query_long(f->c, "SELECT count(*) FROM t"), 0);
+}
+
+/* The flush on a flusher connection: a generic plan, made while the statistics still say no
+ * call is running, reads the calls through the primary key, not through calls_running_idx
+ * (every call the instance runs). */
+static void test_flush_plan_is_generic_and_by_primary_key(void **state)
+{
+    struct fixture *f = *state;
+    exec_ok(f->c, "INSERT INTO batches (id, name, state, file_count) "
+                  "VALUES (1, 'b', 'running', 20000)");
+    exec_ok(f->c, "INSERT INTO calls (batch_id, seq, file) "
+                  "SELECT 1, g, 'f' || g FROM generate_series(1, 20000) g");
+    exec_ok(f->c, "ANALYZE calls");
+    exec_ok(f->c, "UPDATE calls SET status = 'running', lease_owner = 'i1' WHERE id <= 2000");
+
+    struct cofi_err err;
+    assert_int_equal(work_flush_session(f->c, &err), 0);
+    const char *calls = "[{\"id\": 5, \"stage\": 1, \"status\": \"running\", \"attempts\": 0, "
+                        "\"last_error\": null, \"node\": \"gpu-1\", \"file_name\": \"x\", "
+                        "\"started_ms\": 1700000000000}]";
+    const char *stages = "[{\"call_id\": 5, \"stage\": 0, \"state\": \"done\", \"attempts\": 1, "
+                         "\"last_error\": null, \"started_ms\": 1700000000000, "
+                         "\"finished_ms\": 1700000000010, \"result\": {\"file_name\": \"x\"}}]";
+    for (int i = 0; i < 3; i++) {
+        PGresult *r = work_flush(f->c, "i1", calls, "{5}", stages, &err);
+        if (r == NULL) {
+            fail_msg("flush: %s", err.msg);
+        }
+        assert_int_equal(PQntuples(r), 1);
+        assert_string_equal(PQgetvalue(r, 0, 0), "5");
+        PQclear(r);
+    }
+    assert_int_equal(query_long(f->c, "SELECT count(*) FROM call_stages WHERE call_id = 5"), 1);
+    assert_int_equal(query_long(f->c, "SELECT custom_plans FROM pg_prepared_statements "
+                                      "WHERE name = 'cofi_flush'"),
+                     0);
+    assert_int_equal(query_long(f->c, "SELECT generic_plans FROM pg_prepared_statements "
+                                      "WHERE name = 'cofi_flush'"),
+                     3);
+
+    PGresult *plan =
+        db_exec(f->c, "EXPLAIN EXECUTE cofi_flush('i1', '[]', '[]', '{6,7}')", 0, NULL, &err);
+    assert_non_null(plan);
+    bool by_pkey = false;
+    for (int i = 0; i < PQntuples(plan); i++) {
+        const char *line = PQgetvalue(plan, i, 0);
+        assert_null(strstr(line, "calls_running_idx"));
+        assert_null(strstr(line, "Seq Scan on calls"));
+        by_pkey = by_pkey || strstr(line, "calls_pkey") != NULL;
+    }
+    PQclear(plan);
+    assert_true(by_pkey);
+}
+
+int main(void)
+{
+    if (getenv("COFI_TEST_PGHOST") == NULL || getenv("COFI_TEST_PGPORT") == NULL) {
+        fprintf(stderr, "test_db_prepared: set COFI_TEST_PGHOST and COFI_TEST_PGPORT to a "
+                        "running PostgreSQL (scripts/pg.sh env)\n");
+        return 1;
+    }
+    srand((unsigned int)getpid());
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_a_failed_write_runs_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_missing_statement_is_prepared_again, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_not_prepared_inside_a_transaction_is_an_error, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_flush_plan_is_generic_and_by_primary_key, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
