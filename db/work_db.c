@@ -87,8 +87,9 @@ int work_unregister(PGconn *c, const char *instance, struct cofi_err *err)
 
 PGresult *work_active_batches(PGconn *c, struct cofi_err *err)
 {
-    return db_exec(
-        c,
+    /* Prepared, as is work_finish_batches: the dispatcher runs both after every flush. */
+    return db_exec_prepared(
+        c, "cofi_active_batches",
         "SELECT b.id, b.mode, b.state, p.cur, coalesce(p.med, 0), coalesce(p.llm, 0) "
         "FROM batches b LEFT JOIN LATERAL ("
         "  SELECT min(p.stage) FILTER (WHERE p.status IN ('pending', 'running')) AS cur, "
@@ -104,19 +105,20 @@ PGresult *work_active_batches(PGconn *c, struct cofi_err *err)
 PGresult *work_finish_batches(PGconn *c, const char *ids, struct cofi_err *err)
 {
     const char *p[] = {ids};
-    return db_exec(c,
-                   "UPDATE batches b SET finished_at = now(), state = CASE "
-                   "  WHEN b.state = 'cancelled' THEN 'cancelled' "
-                   "  WHEN EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
-                   "               AND p.status IN ('failed', 'cancelled') AND p.n > 0) "
-                   "    THEN 'completed_with_errors' "
-                   "  ELSE 'completed' END "
-                   "WHERE b.id = ANY($1::bigint[]) AND b.finished_at IS NULL "
-                   "  AND b.state IN ('running', 'cancelled') "
-                   "  AND NOT EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
-                   "                  AND p.status IN ('pending', 'running') AND p.n > 0) "
-                   "RETURNING b.id, b.state",
-                   1, p, err);
+    return db_write_prepared(
+        c, "cofi_finish_batches",
+        "UPDATE batches b SET finished_at = now(), state = CASE "
+        "  WHEN b.state = 'cancelled' THEN 'cancelled' "
+        "  WHEN EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
+        "               AND p.status IN ('failed', 'cancelled') AND p.n > 0) "
+        "    THEN 'completed_with_errors' "
+        "  ELSE 'completed' END "
+        "WHERE b.id = ANY($1::bigint[]) AND b.finished_at IS NULL "
+        "  AND b.state IN ('running', 'cancelled') "
+        "  AND NOT EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
+        "                  AND p.status IN ('pending', 'running') AND p.n > 0) "
+        "RETURNING b.id, b.state",
+        1, p, err);
 }
 
 PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limit,
