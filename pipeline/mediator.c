@@ -520,9 +520,9 @@ static void account_slots(struct mediator_lane *m)
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     (void)easy;
-    (void)socketp;
     struct mediator_lane *m = userp;
     if (what == CURL_POLL_REMOVE) {
+        /* curl forgets socketp with it: the next call for fd (a reused connection) adds. */
         epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, NULL);
         return 0;
     }
@@ -530,10 +530,21 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     memset(&ev, 0, sizeof ev);
     ev.data.fd = fd;
     ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
-    if (epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT &&
-        epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    /* socketp (set below) says whether fd is in the epoll set: one system call per change, not
+     * a failing MOD before every ADD. The fallbacks keep it right if the two ever disagree. */
+    int op = socketp != NULL ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    int rc = epoll_ctl(m->epfd, op, fd, &ev);
+    if (rc != 0 && op == EPOLL_CTL_MOD && errno == ENOENT) {
+        rc = epoll_ctl(m->epfd, EPOLL_CTL_ADD, fd, &ev);
+    } else if (rc != 0 && op == EPOLL_CTL_ADD && errno == EEXIST) {
+        rc = epoll_ctl(m->epfd, EPOLL_CTL_MOD, fd, &ev);
+    }
+    if (rc != 0) {
         log_error("mediator: epoll_ctl: %s", strerror(errno));
         return -1;
+    }
+    if (socketp == NULL) {
+        curl_multi_assign(m->multi, fd, m);
     }
     return 0;
 }
