@@ -142,6 +142,32 @@ static void test_a_missing_statement_is_prepared_again(void **state)
     assert_int_equal(query_long(f->c, "SELECT count(*) FROM t"), 2);
 }
 
+/* A schema change that alters the statement's result columns (a newer instance's migration)
+ * makes the server refuse the cached plan (0A000); the statement is prepared again and runs
+ * once. */
+static void test_a_changed_result_type_is_prepared_again(void **state)
+{
+    struct fixture *f = *state;
+    exec_ok(f->c, "CREATE TABLE t (a int)");
+    exec_ok(f->c, "INSERT INTO t VALUES (1)");
+    const char *sql = "UPDATE t SET a = a + 1 RETURNING *";
+    struct cofi_err err;
+    PGresult *r = db_write_prepared(f->c, "t_upd", sql, 0, NULL, &err);
+    assert_non_null(r);
+    assert_int_equal(PQnfields(r), 1);
+    PQclear(r);
+    exec_ok(f->c, "ALTER TABLE t ADD COLUMN b int DEFAULT 7");
+    r = db_write_prepared(f->c, "t_upd", sql, 0, NULL, &err);
+    if (r == NULL) {
+        fail_msg("after the schema change: %s", err.msg);
+    }
+    assert_int_equal(PQnfields(r), 2);
+    assert_string_equal(PQgetvalue(r, 0, 0), "3");
+    assert_string_equal(PQgetvalue(r, 0, 1), "7");
+    PQclear(r);
+    assert_int_equal(query_long(f->c, "SELECT a FROM t"), 3);
+}
+
 /* Inside a transaction a statement not prepared yet fails (and the transaction with it):
  * reported, never run. */
 static void test_not_prepared_inside_a_transaction_is_an_error(void **state)
@@ -222,6 +248,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_a_failed_write_runs_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_missing_statement_is_prepared_again, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_changed_result_type_is_prepared_again, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_not_prepared_inside_a_transaction_is_an_error, setup,
                                         teardown),
