@@ -128,7 +128,10 @@ PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limi
     snprintf(lim, sizeof lim, "%d", limit);
     const char *p[] = {instance, spec, lim, blocked_nodes};
     /* The claimed rows are updated through the primary key (= ANY of an array), never by a
-     * join the planner may turn into a scan of every call of every batch. */
+     * join the planner may turn into a scan of every call of every batch. The earlier results
+     * come as json, not jsonb: cofid parses the text either way, and json_object_agg only
+     * copies each result's text where jsonb_object_agg builds and sorts a new document
+     * (300 calls with 5 results each: 7.0 against 8.7-9.9 ms, output included). */
     return db_exec(
         c,
         "WITH b AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS b(id bigint, lo int, hi int)), "
@@ -144,7 +147,7 @@ PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limi
         "  stage_started_at = coalesce(c.stage_started_at, now()) "
         "WHERE c.id = ANY (ARRAY(SELECT id FROM cand)) "
         "RETURNING c.id, c.batch_id, c.stage, c.file, c.node, c.file_name, c.attempts, "
-        "  (SELECT jsonb_object_agg((ARRAY['distribute','denoise','ivr','lid','stt','llm1',"
+        "  (SELECT json_object_agg((ARRAY['distribute','denoise','ivr','lid','stt','llm1',"
         "'llm2'])[s.stage + 1], s.result) FROM call_stages s "
         "   WHERE s.call_id = c.id AND s.state = 'done' AND s.stage < c.stage)",
         4, p, err);
