@@ -131,7 +131,9 @@ PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limi
      * join the planner may turn into a scan of every call of every batch. The earlier results
      * come as json, not jsonb: cofid parses the text either way, and json_object_agg only
      * copies each result's text where jsonb_object_agg builds and sorts a new document
-     * (300 calls with 5 results each: 7.0 against 8.7-9.9 ms, output included). */
+     * (300 calls with 5 results each: 7.0 against 8.7-9.9 ms, output included). A call at
+     * an NLP stage (5, 6) needs only lid's, stt's and llm1's results (pipeline/llm.c): the GPU
+     * stages' are left out. */
     return db_exec(
         c,
         "WITH b AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS b(id bigint, lo int, hi int)), "
@@ -149,7 +151,8 @@ PGresult *work_claim(PGconn *c, const char *instance, const char *spec, int limi
         "RETURNING c.id, c.batch_id, c.stage, c.file, c.node, c.file_name, c.attempts, "
         "  (SELECT json_object_agg((ARRAY['distribute','denoise','ivr','lid','stt','llm1',"
         "'llm2'])[s.stage + 1], s.result) FROM call_stages s "
-        "   WHERE s.call_id = c.id AND s.state = 'done' AND s.stage < c.stage)",
+        "   WHERE s.call_id = c.id AND s.state = 'done' AND s.stage < c.stage "
+        "     AND (c.stage < 5 OR s.stage >= 3))",
         4, p, err);
 }
 
