@@ -52,7 +52,8 @@ PGresult *db_exec_prepared(PGconn *conn, const char *name, const char *sql, int 
 /* As db_exec_prepared for any single statement outside a transaction, writes included: it
  * runs at most once. Only "not prepared on this connection" and "cached plan must not change
  * result type" (after a schema change), where nothing ran, are answered by preparing it again
- * and running it then; any other failure is reported as db_exec reports it. (db/prepared.c) */
+ * and running it then (unprepared, if it is still missing: a pooler that does not keep
+ * statements); any other failure is reported as db_exec reports it. (db/prepared.c) */
 PGresult *db_write_prepared(PGconn *conn, const char *name, const char *sql, int nparams,
                             const char *const *params, struct cofi_err *err);
 

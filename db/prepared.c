@@ -82,9 +82,16 @@ PGresult *db_write_prepared(PGconn *conn, const char *name, const char *sql, int
 {
     PGresult *failed = NULL;
     PGresult *r = exec_prepared(conn, name, sql, nparams, params, &failed);
-    if (r == NULL) {
-        db_result_error(conn, failed, err);
-        PQclear(failed);
+    if (r != NULL) {
+        return r;
     }
-    return r;
+    if (missing_statement(failed) && PQtransactionStatus(conn) == PQTRANS_IDLE) {
+        /* Still not there right after preparing it: a pooler between cofid and PostgreSQL
+         * that does not keep a session's statements. Nothing ran: send it unprepared. */
+        PQclear(failed);
+        return db_exec(conn, sql, nparams, params, err);
+    }
+    db_result_error(conn, failed, err);
+    PQclear(failed);
+    return NULL;
 }
