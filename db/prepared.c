@@ -86,8 +86,9 @@ PGresult *db_write_prepared(PGconn *conn, const char *name, const char *sql, int
         return r;
     }
     if (missing_statement(failed) && PQtransactionStatus(conn) == PQTRANS_IDLE) {
-        /* Still not there right after preparing it: a pooler between cofid and PostgreSQL
-         * that does not keep a session's statements. Nothing ran: send it unprepared. */
+        /* Still not there right after preparing it (a pooler that does not keep a session's
+         * statements, which cofid does not support; README). Nothing ran: send it
+         * unprepared rather than fail every time. */
         PQclear(failed);
         return db_exec(conn, sql, nparams, params, err);
     }
