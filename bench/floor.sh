@@ -5,13 +5,33 @@
 # DURATION seconds. Prints requests/s per node, the mean latency, and the efficiency such a
 # perfect client reaches: requests/s / (capacity / latency).
 #
-# Usage: bench/floor.sh [DURATION_S] [LATENCY_MS]      (defaults: 10 s, 10 ms)
+# With --nlp, the same for the NLP API: its 100 slots driven by wrk at 100 connections on
+# /llm1 (default 5 ms, seed-scaled's llm1): the NLP requests/s the simulator and a client
+# with almost no cost of its own reach on these cores, against 100 / latency possible.
+#
+# Usage: bench/floor.sh [--nlp] [DURATION_S] [LATENCY_MS]
+#        (defaults: 10 s; 10 ms for the nodes, 5 ms with --nlp)
 # Needs build/cofi-sim (scripts/build.sh) and wrk (scripts/deps.sh --bench).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NLP_ONLY=0
+if [ "${1:-}" = "--nlp" ]; then
+    NLP_ONLY=1
+    shift
+fi
+case "${1:-}" in -h | --help)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+esac
 DURATION="${1:-10}"
-LATENCY="${2:-10}"
+if [ "$NLP_ONLY" = 1 ]; then
+    LATENCY="${2:-5}"
+else
+    LATENCY="${2:-10}"
+fi
+NLP_CAPACITY=100
 NODES=4
 CAPACITY=8
 SIM="$ROOT/build/cofi-sim"
@@ -50,7 +70,7 @@ EOF
 )"
 NLP=$((BASE + NODES))
 "$SIM" --nodes "$NODES" --base-port "$BASE" --nlp-port "$NLP" --node-capacity "$CAPACITY" \
-    --latency-ms "default=$LATENCY" --log-level warn >"$WORK/sim.log" 2>&1 &
+    --nlp-capacity "$NLP_CAPACITY" --latency-ms "default=$LATENCY" --log-level warn >"$WORK/sim.log" 2>&1 &
 SIM_PID=$!
 for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$((BASE + NODES - 1))/health" >/dev/null 2>&1 && break
@@ -58,6 +78,49 @@ for _ in $(seq 1 100); do
 done
 
 echo "$(date -u +%FT%TZ) $(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg) before"
+if [ "$NLP_ONLY" = 1 ]; then
+    # The NLP API checks the transcript and language against the call: take them from a
+    # node, through the mediator stages in order, as cofid would.
+    printf 'RIFF' >"$WORK/a.wav"
+    curl -sf -F call_id=7 -F "file=@$WORK/a.wav" -H 'Expect:' -H 'Idempotency-Key: 7:distribute' \
+        -H 'X-Request-Id: floor' "http://127.0.0.1:$BASE/upload" >"$WORK/upload.json"
+    python3 - "$BASE" "$WORK/upload.json" >"$WORK/nlp.lua" <<'PY'
+import json, sys, urllib.request
+base, name = sys.argv[1], json.load(open(sys.argv[2]))["file_name"]
+prev = {}
+for stage in ("denoise", "ivr", "lid", "stt"):
+    body = json.dumps({"call_id": "7", "batch_id": 1, "file_name": name, "stage": stage,
+                       "previous": prev}).encode()
+    req = urllib.request.Request("http://127.0.0.1:%s/%s" % (base, stage), data=body, headers={
+        "Content-Type": "application/json", "Idempotency-Key": "7:" + stage,
+        "X-Request-Id": "floor"})
+    prev[stage] = json.load(urllib.request.urlopen(req))
+body = json.dumps({"call_id": "7", "batch_id": 1, "language": prev["lid"]["language"],
+                   "transcript": prev["stt"]["transcript"]}, separators=(",", ":"))
+print('wrk.method = "POST"')
+print("wrk.body = %s" % json.dumps(body))
+print('wrk.headers["Content-Type"] = "application/json"')
+print('wrk.headers["Idempotency-Key"] = "7:llm1"')
+print('wrk.headers["X-Request-Id"] = "floor"')
+PY
+    # Two wrk threads of 50 connections: never more than the API's 100 slots in flight.
+    wrk -t2 -c"$NLP_CAPACITY" -d"${DURATION}s" -s "$WORK/nlp.lua" \
+        "http://127.0.0.1:$NLP/llm1" >"$WORK/wrk-nlp.txt" 2>&1
+    python3 - "$WORK/wrk-nlp.txt" "$NLP_CAPACITY" "$LATENCY" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+cap, lat = int(sys.argv[2]), float(sys.argv[3])
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"Latency\s+([\d.]+)(us|ms|s)", text)
+ms = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+ideal = cap * 1000.0 / lat
+print("nlp: %.1f requests/s of %.1f possible (%d slots / %.3g ms), mean latency %.2f ms, "
+      "%s non-2xx: efficiency ceiling %.3f"
+      % (rps, ideal, cap, lat, ms, bad.group(1) if bad else "0", rps / ideal))
+PY
+    exit 0
+fi
 printf 'RIFF' >"$WORK/a.wav"
 for i in $(seq 0 $((NODES - 1))); do
     port=$((BASE + i))
