@@ -139,6 +139,7 @@ for i in $(seq 0 $((NODES - 1))); do
     wrk -t1 -c"$CAPACITY" -d"${DURATION}s" -s "$WORK/w$i.lua" \
         "http://127.0.0.1:$((BASE + i))/denoise" >"$WORK/wrk$i.txt" 2>&1 &
 done
+# shellcheck disable=SC2046 # one pid a word, on purpose
 wait $(jobs -p | grep -v "^$SIM_PID\$")
 
 python3 - "$WORK" "$NODES" "$CAPACITY" "$LATENCY" <<'EOF'

@@ -2,7 +2,7 @@
 # Everything CI checks, in one command (.ci/run calls only this): installs what is missing,
 # builds with warnings as errors, starts a private PostgreSQL, runs every test with ctest,
 # again under AddressSanitizer + UndefinedBehaviorSanitizer, the concurrency tests under
-# ThreadSanitizer, then cppcheck and clang-format. Ends with a summary whose last line is
+# ThreadSanitizer, then cppcheck, clang-format and shellcheck. Ends with a summary whose last line is
 # "N passed, N failed" (ctest's counts over all passes); exits non-zero if any step failed.
 set -euo pipefail
 
@@ -20,7 +20,7 @@ Steps: scripts/deps.sh; scripts/build.sh --werror; scripts/pg.sh start --fast (d
 --sanitize --werror and ctest on build-asan/ (ASAN_OPTIONS=detect_leaks=1:abort_on_error=1,
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1); scripts/build.sh --tsan --werror and the
 tests labelled `concurrency` on build-tsan/ (TSAN_OPTIONS=halt_on_error=1: a race ends cofid,
-so the test fails); cppcheck; clang-format --dry-run.
+so the test fails); cppcheck; clang-format --dry-run; shellcheck of the shell scripts.
 The cluster is stopped at the end, and any cofid/cofi-sim of this repo's build folders
 that the tests left running is killed. Logs: .cofi/test/.
 
@@ -241,8 +241,13 @@ run_clang_format() {
     [ "${#files[@]}" -gt 0 ] || return 0
     (cd "$COFI_ROOT" && clang-format --dry-run --Werror "${files[@]}")
 }
+run_shellcheck() {
+    # -x follows the scripts' "source" of scripts/lib.sh; warnings and errors fail.
+    (cd "$COFI_ROOT" && shellcheck -x -S warning scripts/*.sh bench/*.sh .ci/run)
+}
 step cppcheck run_cppcheck || true
 step clang-format run_clang_format || true
+step shellcheck run_shellcheck || true
 
 # 7. Summary.
 teardown
