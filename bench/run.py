@@ -256,16 +256,22 @@ def machine_busy_cpu():
     return (sum(fields[:8]) - idle) / tick
 
 
-def vm_hwm_mib(pid):
-    """Peak resident set (VmHWM) of a process in MiB, or None."""
+def vm_status_mib(pid, key):
+    """A size from /proc/<pid>/status in MiB (key "VmHWM": the peak resident set, "VmRSS":
+    the resident set now), or None."""
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return None
+
+
+def vm_hwm_mib(pid):
+    """Peak resident set (VmHWM) of a process in MiB, or None."""
+    return vm_status_mib(pid, "VmHWM")
 
 
 class Processes:
@@ -783,6 +789,10 @@ class Runner:
         batch_id = batch["id"]
         say("%s: batch %s with %d calls submitted in %.2f s" % (tag, batch_id, calls, submit_s))
         submit_sql = sql_totals(self.cluster, db)
+        # What the submission itself took (VmHWM so far), apart from what the run holds: the
+        # largest resident set seen at the polls of the run (every 50 ms), and at its end.
+        rss_submit = vm_hwm_mib(cofid.pid)
+        rss_run_max = 0.0
 
         # The run: from just before POST /run to the poll that sees the batch final.
         self.cluster.psql(db, "SELECT pg_stat_statements_reset()")
@@ -817,6 +827,7 @@ class Runner:
             tick = time.monotonic()
             status, doc = api.request("GET", "/batches/%s" % batch_id)
             polls += 1
+            rss_run_max = max(rss_run_max, vm_status_mib(cofid.pid, "VmRSS") or 0.0)
             if status == 200 and doc.get("state") in FINAL_STATES and doc.get("finished_at"):
                 break
             for name, p in (("cofid", cofid), ("cofi-sim", sim), (self.args.poller, poller)):
@@ -865,6 +876,7 @@ class Runner:
                                     "FROM batches WHERE id = %d" % batch_id).strip().split("\t")
         makespan = float(row[0])
         rss = vm_hwm_mib(cofid.pid)
+        rss_end = vm_status_mib(cofid.pid, "VmRSS")
         export_timeline(self.cluster, db, batch_id, os.path.join(OUT, tag + "-timeline.csv"))
         api.close()
         self.procs.stop(cofid)
@@ -894,6 +906,9 @@ class Runner:
             "transitions_per_s": round(len(STAGES) * calls / makespan, 1),
             "cofid_cpu_s": cpu["cofid"],
             "cofid_peak_rss_mib": round(rss, 1) if rss is not None else None,
+            "cofid_rss_after_submit_mib": round(rss_submit, 1) if rss_submit is not None else None,
+            "cofid_rss_run_max_mib": round(rss_run_max, 1),
+            "cofid_rss_end_mib": round(rss_end, 1) if rss_end is not None else None,
             "sql_statements": statements, "sql_per_call": round(statements / calls, 2),
             "nlp_max_in_flight": nlp_stats.get("max_in_flight") if nlp_stats else None,
             "node_max_in_flight": node_max,
@@ -955,7 +970,12 @@ def figures_line(r):
         "efficiency %.3f" % r["efficiency"] if r["efficiency"] is not None else "efficiency -",
         "%.0f transitions/s" % r["transitions_per_s"],
         "cofid CPU %.2f s" % r["cofid_cpu_s"],
-        "peak RSS %.1f MiB" % r["cofid_peak_rss_mib"],
+        "peak RSS %.1f MiB%s" % (r["cofid_peak_rss_mib"], (
+            " (%.1f after POST /batches; during the run at most %.1f, %.1f at the end)" % (
+                r["cofid_rss_after_submit_mib"], r["cofid_rss_run_max_mib"],
+                r["cofid_rss_end_mib"])
+            if r.get("cofid_rss_run_max_mib") and r.get("cofid_rss_after_submit_mib") is not None
+            and r.get("cofid_rss_end_mib") is not None else "")),
         "%.2f SQL statements/call" % r["sql_per_call"],
         "NLP max in flight %s" % r["nlp_max_in_flight"],
     ]
