@@ -1300,6 +1300,13 @@ void engine_stop(struct engine *e, int grace_ms)
         log_warn("engine: could not release claims (%s); they expire with the lease", err.msg);
     }
     PQfinish(c);
+}
+
+void engine_free(struct engine *e)
+{
+    if (e == NULL) {
+        return;
+    }
     mediator_lane_free(e->med);
     llm_lane_free(e->llm);
     metrics_free(e->metrics);

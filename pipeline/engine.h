@@ -30,7 +30,7 @@ struct stage_live {
 
 /* Starts the engine's threads for this instance (id used as lease owner). cfg must outlive
  * the engine. Returns 0 or a negative cofi_status; *out is owned by the caller, who ends
- * it with engine_stop. */
+ * it with engine_stop, then engine_free. */
 int engine_start(struct engine **out, const struct cofi_config *cfg, const char *instance_id,
                  struct cofi_err *err);
 
@@ -47,8 +47,13 @@ void engine_stage_live(struct engine *e, int stage, struct stage_live *out);
 size_t engine_nodes(struct engine *e, struct node_live *out, size_t max);
 
 /* Stops dispatching, waits up to grace_ms for in-flight requests to finish and be recorded,
- * releases this instance's claims (so another instance can take them at once), stops the
- * threads and frees the engine. Accepts NULL. */
+ * releases this instance's claims (so another instance can take them at once) and stops the
+ * threads. The engine stays readable (engine_stage_live, engine_nodes, engine_wake) until
+ * engine_free, so the API can answer while it drains. Accepts NULL. */
 void engine_stop(struct engine *e, int grace_ms);
+
+/* Frees a stopped engine. Nothing may use it any more: stop the API's threads first (the
+ * status handlers and the background re-rendering read it). Accepts NULL. */
+void engine_free(struct engine *e);
 
 #endif

@@ -225,9 +225,12 @@ int main(int argc, char **argv)
     exit_code = 0;
 
 out:
-    /* The engine drains first while the API still answers status requests. */
+    /* The engine drains first while the API still answers status requests; it is freed only
+     * once the API's threads (workers and the background re-rendering) have stopped, since
+     * the status handlers read it. */
     engine_stop(engine, cfg.shutdown_grace_ms);
     http_stop(http);
+    engine_free(engine);
     db_pool_close(pool);
     curl_global_cleanup();
     config_free(&cfg);

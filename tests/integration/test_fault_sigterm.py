@@ -3,10 +3,13 @@ lets requests in flight finish (up to shutdown_grace_ms), records them, releases
 exits 0"). stt takes 800 ms and the grace is 5 s: cofid exits 0 well within the grace, every
 stt request that was in flight at SIGTERM was answered and is recorded (nothing the workers
 answered is missing from the database), no call is left claimed by the stopped instance and
-its row is gone; a new cofid finishes the batch without asking any stage twice."""
+its row is gone; a new cofid finishes the batch without asking any stage twice. And the
+status API answers while the engine drains, with the engine freed only after the API stops."""
 
+import http.client
 import signal
 import subprocess
+import threading
 import time
 import unittest
 
@@ -116,6 +119,56 @@ class SigtermTest(CofiCase):
         for s in stats:
             self.assertEqual(s["repeated_keys_any"], 0, "port %s saw a key twice" % s["port"])
         self.assertEqual([s["name"] for s in final["stages"]], STAGES)
+
+
+    def test_status_answered_while_draining(self):
+        """Dashboards keep polling through a SIGTERM: the status answers go on while the engine
+        drains (the slow stt requests), and cofid frees the engine only once the API's threads
+        have stopped — the status handlers and the background re-rendering read it. Under
+        AddressSanitizer a read of the freed engine ends cofid with a report, not 0 (4 runs of
+        4 with the old order, the engine freed before the API stopped)."""
+        first = self.start_cofid(sim=self.sim, owner=self, llm_concurrency=10,
+                                 extra={"lease_ms": 3000, "shutdown_grace_ms": GRACE_MS,
+                                        "status_cache_ms": 0})
+        b = self.create_batch(self.files, name="sigterm-polled")
+        bid = b["id"]
+        self.run_batch(bid)
+        cofitest.poll(lambda: self.stage_counts(self.get_batch(bid))["stt"]["running"] > 0, 30,
+                      interval=0.02, what="stt requests in flight")
+
+        answers = []  # (monotonic time, path, status) of every answer received
+        stop = threading.Event()
+
+        def poller(path):
+            while not stop.is_set():
+                try:
+                    r = cofitest.raw_http(first.port, "GET", path, timeout=5.0)
+                    answers.append((time.monotonic(), path, r.status))
+                except (OSError, http.client.HTTPException):
+                    time.sleep(0.005)  # refused once the API has closed: cofid is exiting
+        # Two pollers a path, the cache off: every answer runs a handler that reads the engine.
+        paths = ("/stages/stt/status", "/stages/llm1/status", "/batches/%d" % bid) * 2
+        threads = [threading.Thread(target=poller, args=(p,), daemon=True) for p in paths]
+        for t in threads:
+            t.start()
+        cofitest.poll(lambda: len(answers) >= 30, 10, what="30 status answers before SIGTERM")
+
+        t0 = time.monotonic()
+        first.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = first.proc.wait(timeout=GRACE_MS / 1000.0 + EXIT_MARGIN_S)
+        except subprocess.TimeoutExpired:
+            self.fail("cofid did not exit within %.1f s of SIGTERM:\n%s"
+                      % (GRACE_MS / 1000.0 + EXIT_MARGIN_S, first.log_tail()))
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        self.assertEqual(rc, 0, "exit status after SIGTERM while polled:\n%s" % first.log_tail())
+        first.stop()
+        during = [a for a in answers if a[0] > t0]
+        cofitest.log("%d status answers, %d of them after SIGTERM" % (len(answers), len(during)))
+        self.assertEqual([a for a in answers if a[2] != 200], [], "non-200 status answers")
+        self.assertTrue(during, "no status answer while the engine drained")
 
 
 if __name__ == "__main__":
