@@ -15,6 +15,7 @@
 #include "pipeline/engine_internal.h"
 #include "pipeline/metrics.h"
 #include "pipeline/stages.h"
+#include "pipeline/worker_http.h"
 
 /* A batch the engine works on, as last read from the database. */
 struct batch_info {
@@ -124,7 +125,56 @@ void job_free(struct job *j)
     free(j->file_name);
     free(j->last_error);
     json_decref(j->prev);
+    buf_free(&j->prev_text);
     free(j);
+}
+
+/* Every stage's result at its largest, and room for the names. */
+#define PREV_TEXT_LIMIT ((size_t)STAGE_COUNT * (WORKER_REPLY_LIMIT + 64))
+
+/* Empties j's prev_text (and marks it usable). */
+static void job_prev_text_reset(struct job *j)
+{
+    buf_free(&j->prev_text);
+    buf_init(&j->prev_text, PREV_TEXT_LIMIT);
+    j->prev_text_ok = true;
+}
+
+/* Appends `"name":result_json` to j's prev_text; on failure marks it unusable. */
+static void job_prev_text_add(struct job *j, const char *name, const char *result_json, size_t len)
+{
+    if (!j->prev_text_ok) {
+        return;
+    }
+    int rc = j->prev_text.len > 0 ? buf_append(&j->prev_text, ",", 1) : 0;
+    rc = rc == 0 ? buf_json_string(&j->prev_text, name) : rc;
+    rc = rc == 0 ? buf_append(&j->prev_text, ":", 1) : rc;
+    rc = rc == 0 ? buf_append(&j->prev_text, result_json, len) : rc;
+    if (rc != 0) {
+        buf_free(&j->prev_text);
+        j->prev_text_ok = false;
+    }
+}
+
+/* Sets j's prev_text from the text of a JSON object of results (as the claim returns it):
+ * what lies between its outer braces. */
+static void job_prev_text_from_object(struct job *j, const char *obj)
+{
+    job_prev_text_reset(j);
+    const char *a = strchr(obj, '{');
+    const char *b = strrchr(obj, '}');
+    if (a == NULL || b == NULL || b <= a) {
+        j->prev_text_ok = false;
+        return;
+    }
+    a++;
+    while (a < b && (*a == ' ' || *a == '\n' || *a == '\t' || *a == '\r')) {
+        a++;
+    }
+    if (a < b && buf_append(&j->prev_text, a, (size_t)(b - a)) != 0) {
+        buf_free(&j->prev_text);
+        j->prev_text_ok = false;
+    }
 }
 
 static void set_str(char **dst, const char *src)
@@ -290,6 +340,7 @@ void engine__redistribute(struct engine *e, struct job *j)
     j->attempts = 0;
     json_decref(j->prev);
     j->prev = json_object();
+    job_prev_text_reset(j);
     j->stage_started_wall = clock_wall_ms();
     struct record r = record_of(j, CALL_RUNNING);
     push_record(e, &r);
@@ -373,6 +424,11 @@ void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
     r.row_started_ms = j->stage_started_wall;
     r.row_finished_ms = now;
     r.row_result = text;
+    if (text != NULL) {
+        job_prev_text_add(j, stage_name(done_stage), text, strlen(text));
+    } else {
+        j->prev_text_ok = false;
+    }
     json_object_set_new(j->prev, stage_name(done_stage), o->result);
     o->result = NULL;
 
@@ -908,6 +964,9 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *cl
         j->prev = PQgetisnull(r, i, 7) ? NULL : json_loads(PQgetvalue(r, i, 7), 0, NULL);
         if (j->prev == NULL) {
             j->prev = json_object();
+            job_prev_text_reset(j);
+        } else {
+            job_prev_text_from_object(j, PQgetvalue(r, i, 7));
         }
         j->stage_started_wall = now;
         in_hand_add(e, j->stage, 1);

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/buf.h"
 #include "pipeline/engine.h"
 #include "pipeline/retry.h"
 
@@ -26,6 +27,12 @@ struct job {
     char *last_error;           /* owned, or NULL */
     int64_t stage_started_wall; /* wall ms when the current stage started */
     int64_t due_mono;           /* for the delayed list: when to try again */
+    /* The results of prev as the members of a mediator request's "previous" object, ready to
+     * send: `"distribute":{...},"denoise":{...}` (no braces; empty before any), so a request
+     * is not serialised anew from the tree every time. prev_text_ok is false when it could
+     * not be kept (memory): the request is then built from prev. */
+    struct buf prev_text;
+    bool prev_text_ok;
 };
 
 /* A FIFO of jobs. Not thread-safe by itself. */

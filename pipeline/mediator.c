@@ -231,6 +231,36 @@ static void node_health(struct mediator_lane *m, size_t i, bool ok, const char *
     }
 }
 
+/* The JSON body of a request at a GPU stage after distribute (CONTRACTS §3), or NULL when
+ * memory runs out. "previous" is copied from the job's kept text, not serialised anew. */
+static char *request_body(const struct job *j)
+{
+    if (!j->prev_text_ok) {
+        json_t *body = json_pack("{s:s, s:I, s:s, s:s, s:O}", "call_id", j->call_id_str, "batch_id",
+                                 (json_int_t)j->batch_id, "file_name",
+                                 j->file_name != NULL ? j->file_name : "", "stage",
+                                 stage_name(j->stage), "previous", j->prev);
+        char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        return text;
+    }
+    struct buf b;
+    buf_init(&b, j->prev_text.len + 1024 + 6 * (j->file_name != NULL ? strlen(j->file_name) : 0));
+    int rc = buf_printf(&b, "{\"call_id\":\"%s\",\"batch_id\":%lld,\"file_name\":", j->call_id_str,
+                        (long long)j->batch_id);
+    rc = rc == 0 ? buf_json_string(&b, j->file_name != NULL ? j->file_name : "") : rc;
+    rc = rc == 0 ? buf_printf(&b, ",\"stage\":\"%s\",\"previous\":{", stage_name(j->stage)) : rc;
+    if (rc == 0 && j->prev_text.len > 0) {
+        rc = buf_append(&b, j->prev_text.data, j->prev_text.len);
+    }
+    rc = rc == 0 ? buf_append(&b, "}}", 2) : rc;
+    if (rc != 0) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_steal(&b);
+}
+
 /* Starts a request for j on its node; on a local failure reports the outcome at once. */
 static void start_job(struct mediator_lane *m, struct job *j)
 {
@@ -284,12 +314,7 @@ static void start_job(struct mediator_lane *m, struct job *j)
         curl_mime_data(part, j->call_id_str, CURL_ZERO_TERMINATED);
         curl_easy_setopt(x->easy, CURLOPT_MIMEPOST, x->mime);
     } else {
-        json_t *body = json_pack("{s:s, s:I, s:s, s:s, s:O}", "call_id", j->call_id_str, "batch_id",
-                                 (json_int_t)j->batch_id, "file_name",
-                                 j->file_name != NULL ? j->file_name : "", "stage",
-                                 stage_name(j->stage), "previous", j->prev);
-        char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
-        json_decref(body);
+        char *text = request_body(j);
         snprintf(url, sizeof url, "%s/%s", nd->url, stage_name(j->stage));
         if (text == NULL || exchange_prepare(x->easy, &x->x, url, j, rid, text, NULL,
                                              cfg->mediator.timeout_ms) != 0) {
