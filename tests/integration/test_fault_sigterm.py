@@ -32,9 +32,21 @@ class SigtermTest(CofiCase):
         cls.start_sim(nodes=NODES, node_capacity=CAPACITY, nlp_capacity=50, latency=LATENCY,
                       jitter_pct=25, seed=31)
 
-    def new_cofid(self):
-        return self.start_cofid(sim=self.sim, owner=self, llm_concurrency=10,
-                                extra={"lease_ms": 3000, "shutdown_grace_ms": GRACE_MS})
+    def new_cofid(self, **extra):
+        cfg = {"lease_ms": 3000, "shutdown_grace_ms": GRACE_MS}
+        cfg.update(extra)
+        return self.start_cofid(sim=self.sim, owner=self, llm_concurrency=10, extra=cfg)
+
+    def sigterm(self, c):
+        """Sends c SIGTERM and waits for it to exit, failing the test past the grace and a
+        margin. Returns (exit status, monotonic time of the signal)."""
+        t0 = time.monotonic()
+        c.proc.send_signal(signal.SIGTERM)
+        try:
+            return c.proc.wait(timeout=GRACE_MS / 1000.0 + EXIT_MARGIN_S), t0
+        except subprocess.TimeoutExpired:
+            self.fail("cofid did not exit within %.1f s of SIGTERM (grace %d ms):\n%s"
+                      % (GRACE_MS / 1000.0 + EXIT_MARGIN_S, GRACE_MS, c.log_tail()))
 
     def recorded_per_stage(self, bid):
         rows = dict(self.db("SELECT cs.stage, count(*) FROM call_stages cs JOIN calls c "
@@ -65,13 +77,7 @@ class SigtermTest(CofiCase):
         stt, stt_in_flight, at_term = cofitest.poll(mid, 30, interval=0.02,
                                                     what="stt requests in flight mid-batch")
 
-        t0 = time.monotonic()
-        first.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = first.proc.wait(timeout=GRACE_MS / 1000.0 + EXIT_MARGIN_S)
-        except subprocess.TimeoutExpired:
-            self.fail("cofid did not exit within %.1f s of SIGTERM (grace %d ms):\n%s"
-                      % (GRACE_MS / 1000.0 + EXIT_MARGIN_S, GRACE_MS, first.log_tail()))
+        rc, t0 = self.sigterm(first)
         took = time.monotonic() - t0
         after = sim.stats_all()
         cofitest.log("SIGTERM at stt %s with %d stt requests in flight: exit %s after %.2f s"
@@ -127,9 +133,7 @@ class SigtermTest(CofiCase):
         have stopped — the status handlers and the background re-rendering read it. Under
         AddressSanitizer a read of the freed engine ends cofid with a report, not 0 (4 runs of
         4 with the old order, the engine freed before the API stopped)."""
-        first = self.start_cofid(sim=self.sim, owner=self, llm_concurrency=10,
-                                 extra={"lease_ms": 3000, "shutdown_grace_ms": GRACE_MS,
-                                        "status_cache_ms": 0})
+        first = self.new_cofid(status_cache_ms=0)
         b = self.create_batch(self.files, name="sigterm-polled")
         bid = b["id"]
         self.run_batch(bid)
@@ -153,13 +157,7 @@ class SigtermTest(CofiCase):
             t.start()
         cofitest.poll(lambda: len(answers) >= 30, 10, what="30 status answers before SIGTERM")
 
-        t0 = time.monotonic()
-        first.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = first.proc.wait(timeout=GRACE_MS / 1000.0 + EXIT_MARGIN_S)
-        except subprocess.TimeoutExpired:
-            self.fail("cofid did not exit within %.1f s of SIGTERM:\n%s"
-                      % (GRACE_MS / 1000.0 + EXIT_MARGIN_S, first.log_tail()))
+        rc, t0 = self.sigterm(first)
         stop.set()
         for t in threads:
             t.join(timeout=10)
