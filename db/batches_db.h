@@ -9,7 +9,7 @@
 
 #include "common/buf.h"
 #include "common/error.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 
 /* The functions taking a PGconn use it for their statements only and leave it outside any
  * transaction (they roll back what they began on error). A connection serves one thread at

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "db/db.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 
 #define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 

@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #include "common/error.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 
 /* What the database knows about one pipeline stage. */
 struct stage_figures {

@@ -2,7 +2,7 @@
 #include "handlers/handlers.h"
 
 #include "db/calls_db.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 
 int handle_calls_list(const struct cofi_app *app, const struct http_req *req,
                       struct http_reply *rep, struct cofi_err *err)

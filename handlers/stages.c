@@ -4,7 +4,7 @@
 #include <stdlib.h>
 
 #include "db/stages_db.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 
 #define NODES_ON_STACK 32
 

@@ -14,7 +14,7 @@
 #include "db/work_db.h"
 #include "pipeline/engine_internal.h"
 #include "pipeline/metrics.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 #include "pipeline/worker_http.h"
 
 /* A batch the engine works on, as last read from the database. */

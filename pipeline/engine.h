@@ -6,7 +6,7 @@
 #include <stddef.h>
 
 #include "common/error.h"
-#include "server/config.h"
+#include "common/config.h"
 
 struct engine;
 

@@ -8,7 +8,7 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "pipeline/engine_internal.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 #include "pipeline/worker_http.h"
 
 /* The threads do little but wait on sockets: a small stack keeps 100 of them cheap. */

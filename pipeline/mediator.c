@@ -12,7 +12,7 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "pipeline/engine_internal.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 #include "pipeline/worker_http.h"
 
 /* Consecutive failed checks (or connection failures) that make a node unhealthy. */

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "common/clock.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 
 #define RING      4096
 #define WINDOW_MS 10000

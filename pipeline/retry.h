@@ -5,7 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "server/config.h"
+#include "common/config.h"
 
 enum outcome_kind {
     OUTCOME_OK = 0,        /* 2xx with a JSON object */

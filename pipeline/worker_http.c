@@ -5,7 +5,7 @@
 #include <strings.h>
 
 #include "common/clock.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 
 static size_t on_body(char *p, size_t size, size_t n, void *arg)
 {

@@ -4,7 +4,7 @@
 
 #include "db/db.h"
 #include "pipeline/engine.h"
-#include "server/config.h"
+#include "common/config.h"
 
 struct cofi_app {
     const struct cofi_config *cfg; /* immutable after start-up */

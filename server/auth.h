@@ -6,7 +6,7 @@
 #include <stddef.h>
 
 #include "common/error.h"
-#include "server/config.h"
+#include "common/config.h"
 
 /* Decides whether a request may go on. `authorization` is the request's Authorization
  * header or NULL. With cfg->token_count == 0 (auth off) or public_route, returns 0.

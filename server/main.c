@@ -19,7 +19,7 @@
 #include "db/migrate.h"
 #include "pipeline/engine.h"
 #include "server/app.h"
-#include "server/config.h"
+#include "common/config.h"
 #include "server/http.h"
 
 static void usage(FILE *out)

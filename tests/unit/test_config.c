@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "server/config.h"
+#include "common/config.h"
 
 static const char *const base = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"g1\", "
                                 "\"url\": \"http://127.0.0.1:1/\", \"capacity\": 3}],"

@@ -8,7 +8,7 @@
 #include <cmocka.h>
 
 #include "pipeline/retry.h"
-#include "pipeline/stages.h"
+#include "common/stages.h"
 
 static void test_counts_add_up_for_every_position(void **state)
 {

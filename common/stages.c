@@ -1,5 +1,5 @@
 /* The stage table and the state model that turns (stage, status) counts into API counts. */
-#include "pipeline/stages.h"
+#include "common/stages.h"
 
 #include <string.h>
 

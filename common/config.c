@@ -1,5 +1,5 @@
 /* Loads and validates the configuration file and its environment overrides (CONTRACTS §6). */
-#include "server/config.h"
+#include "common/config.h"
 
 #include <errno.h>
 #include <jansson.h>
