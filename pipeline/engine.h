@@ -7,20 +7,11 @@
 
 #include "common/error.h"
 #include "common/config.h"
+#include "pipeline/mediator.h" /* struct node_live */
 
 struct engine;
 
-/* Live view of one mediator node, as seen by this instance. Strings are borrowed from the
- * configuration and live as long as it does. */
-struct node_live {
-    const char *id;
-    const char *url;
-    int capacity;
-    bool healthy;
-    int in_flight; /* requests this instance has in flight to the node */
-};
-
-/* Recent figures for one stage, as seen by this instance (a sliding window of about 60 s). */
+/* Recent figures for one stage, as seen by this instance (a sliding window of about 10 s). */
 struct stage_live {
     int concurrency_limit;         /* sum of node capacities, or llm.concurrency */
     int in_flight;                 /* requests this instance has in flight at this stage */

@@ -1,111 +1,128 @@
-/* Shared between the engine and its two lanes (mediator over curl_multi, NLP thread pool). */
+/* The engine's own state, shared by its files (engine, route, dispatcher, flusher, lease) and
+ * by no one else: the lanes see only pipeline/lane.h. */
 #ifndef COFI_ENGINE_INTERNAL_H
 #define COFI_ENGINE_INTERNAL_H
 
-#include <jansson.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "common/buf.h"
+#include "common/config.h"
+#include "common/stages.h"
+#include "db/work_db.h"
 #include "pipeline/engine.h"
-#include "pipeline/retry.h"
+#include "pipeline/job.h"
+#include "pipeline/llm.h"
+#include "pipeline/mediator.h"
+#include "pipeline/record.h"
 
-/* A call this instance holds a claim on, at one stage. Owned by exactly one of: the
- * dispatcher, a lane queue, a transfer in flight, the delayed list. */
-struct job {
-    struct job *next; /* intrusive link for queues */
-    int64_t call_id;
-    int64_t batch_id;
-    char call_id_str[24];
-    int stage;                  /* the stage to run next (0..6) */
-    int attempts;               /* requests made at this stage so far */
-    char *file;                 /* as submitted, relative to input_root (owned) */
-    int node;                   /* index into cfg->nodes, or -1 before distribute */
-    char *file_name;            /* the node's name for the file (owned), or NULL */
-    json_t *prev;               /* results of earlier stages by name (owned reference) */
-    char *last_error;           /* owned, or NULL */
-    int64_t stage_started_wall; /* wall ms when the current stage started */
-    int64_t due_mono;           /* for the delayed list: when to try again */
-    /* The results of prev as the members of a mediator request's "previous" object, ready to
-     * send: `"distribute":{...},"denoise":{...}` (no braces; empty before any), so a request
-     * is not serialised anew from the tree every time. prev_text_ok is false when it could
-     * not be kept (memory): the request is then built from prev. */
-    struct buf prev_text;
-    bool prev_text_ok;
+struct stage_metrics;
+
+/* One resource whose limit the instances share: shares[0] is the NLP API, shares[1 + i]
+ * node i. Lease thread only. */
+struct lease_share {
+    char *resource; /* "nlp" or "node:<id>" (owned) */
+    int total;      /* the resource's limit */
+    int share;      /* this instance's share as published */
 };
 
-/* A FIFO of jobs. Not thread-safe by itself. */
-struct jobq {
-    struct job *head, *tail;
-    size_t len;
+struct engine {
+    const struct cofi_config *cfg;
+    char instance[160];
+    char host[128];
+    int pid;
+    struct stage_metrics *metrics;
+    struct mediator_lane *med;
+    struct llm_lane *llm;
+    atomic_bool stopping;
+    atomic_int med_in_hand; /* jobs this instance holds at stages 0..4 */
+    atomic_int llm_in_hand; /* jobs this instance holds at stages 5..6 */
+    atomic_int inflight[STAGE_COUNT];
+    atomic_uint_fast64_t req_counter;
+
+    /* The lease (lease.c's thread writes, everyone reads). */
+    atomic_int_fast64_t lease_deadline; /* mono ms until which the lease is current; 0: never */
+    atomic_uint_fast64_t epoch;         /* bumped when the lease was lost: older jobs are not
+                                           this instance's any more */
+    atomic_bool registered;
+    pthread_mutex_t lease_mu;
+    pthread_cond_t lease_cv;
+    bool stop_lease; /* under lease_mu */
+    struct lease_share *shares;
+    size_t nshares;
+    pthread_t lease_thread;
+
+    /* Dispatcher state. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop_dispatcher;
+    bool wake_refresh;       /* refresh the batch list at once */
+    bool wake_claim;         /* capacity or work may be there */
+    bool flushed;            /* records were written since the last refresh */
+    bool dispatcher_waiting; /* the dispatcher sleeps on cv: a wake-up is worth a signal */
+    struct work_batch *batches;
+    size_t nbatches;
+    struct jobq delayed; /* retries waiting for their time, unordered */
+    pthread_t dispatcher;
+
+    /* Records waiting for the flusher. */
+    struct record_queue rq;
+    pthread_t flusher;
 };
 
-void jobq_push(struct jobq *q, struct job *j);
-struct job *jobq_pop(struct jobq *q);
+/* Wakes the dispatcher (refresh: re-read the batches too). Any thread, no lock held. */
+static inline void engine_wake_dispatcher(struct engine *e, bool refresh)
+{
+    pthread_mutex_lock(&e->mu);
+    e->wake_claim = true;
+    if (refresh) {
+        e->wake_refresh = true;
+    }
+    /* A running dispatcher sees the flags on its next turn: signal only a sleeping one. */
+    if (e->dispatcher_waiting) {
+        pthread_cond_signal(&e->cv);
+    }
+    pthread_mutex_unlock(&e->mu);
+}
 
-/* Frees a job and everything it owns. Accepts NULL. */
-void job_free(struct job *j);
+/* Counts jobs taken into (+1) or leaving (-1) this instance's hands at stage. */
+static inline void engine_in_hand(struct engine *e, int stage, int delta)
+{
+    if (stage_is_llm(stage)) {
+        atomic_fetch_add(&e->llm_in_hand, delta);
+    } else if (stage >= 0 && stage < STAGE_COUNT) {
+        atomic_fetch_add(&e->med_in_hand, delta);
+    }
+}
 
-/* What a lane reports when one request ended. */
-struct job_outcome {
-    enum outcome_kind kind;
-    json_t *result;         /* OUTCOME_OK: the result to store (stolen) */
-    char *result_text;      /* OUTCOME_OK: the result as the worker sent it (owned), or NULL */
-    char error[256];        /* otherwise: what went wrong, for last_error */
-    int64_t retry_after_ms; /* >= 0 when the worker said Retry-After, else -1 */
-    int64_t latency_us;
-};
+/* True while the lease is current (lease.c keeps the deadline). Any thread. */
+bool engine_lease_current(struct engine *e);
 
-struct mediator_lane;
-struct llm_lane;
+/* ---- route.c: jobs to the lanes, and the lanes' reports to what outcome.c decided ---- */
 
-/* Lane API used by the engine. Pushing steals the job. */
-int mediator_lane_start(struct mediator_lane **out, struct engine *e, struct cofi_err *err);
-void mediator_lane_push(struct mediator_lane *m, struct job *j);
-/* Pushes every job of q (left empty) with one lock and one wake-up. */
-void mediator_lane_push_all(struct mediator_lane *m, struct jobq *q);
-/* Stops starting requests, waits for in-flight ones (until deadline_mono, then aborts
- * them), gives queued jobs back via engine__release and joins the lane's threads. A job
- * pushed afterwards is released at once. */
-void mediator_lane_stop(struct mediator_lane *m, int64_t deadline_mono);
-/* Frees a stopped lane. Accepts NULL. */
-void mediator_lane_free(struct mediator_lane *m);
-size_t mediator_lane_nodes(struct mediator_lane *m, struct node_live *out, size_t max);
-int mediator_lane_in_flight(struct mediator_lane *m);
-/* The sum of this instance's shares of the healthy nodes. */
-int mediator_lane_healthy_capacity(struct mediator_lane *m);
-/* Sets this instance's share of node's capacity (never above the capacity). Thread-safe. */
-void mediator_lane_set_limit(struct mediator_lane *m, size_t node, int limit);
-/* This instance's share of a healthy node, or -1 when the node is unhealthy. Thread-safe. */
-int mediator_lane_node_limit(struct mediator_lane *m, size_t node);
-/* This instance's requests in flight to node. Thread-safe. */
-int mediator_lane_node_in_flight(struct mediator_lane *m, size_t node);
+/* The lane_host report function: executes the decision for j (steals j and o's result). */
+void engine_route_report(void *ctx, struct job *j, struct job_outcome *o);
 
-int llm_lane_start(struct llm_lane **out, struct engine *e, struct cofi_err *err);
-void llm_lane_push(struct llm_lane *l, struct job *j);
-/* Pushes every job of q (left empty) with one lock. */
-void llm_lane_push_all(struct llm_lane *l, struct jobq *q);
-void llm_lane_stop(struct llm_lane *l, int64_t deadline_mono);
-void llm_lane_free(struct llm_lane *l);
-int llm_lane_in_flight(struct llm_lane *l);
-/* Sets how many requests this instance may have in flight to the NLP API (its share). */
-void llm_lane_set_limit(struct llm_lane *l, int limit);
+/* Hands every job of q (left empty) to its lane, one lock and wake-up per lane. */
+void engine_submit_all(struct engine *e, struct jobq *q);
 
-/* Engine services for the lanes. */
-const struct cofi_config *engine__cfg(struct engine *e);
-const char *engine__instance(struct engine *e);
-/* Called by a lane when a request for j ended; takes ownership of j and of o->result. */
-void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o);
-/* Gives a job back to the database as pending at its stage (lane shutting down). */
-void engine__release(struct engine *e, struct job *j);
-/* The node of j became unusable before its request started: back to distribute. */
-void engine__redistribute(struct engine *e, struct job *j);
-/* True once the engine is stopping (lanes start nothing new). */
-bool engine__stopping(struct engine *e);
-/* Counts a request starting (+1) or ending (-1) at stage. */
-void engine__inflight(struct engine *e, int stage, int delta);
-/* A unique X-Request-Id into out. */
-void engine__request_id(struct engine *e, char *out, size_t outlen);
+/* Gives j's claim back (a pending record with its token) and frees it. */
+void engine_release_job(struct engine *e, struct job *j);
+
+/* Sends j back to distribute (recorded) and to the mediator lane. */
+void engine_redistribute_job(struct engine *e, struct job *j);
+
+/* ---- the threads ---- */
+
+void *engine_dispatcher_main(void *arg); /* dispatcher.c */
+void *engine_flusher_main(void *arg);    /* flusher.c */
+void *engine_lease_main(void *arg);      /* lease.c */
+
+/* lease.c: builds e->shares from the configuration. Returns 0 or -1 (memory). */
+int engine_lease_init(struct engine *e);
+
+/* lease.c: frees e->shares. */
+void engine_lease_free(struct engine *e);
 
 #endif

@@ -1,21 +1,22 @@
 /* The NLP lane: llm.concurrency threads behind a counting semaphore, one request each. */
 #include <pthread.h>
 #include <semaphore.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/thread.h"
-#include "pipeline/engine_internal.h"
 #include "common/stages.h"
+#include "pipeline/llm.h"
 #include "pipeline/worker_http.h"
 
 /* The threads do little but wait on sockets: a small stack keeps 100 of them cheap. */
 #define LLM_STACK_BYTES (256u * 1024u)
 
 struct llm_lane {
-    struct engine *e;
+    struct lane_host host;
     const struct cofi_config *cfg;
     int n;
     pthread_t *threads;
@@ -27,15 +28,30 @@ struct llm_lane {
     bool closed;
     atomic_bool abort; /* set at the deadline: transfers in progress end at once */
     atomic_int in_flight;
-    pthread_cond_t permit_cv; /* signalled when in_flight drops or limit grows */
+    pthread_cond_t permit_cv; /* signalled when active drops or limit grows */
     int limit;                /* this instance's share of the NLP API (under mu) */
-    int active;               /* requests holding a permit (under mu) */
+    int active;               /* requests holding a permit (under mu): what the share covers */
 };
+
+/* Hands every job of q back with event ev (no lock held). */
+static void report_all(struct llm_lane *l, struct jobq *q, enum lane_event ev)
+{
+    struct job *j = jobq_pop(q);
+    while (j != NULL) {
+        struct job_outcome o;
+        job_outcome_init(&o, ev);
+        l->host.report(l->host.ctx, j, &o);
+        j = jobq_pop(q);
+    }
+}
 
 void llm_lane_set_limit(struct llm_lane *l, int limit)
 {
     pthread_mutex_lock(&l->mu);
     l->limit = limit < l->n ? limit : l->n;
+    if (l->limit < 0) {
+        l->limit = 0;
+    }
     pthread_cond_broadcast(&l->permit_cv);
     pthread_mutex_unlock(&l->mu);
 }
@@ -44,26 +60,29 @@ void llm_lane_push_all(struct llm_lane *l, struct jobq *q)
 {
     size_t n = 0;
     pthread_mutex_lock(&l->mu);
-    bool closed = l->closed;
-    struct job *j;
-    while (!closed && (j = jobq_pop(q)) != NULL) {
-        jobq_push(&l->q, j);
-        n++;
+    if (!l->closed) {
+        struct job *j = jobq_pop(q);
+        while (j != NULL) {
+            jobq_push(&l->q, j);
+            n++;
+            j = jobq_pop(q);
+        }
     }
     pthread_mutex_unlock(&l->mu);
-    while ((j = jobq_pop(q)) != NULL) {
-        engine__release(l->e, j);
-    }
+    report_all(l, q, LANE_GIVEN_BACK);
     for (size_t i = 0; i < n; i++) {
         sem_post(&l->jobs);
     }
 }
 
-void llm_lane_push(struct llm_lane *l, struct job *j)
+void llm_lane_close(struct llm_lane *l)
 {
-    struct jobq q = {0};
-    jobq_push(&q, j);
-    llm_lane_push_all(l, &q);
+    pthread_mutex_lock(&l->mu);
+    l->closed = true;
+    struct jobq rest = l->q;
+    memset(&l->q, 0, sizeof l->q);
+    pthread_mutex_unlock(&l->mu);
+    report_all(l, &rest, LANE_GIVEN_BACK);
 }
 
 static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
@@ -73,7 +92,7 @@ static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
     (void)ut;
     (void)un;
     struct llm_lane *l = arg;
-    return atomic_load(&l->abort) ? 1 : 0;
+    return atomic_load(&l->abort) || !l->host.lease_ok(l->host.ctx) ? 1 : 0;
 }
 
 /* Builds the §4 request body for j, or fills o with a permanent failure and returns NULL. */
@@ -119,17 +138,21 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
 {
     const struct cofi_config *cfg = l->cfg;
     struct job_outcome o;
-    memset(&o, 0, sizeof o);
-    o.retry_after_ms = -1;
+    if (!l->host.valid(l->host.ctx, j)) {
+        job_outcome_init(&o, LANE_NOT_VALID);
+        l->host.report(l->host.ctx, j, &o);
+        return;
+    }
+    job_outcome_init(&o, LANE_ANSWERED);
     j->attempts++;
-    engine__inflight(l->e, j->stage, 1);
+    l->host.inflight(l->host.ctx, j->stage, 1);
     atomic_fetch_add(&l->in_flight, 1);
     char *body = llm_body(j, &o);
     if (body != NULL) {
         char url[1200];
         char rid[200];
         snprintf(url, sizeof url, "%s/%s", cfg->llm_url, stage_name(j->stage));
-        engine__request_id(l->e, rid, sizeof rid);
+        l->host.request_id(l->host.ctx, rid, sizeof rid);
         /* No curl_easy_reset: every request of this thread is the same kind of POST and
          * exchange_prepare sets every option that differs (a reset throws away the
          * handle's settings only for them to be set again). */
@@ -143,12 +166,16 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
             curl_easy_setopt(easy, CURLOPT_XFERINFODATA, l);
             CURLcode rc = curl_easy_perform(easy);
             exchange_outcome(easy, rc, x, &o);
+            if (rc == CURLE_ABORTED_BY_CALLBACK && !atomic_load(&l->abort)) {
+                o.not_counted = true;
+                snprintf(o.error, sizeof o.error, "request cut short: lease not renewed in time");
+            }
         }
         exchange_reset(x);
     }
     atomic_fetch_sub(&l->in_flight, 1);
-    engine__inflight(l->e, j->stage, -1);
-    engine__job_done(l->e, j, &o);
+    l->host.inflight(l->host.ctx, j->stage, -1);
+    l->host.report(l->host.ctx, j, &o);
 }
 
 static void *worker_main(void *arg)
@@ -164,8 +191,16 @@ static void *worker_main(void *arg)
         }
         /* A job is waiting; take a permit of this instance's share before taking it. */
         pthread_mutex_lock(&l->mu);
-        while (l->active >= l->limit && !l->stop) {
-            pthread_cond_wait(&l->permit_cv, &l->mu);
+        bool lease_ok = l->host.lease_ok(l->host.ctx);
+        while ((l->active >= l->limit || !lease_ok) && !l->stop) {
+            if (lease_ok) {
+                pthread_cond_wait(&l->permit_cv, &l->mu);
+            } else {
+                /* Fenced: look again shortly (the lease thread does not signal). */
+                struct timespec dl = clock_deadline_ms(100);
+                pthread_cond_timedwait(&l->permit_cv, &l->mu, &dl);
+            }
+            lease_ok = l->host.lease_ok(l->host.ctx);
         }
         struct job *j = jobq_pop(&l->q);
         bool stop = l->stop;
@@ -183,9 +218,12 @@ static void *worker_main(void *arg)
             easy = curl_easy_init();
         }
         if (easy == NULL) {
-            struct job_outcome o = {.kind = OUTCOME_RETRY, .retry_after_ms = -1};
+            struct job_outcome o;
+            job_outcome_init(&o, LANE_ANSWERED);
+            o.kind = OUTCOME_RETRY;
+            o.not_counted = true;
             snprintf(o.error, sizeof o.error, "out of memory");
-            engine__job_done(l->e, j, &o);
+            l->host.report(l->host.ctx, j, &o);
             pthread_mutex_lock(&l->mu);
             l->active--;
             pthread_cond_signal(&l->permit_cv);
@@ -204,19 +242,19 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int llm_lane_start(struct llm_lane **out, struct engine *e, struct cofi_err *err)
+int llm_lane_start(struct llm_lane **out, const struct lane_host *host, struct cofi_err *err)
 {
-    const struct cofi_config *cfg = engine__cfg(e);
+    const struct cofi_config *cfg = host->cfg;
     struct llm_lane *l = calloc(1, sizeof *l);
     if (l == NULL) {
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
-    l->e = e;
+    l->host = *host;
     l->cfg = cfg;
     l->n = cfg->llm_concurrency;
     l->threads = calloc((size_t)l->n, sizeof *l->threads);
     pthread_mutex_init(&l->mu, NULL);
-    pthread_cond_init(&l->permit_cv, NULL);
+    clock_cond_init(&l->permit_cv);
     sem_init(&l->jobs, 0, 0);
     if (l->threads == NULL) {
         llm_lane_free(l);
@@ -245,18 +283,11 @@ void llm_lane_stop(struct llm_lane *l, int64_t deadline_mono)
     if (l == NULL || l->started == 0) {
         return;
     }
-    struct jobq rest;
+    llm_lane_close(l);
     pthread_mutex_lock(&l->mu);
     l->stop = true;
-    l->closed = true;
     pthread_cond_broadcast(&l->permit_cv);
-    rest = l->q;
-    memset(&l->q, 0, sizeof l->q);
     pthread_mutex_unlock(&l->mu);
-    struct job *j;
-    while ((j = jobq_pop(&rest)) != NULL) {
-        engine__release(l->e, j);
-    }
     while (atomic_load(&l->in_flight) > 0 && clock_mono_ms() < deadline_mono) {
         clock_sleep_ms(10);
     }
@@ -292,5 +323,10 @@ void llm_lane_free(struct llm_lane *l)
 
 int llm_lane_in_flight(struct llm_lane *l)
 {
-    return atomic_load(&l->in_flight);
+    /* The permits, not the transfers: a thread counts against the share from the moment it
+     * takes its permit, before its request is sent. */
+    pthread_mutex_lock(&l->mu);
+    int n = l->active;
+    pthread_mutex_unlock(&l->mu);
+    return n;
 }

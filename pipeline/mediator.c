@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -11,8 +12,8 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/thread.h"
-#include "pipeline/engine_internal.h"
 #include "common/stages.h"
+#include "pipeline/mediator.h"
 #include "pipeline/worker_http.h"
 
 /* Consecutive failed checks (or connection failures) that make a node unhealthy. */
@@ -48,12 +49,13 @@ struct xfer {
 };
 
 struct mediator_lane {
-    struct engine *e;
+    struct lane_host host;
     const struct cofi_config *cfg;
     CURLM *multi;
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t mu; /* guards dist, node queues and in_flight, stop, closed */
+    bool fenced;        /* lane thread only: the lease is not current (host->lease_ok) */
     struct jobq dist;   /* jobs waiting to be uploaded to any node */
     struct med_node *nodes;
     size_t n;
@@ -172,14 +174,26 @@ static void lane_wake(struct mediator_lane *m)
     }
 }
 
-/* Queues j where it belongs (mu held): its node, or distribute. */
-static void enqueue(struct mediator_lane *m, struct job *j)
+/* Hands every job of q back to the engine with event ev (no lock held). */
+static void report_all(struct mediator_lane *m, struct jobq *q, enum lane_event ev)
+{
+    struct job *j = jobq_pop(q);
+    while (j != NULL) {
+        struct job_outcome o;
+        job_outcome_init(&o, ev);
+        m->host.report(m->host.ctx, j, &o);
+        j = jobq_pop(q);
+    }
+}
+
+/* Queues j where it belongs (mu held): its node, or distribute; a job whose node is unhealthy
+ * goes to lost (for the engine to send it to distribute again). */
+static void enqueue(struct mediator_lane *m, struct job *j, struct jobq *lost)
 {
     if (j->stage == STAGE_DISTRIBUTE || j->node < 0) {
         jobq_push(&m->dist, j);
     } else if (!atomic_load(&m->nodes[j->node].healthy)) {
-        engine__redistribute(m->e, j);
-        jobq_push(&m->dist, j);
+        jobq_push(lost, j);
     } else {
         jobq_push(&m->nodes[j->node].q, j);
     }
@@ -190,25 +204,42 @@ void mediator_lane_push_all(struct mediator_lane *m, struct jobq *q)
     if (q->len == 0) {
         return;
     }
+    struct jobq lost = {0};
     pthread_mutex_lock(&m->mu);
-    bool closed = m->closed;
-    struct job *j;
-    while (!closed && (j = jobq_pop(q)) != NULL) {
-        enqueue(m, j);
+    if (!m->closed) {
+        struct job *j = jobq_pop(q);
+        while (j != NULL) {
+            enqueue(m, j, &lost);
+            j = jobq_pop(q);
+        }
     }
     pthread_mutex_unlock(&m->mu);
-    while ((j = jobq_pop(q)) != NULL) {
-        engine__release(m->e, j);
-    }
+    report_all(m, q, LANE_GIVEN_BACK);
+    report_all(m, &lost, LANE_NODE_LOST);
     /* One wake-up for the whole list. */
     lane_wake(m);
 }
 
-void mediator_lane_push(struct mediator_lane *m, struct job *j)
+void mediator_lane_close(struct mediator_lane *m)
 {
-    struct jobq q = {0};
-    jobq_push(&q, j);
-    mediator_lane_push_all(m, &q);
+    struct jobq back = {0};
+    pthread_mutex_lock(&m->mu);
+    m->closed = true;
+    struct job *j = jobq_pop(&m->dist);
+    while (j != NULL) {
+        jobq_push(&back, j);
+        j = jobq_pop(&m->dist);
+    }
+    for (size_t i = 0; i < m->n; i++) {
+        j = jobq_pop(&m->nodes[i].q);
+        while (j != NULL) {
+            jobq_push(&back, j);
+            j = jobq_pop(&m->nodes[i].q);
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    report_all(m, &back, LANE_GIVEN_BACK);
+    lane_wake(m);
 }
 
 /* Marks node i healthy or not, logging transitions. Lane thread only. */
@@ -264,19 +295,25 @@ static char *request_body(const struct job *j)
 /* Starts a request for j on its node; on a local failure reports the outcome at once. */
 static void start_job(struct mediator_lane *m, struct job *j)
 {
-    struct engine *e = m->e;
     const struct cofi_config *cfg = m->cfg;
     const struct cofi_node_cfg *nd = &cfg->nodes[j->node];
     struct job_outcome o;
-    memset(&o, 0, sizeof o);
-    o.retry_after_ms = -1;
+    if (!m->host.valid(m->host.ctx, j)) {
+        pthread_mutex_lock(&m->mu);
+        node_slots(&m->nodes[j->node], -1);
+        pthread_mutex_unlock(&m->mu);
+        job_outcome_init(&o, LANE_NOT_VALID);
+        m->host.report(m->host.ctx, j, &o);
+        return;
+    }
+    job_outcome_init(&o, LANE_ANSWERED);
     j->attempts++;
-    engine__inflight(e, j->stage, 1);
+    m->host.inflight(m->host.ctx, j->stage, 1);
 
     struct xfer *x = xfer_get(m, j->stage == STAGE_DISTRIBUTE ? XFER_UPLOAD : XFER_JSON);
     char url[1200];
     char rid[200];
-    engine__request_id(e, rid, sizeof rid);
+    m->host.request_id(m->host.ctx, rid, sizeof rid);
     if (x == NULL) {
         o.kind = OUTCOME_RETRY;
         snprintf(o.error, sizeof o.error, "out of memory");
@@ -339,8 +376,8 @@ local_fail:
     pthread_mutex_lock(&m->mu);
     node_slots(&m->nodes[j->node], -1);
     pthread_mutex_unlock(&m->mu);
-    engine__inflight(e, j->stage, -1);
-    engine__job_done(e, j, &o);
+    m->host.inflight(m->host.ctx, j->stage, -1);
+    m->host.report(m->host.ctx, j, &o);
 }
 
 static void start_health(struct mediator_lane *m, size_t i)
@@ -427,16 +464,11 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
      * health checks, starts over elsewhere instead of failing: not the call's fault. */
     bool node_failing = !atomic_load(&nd->healthy) ||
                         (nd->fails > 0 && j->attempts >= m->cfg->mediator.max_attempts);
-    if (o.kind == OUTCOME_RETRY && node_failing && !engine__stopping(m->e)) {
+    if (o.kind == OUTCOME_RETRY && node_failing && !o.not_counted) {
         /* The node is gone: this is not the call's fault, start over elsewhere. */
-        free(o.result_text);
-        engine__redistribute(m->e, j);
-        pthread_mutex_lock(&m->mu);
-        jobq_push(&m->dist, j);
-        pthread_mutex_unlock(&m->mu);
-        return;
+        o.event = LANE_NODE_LOST;
     }
-    engine__job_done(m->e, j, &o);
+    m->host.report(m->host.ctx, j, &o);
 }
 
 /* Abandons the requests in flight on nodes that turned unhealthy (a node that hangs would
@@ -444,39 +476,55 @@ static void finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
  * Lane thread only, outside curl_multi_info_read processing. */
 static void abandon_unhealthy(struct mediator_lane *m)
 {
+    bool fenced = m->fenced;
     struct xfer *x = m->active_list;
     while (x != NULL) {
         struct xfer *next = x->next_active;
-        if (x->job != NULL && !atomic_load(&m->nodes[x->node].healthy)) {
+        if (x->job != NULL && (fenced || !atomic_load(&m->nodes[x->node].healthy))) {
             struct job *j = x->job;
             struct med_node *nd = &m->nodes[x->node];
             curl_multi_remove_handle(m->multi, x->easy);
             active_remove(m, x);
             xfer_put(m, x);
-            engine__inflight(m->e, j->stage, -1);
+            m->host.inflight(m->host.ctx, j->stage, -1);
             pthread_mutex_lock(&m->mu);
             node_slots(nd, -1);
-            engine__redistribute(m->e, j);
-            jobq_push(&m->dist, j);
             pthread_mutex_unlock(&m->mu);
+            struct job_outcome o;
+            if (fenced) {
+                /* Cut short by cofid itself: the attempt does not count against the call. */
+                job_outcome_init(&o, LANE_ANSWERED);
+                o.kind = OUTCOME_RETRY;
+                o.not_counted = true;
+                snprintf(o.error, sizeof o.error, "request cut short: lease not renewed in time");
+            } else {
+                job_outcome_init(&o, LANE_NODE_LOST);
+                snprintf(o.error, sizeof o.error, "node %s unhealthy", nd->cfg->id);
+            }
+            m->host.report(m->host.ctx, j, &o);
         }
         x = next;
     }
 }
 
-/* Takes jobs for every free slot of a healthy node (lane mu held); returns them in out. */
-static void fill(struct mediator_lane *m, struct jobq *out)
+/* Takes jobs for every free slot of a healthy node (lane mu held); returns them in out. The
+ * jobs queued for an unhealthy node go to lost, those of a node of which this instance has no
+ * share any more to back (another instance may send them). */
+static void fill(struct mediator_lane *m, struct jobq *out, struct jobq *lost, struct jobq *back)
 {
     for (size_t k = 0; k < m->n; k++) {
-        size_t i = (m->rr + k) % m->n;
-        struct med_node *nd = &m->nodes[i];
-        if (!atomic_load(&nd->healthy)) {
-            struct job *j;
-            while ((j = jobq_pop(&nd->q)) != NULL) {
-                engine__redistribute(m->e, j);
-                jobq_push(&m->dist, j);
+        struct med_node *nd = &m->nodes[k];
+        bool healthy = atomic_load(&nd->healthy);
+        if (!healthy || atomic_load(&nd->limit) <= 0) {
+            struct job *j = jobq_pop(&nd->q);
+            while (j != NULL) {
+                jobq_push(healthy ? back : lost, j);
+                j = jobq_pop(&nd->q);
             }
         }
+    }
+    if (m->fenced) {
+        return;
     }
     for (size_t k = 0; k < m->n; k++) {
         size_t i = (m->rr + k) % m->n;
@@ -626,7 +674,7 @@ static struct xfer *collect_done(struct mediator_lane *m)
         for (struct xfer *x = head; x != NULL; x = x->next_free) {
             if (x->job != NULL) {
                 node_slots(&m->nodes[x->node], -1);
-                engine__inflight(m->e, x->job->stage, -1);
+                m->host.inflight(m->host.ctx, x->job->stage, -1);
             }
         }
         pthread_mutex_unlock(&m->mu);
@@ -639,34 +687,23 @@ static struct xfer *collect_done(struct mediator_lane *m)
 static bool start_ready(struct mediator_lane *m)
 {
     struct jobq start = {0};
-    struct jobq give_back = {0};
+    struct jobq lost = {0};
+    struct jobq back = {0};
     pthread_mutex_lock(&m->mu);
     bool stop = m->stop;
-    if (stop && !m->closed) {
-        m->closed = true;
-        struct job *j;
-        while ((j = jobq_pop(&m->dist)) != NULL) {
-            jobq_push(&give_back, j);
-        }
-        for (size_t i = 0; i < m->n; i++) {
-            while ((j = jobq_pop(&m->nodes[i].q)) != NULL) {
-                jobq_push(&give_back, j);
-            }
-        }
-    }
-    if (!stop) {
-        fill(m, &start);
+    if (!m->closed) {
+        fill(m, &start, &lost, &back);
     }
     account_slots(m);
     pthread_mutex_unlock(&m->mu);
 
-    struct job *j;
-    while ((j = jobq_pop(&give_back)) != NULL) {
-        engine__release(m->e, j);
-    }
+    report_all(m, &lost, LANE_NODE_LOST);
+    report_all(m, &back, LANE_GIVEN_BACK);
     if (start.len > 0) {
-        while ((j = jobq_pop(&start)) != NULL) {
+        struct job *j = jobq_pop(&start);
+        while (j != NULL) {
             start_job(m, j);
+            j = jobq_pop(&start);
         }
         kick(m); /* the requests leave now, not on the next turn */
     }
@@ -676,13 +713,18 @@ static bool start_ready(struct mediator_lane *m)
 /* True when a free slot of a healthy node has a job waiting for it (mu held). */
 static bool work_ready(struct mediator_lane *m)
 {
-    if (m->stop && !m->closed) {
-        return true;
+    if (m->closed) {
+        return false;
     }
+    bool fenced = m->fenced;
     for (size_t i = 0; i < m->n; i++) {
         struct med_node *nd = &m->nodes[i];
-        if (atomic_load(&nd->healthy) && nd->in_flight < atomic_load(&nd->limit) &&
-            (nd->q.len > 0 || m->dist.len > 0)) {
+        bool healthy = atomic_load(&nd->healthy);
+        int limit = atomic_load(&nd->limit);
+        if (nd->q.len > 0 && (!healthy || limit <= 0)) {
+            return true; /* jobs to hand back */
+        }
+        if (!fenced && healthy && nd->in_flight < limit && (nd->q.len > 0 || m->dist.len > 0)) {
             return true;
         }
     }
@@ -733,6 +775,16 @@ static void *lane_main(void *arg)
     struct mediator_lane *m = arg;
     thread_set_name("cofi-mediator");
     for (;;) {
+        bool fenced = !m->host.lease_ok(m->host.ctx);
+        if (fenced != m->fenced) {
+            if (fenced) {
+                log_warn("mediator: the lease was not renewed in time: no new requests, those "
+                         "in flight cut short");
+            } else {
+                log_info("mediator: the lease is current: requests may start");
+            }
+            m->fenced = fenced;
+        }
         abandon_unhealthy(m);
         /* Slots first: finished transfers free theirs, waiting jobs take them and leave; only
          * then is the finished work looked at (parsing, records), so a slot never waits for
@@ -771,14 +823,15 @@ static void *lane_main(void *arg)
     return NULL;
 }
 
-int mediator_lane_start(struct mediator_lane **out, struct engine *e, struct cofi_err *err)
+int mediator_lane_start(struct mediator_lane **out, const struct lane_host *host,
+                        struct cofi_err *err)
 {
-    const struct cofi_config *cfg = engine__cfg(e);
+    const struct cofi_config *cfg = host->cfg;
     struct mediator_lane *m = calloc(1, sizeof *m);
     if (m == NULL) {
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
-    m->e = e;
+    m->host = *host;
     m->cfg = cfg;
     m->n = cfg->node_count;
     m->nodes = calloc(m->n, sizeof *m->nodes);
@@ -786,6 +839,7 @@ int mediator_lane_start(struct mediator_lane **out, struct engine *e, struct cof
     m->epfd = epoll_create1(EPOLL_CLOEXEC);
     m->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     m->timer_due_us = -1;
+    m->fenced = true; /* until the first renewal */
     pthread_mutex_init(&m->mu, NULL);
     if (m->nodes == NULL || m->multi == NULL) {
         mediator_lane_free(m);
@@ -823,6 +877,7 @@ void mediator_lane_stop(struct mediator_lane *m, int64_t deadline_mono)
     if (m == NULL || !m->thread_started) {
         return;
     }
+    mediator_lane_close(m);
     pthread_mutex_lock(&m->mu);
     m->stop = true;
     m->deadline = deadline_mono;
@@ -837,10 +892,12 @@ void mediator_lane_stop(struct mediator_lane *m, int64_t deadline_mono)
         active_remove(m, x);
         curl_multi_remove_handle(m->multi, x->easy);
         if (x->job != NULL) {
-            engine__inflight(m->e, x->job->stage, -1);
+            m->host.inflight(m->host.ctx, x->job->stage, -1);
             log_warn("call %s: request at %s abandoned at shutdown", x->job->call_id_str,
                      stage_name(x->job->stage));
-            engine__release(m->e, x->job);
+            struct job_outcome o;
+            job_outcome_init(&o, LANE_GIVEN_BACK);
+            m->host.report(m->host.ctx, x->job, &o);
         }
         x->job = NULL;
         xfer_destroy(x);
@@ -917,13 +974,21 @@ int mediator_lane_in_flight(struct mediator_lane *m)
 
 void mediator_lane_set_limit(struct mediator_lane *m, size_t node, int limit)
 {
-    if (node < m->n) {
-        if (limit > m->nodes[node].cfg->capacity) {
-            limit = m->nodes[node].cfg->capacity;
-        }
-        atomic_store(&m->nodes[node].limit, limit);
-        lane_wake(m);
+    if (node >= m->n) {
+        return;
     }
+    if (limit > m->nodes[node].cfg->capacity) {
+        limit = m->nodes[node].cfg->capacity;
+    }
+    if (limit < 0) {
+        limit = 0;
+    }
+    /* Under the lane's lock: a fill that read the old limit has taken its slots by now, so
+     * the in-flight count read after this returns is an upper bound from then on. */
+    pthread_mutex_lock(&m->mu);
+    atomic_store(&m->nodes[node].limit, limit);
+    pthread_mutex_unlock(&m->mu);
+    lane_wake(m);
 }
 
 int mediator_lane_node_in_flight(struct mediator_lane *m, size_t node)

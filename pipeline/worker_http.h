@@ -6,7 +6,7 @@
 #include <stdbool.h>
 
 #include "common/buf.h"
-#include "pipeline/engine_internal.h"
+#include "pipeline/lane.h"
 
 /* The largest worker reply cofi accepts. */
 #define WORKER_REPLY_LIMIT (16u << 20)

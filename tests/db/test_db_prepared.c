@@ -196,35 +196,38 @@ static void test_flush_plan_is_generic_and_by_primary_key(void **state)
     exec_ok(f->c, "INSERT INTO calls (batch_id, seq, file) "
                   "SELECT 1, g, 'f' || g FROM generate_series(1, 20000) g");
     exec_ok(f->c, "ANALYZE calls");
-    exec_ok(f->c, "UPDATE calls SET status = 'running', lease_owner = 'i1' WHERE id <= 2000");
+    exec_ok(f->c, "UPDATE calls SET status = 'running', lease_owner = 'i1', claim_token = id "
+                  "WHERE id <= 2000");
 
     struct cofi_err err;
     assert_int_equal(work_flush_session(f->c, &err), 0);
-    const char *calls = "[{\"id\": 5, \"stage\": 1, \"status\": \"running\", \"attempts\": 0, "
-                        "\"last_error\": null, \"node\": \"gpu-1\", \"file_name\": \"x\", "
-                        "\"started_ms\": 1700000000000}]";
+    const char *calls =
+        "[{\"id\": 5, \"token\": 5, \"stage\": 1, \"status\": \"running\", \"attempts\": 0, "
+        "\"last_error\": null, \"node\": \"gpu-1\", \"file_name\": \"x\", "
+        "\"started_ms\": 1700000000000}]";
     const char *stages = "[{\"call_id\": 5, \"stage\": 0, \"state\": \"done\", \"attempts\": 1, "
                          "\"last_error\": null, \"started_ms\": 1700000000000, "
                          "\"finished_ms\": 1700000000010, \"result\": {\"file_name\": \"x\"}}]";
     for (int i = 0; i < 3; i++) {
-        PGresult *r = work_flush(f->c, "i1", calls, "{5}", stages, &err);
-        if (r == NULL) {
+        struct work_written *w = NULL;
+        size_t n = 0;
+        if (work_flush(f->c, "i1", calls, "{5}", stages, &w, &n, &err) != 0) {
             fail_msg("flush: %s", err.msg);
         }
-        assert_int_equal(PQntuples(r), 1);
-        assert_string_equal(PQgetvalue(r, 0, 0), "5");
-        PQclear(r);
+        assert_int_equal(n, 1);
+        assert_int_equal(w[0].id, 5);
+        free(w);
     }
     assert_int_equal(query_long(f->c, "SELECT count(*) FROM call_stages WHERE call_id = 5"), 1);
     assert_int_equal(query_long(f->c, "SELECT custom_plans FROM pg_prepared_statements "
-                                      "WHERE name = 'cofi_flush'"),
+                                      "WHERE name = 'cofi_flush_fenced'"),
                      0);
     assert_int_equal(query_long(f->c, "SELECT generic_plans FROM pg_prepared_statements "
-                                      "WHERE name = 'cofi_flush'"),
+                                      "WHERE name = 'cofi_flush_fenced'"),
                      3);
 
-    PGresult *plan =
-        db_exec(f->c, "EXPLAIN EXECUTE cofi_flush('i1', '[]', '[]', '{6,7}')", 0, NULL, &err);
+    PGresult *plan = db_exec(f->c, "EXPLAIN EXECUTE cofi_flush_fenced('i1', '[]', '[]', '{6,7}')",
+                             0, NULL, &err);
     assert_non_null(plan);
     bool by_pkey = false;
     for (int i = 0; i < PQntuples(plan); i++) {

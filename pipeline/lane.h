@@ -1,0 +1,61 @@
+/* What a lane (a way of sending requests to workers) and the engine say to each other. The
+ * lanes know nothing of the engine: it hands them a lane_host, and they hand every job back
+ * through its one report function, with an outcome that says what happened; what that means
+ * (record, retry, fail, redistribute, release, drop) is decided in pipeline/outcome.c. */
+#ifndef COFI_LANE_H
+#define COFI_LANE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "pipeline/job.h"
+#include "pipeline/retry.h"
+
+/* What happened to a job a lane held. */
+enum lane_event {
+    LANE_ANSWERED = 0, /* a request ended: kind says how (enum outcome_kind) */
+    LANE_NODE_LOST,    /* its node is unhealthy or failing: not the call's fault */
+    LANE_GIVEN_BACK,   /* the lane won't run it (stopping, or no share of its node any more) */
+    LANE_NOT_VALID,    /* its claim is no longer this instance's (host->valid said so) */
+};
+
+/* What a lane reports when it hands a job back. */
+struct job_outcome {
+    enum lane_event event;
+    enum outcome_kind kind; /* LANE_ANSWERED only */
+    json_t *result;         /* OUTCOME_OK: the result to store (stolen) */
+    char *result_text;      /* OUTCOME_OK: the result as the worker sent it (owned), or NULL */
+    char error[256];        /* otherwise: what went wrong, for last_error (valid UTF-8) */
+    int64_t retry_after_ms; /* >= 0 when the worker said Retry-After, else -1 */
+    int64_t latency_us;
+    bool not_counted; /* the attempt was cut short by cofid itself (fence): don't count it */
+};
+
+/* Fills o for an event without an answer. Can't fail. */
+void job_outcome_init(struct job_outcome *o, enum lane_event event);
+
+/* The engine's side of a lane. Every function may be called from any lane thread, never with
+ * a lane lock held. */
+struct lane_host {
+    void *ctx;
+    const struct cofi_config *cfg;
+    /* Takes back j (and o->result, o->result_text): the one way a job leaves a lane. */
+    void (*report)(void *ctx, struct job *j, struct job_outcome *o);
+    /* True while j's claim may still be this instance's: a lane starts no request for a job
+     * for which it is false (it reports LANE_NOT_VALID instead). */
+    bool (*valid)(void *ctx, const struct job *j);
+    /* Counts a request starting (+1) or ending (-1) at stage. */
+    void (*inflight)(void *ctx, int stage, int delta);
+    /* A unique X-Request-Id into out. */
+    void (*request_id)(void *ctx, char *out, size_t outlen);
+    /* False once this instance could not renew its lease in time (or before its first
+     * renewal): a lane then starts nothing and cuts its requests in flight short (reporting
+     * them retryable, the attempt not counted), so none of them outlives the lease that the
+     * other instances see, and they may take its shares. Cheap: called on every turn. */
+    bool (*lease_ok)(void *ctx);
+};
+
+#endif
