@@ -16,12 +16,18 @@ void config_defaults(struct cofi_config *cfg)
     memset(cfg, 0, sizeof *cfg);
     cfg->listen_port = 8080;
     cfg->max_body_bytes = 67108864;
-    cfg->mediator = (struct cofi_worker_cfg){
-        .timeout_ms = 600000, .max_attempts = 5, .backoff_base_ms = 200, .backoff_max_ms = 30000};
+    cfg->mediator = (struct cofi_worker_cfg){.timeout_ms = 600000,
+                                             .max_attempts = 5,
+                                             .backoff_base_ms = 200,
+                                             .backoff_max_ms = 30000,
+                                             .retry_after_max_ms = 60000};
     cfg->health_interval_ms = 1000;
     cfg->llm_concurrency = 100;
-    cfg->llm = (struct cofi_worker_cfg){
-        .timeout_ms = 120000, .max_attempts = 5, .backoff_base_ms = 200, .backoff_max_ms = 30000};
+    cfg->llm = (struct cofi_worker_cfg){.timeout_ms = 120000,
+                                        .max_attempts = 5,
+                                        .backoff_base_ms = 200,
+                                        .backoff_max_ms = 30000,
+                                        .retry_after_max_ms = 60000};
     cfg->http_threads = 4;
     cfg->db_pool_size = 8;
     cfg->shutdown_grace_ms = 30000;
@@ -190,6 +196,10 @@ static int parse_worker(json_t *obj, const char *where, struct cofi_worker_cfg *
     if (rc == 0) {
         rc = get_int32(obj, where, "backoff_max_ms", 1, 3600000, &w->backoff_max_ms, err);
     }
+    if (rc == 0) {
+        rc = get_int32(obj, where, "retry_after_max_ms", 1000, 86400000, &w->retry_after_max_ms,
+                       err);
+    }
     if (rc == 0 && w->backoff_max_ms < w->backoff_base_ms) {
         rc = cofi_err_set(err, COFI_E_INVALID,
                           "configuration key \"%sbackoff_max_ms\" is below backoff_base_ms", where);
@@ -340,12 +350,21 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
                                         "lease_ms",
                                         "status_cache_ms",
                                         NULL};
-    static const char *const med_known[] = {"timeout_ms",         "max_attempts",
-                                            "backoff_base_ms",    "backoff_max_ms",
-                                            "health_interval_ms", NULL};
-    static const char *const llm_known[] = {
-        "url", "concurrency", "timeout_ms", "max_attempts", "backoff_base_ms", "backoff_max_ms",
-        NULL};
+    static const char *const med_known[] = {"timeout_ms",
+                                            "max_attempts",
+                                            "backoff_base_ms",
+                                            "backoff_max_ms",
+                                            "retry_after_max_ms",
+                                            "health_interval_ms",
+                                            NULL};
+    static const char *const llm_known[] = {"url",
+                                            "concurrency",
+                                            "timeout_ms",
+                                            "max_attempts",
+                                            "backoff_base_ms",
+                                            "backoff_max_ms",
+                                            "retry_after_max_ms",
+                                            NULL};
     if (!json_is_object(root)) {
         return cofi_err_set(err, COFI_E_INVALID, "the configuration must be a JSON object");
     }

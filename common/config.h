@@ -24,6 +24,9 @@ struct cofi_worker_cfg {
     int max_attempts;
     int backoff_base_ms; /* first retry waits about this long (jittered), doubling */
     int backoff_max_ms;  /* cap on one wait */
+    /* Cap on the wait a worker's Retry-After asks for (1000..86400000, default 60000): a
+     * longer Retry-After is cut to this (Retry-After counts whole seconds, hence >= 1000). */
+    int retry_after_max_ms;
 };
 
 struct cofi_config {

@@ -396,8 +396,7 @@ void engine__job_done(struct engine *e, struct job *j, struct job_outcome *o)
         if (seed == 0) {
             seed = 1;
         }
-        int64_t delay =
-            o->retry_after_ms >= 0 ? o->retry_after_ms : retry_backoff_ms(w, j->attempts, &seed);
+        int64_t delay = retry_delay_ms(w, j->attempts, o->retry_after_ms, &seed);
         log_debug("call %s: %s attempt %d failed (%s); retrying in %lld ms", j->call_id_str,
                   stage_name(j->stage), j->attempts, o->error, (long long)delay);
         j->due_mono = clock_mono_ms() + delay;

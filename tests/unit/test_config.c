@@ -146,6 +146,41 @@ static void test_status_cache_ms(void **state)
     }
 }
 
+static void test_retry_after_max_ms(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    assert_int_equal(parse("", &cfg, &err), 0);
+    assert_int_equal(cfg.mediator.retry_after_max_ms, 60000);
+    assert_int_equal(cfg.llm.retry_after_max_ms, 60000);
+    config_free(&cfg);
+    assert_int_equal(parse(", \"mediator\": {\"retry_after_max_ms\": 1000}", &cfg, &err), 0);
+    assert_int_equal(cfg.mediator.retry_after_max_ms, 1000);
+    assert_int_equal(cfg.llm.retry_after_max_ms, 60000);
+    config_free(&cfg);
+    const char *llm = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                      "\"http://1\"}], \"llm\": {\"url\": \"http://x\", \"retry_after_max_ms\": "
+                      "86400000}}";
+    assert_int_equal(config_parse(llm, &cfg, &err), 0);
+    assert_int_equal(cfg.llm.retry_after_max_ms, 86400000);
+    assert_int_equal(cfg.mediator.retry_after_max_ms, 60000);
+    config_free(&cfg);
+    const char *bad[] = {", \"mediator\": {\"retry_after_max_ms\": 999}",
+                         ", \"mediator\": {\"retry_after_max_ms\": 86400001}",
+                         ", \"mediator\": {\"retry_after_max_ms\": \"60000\"}",
+                         ", \"mediator\": {\"retry_after_max_ms\": -1}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(parse(bad[i], &cfg, &err), 0);
+        assert_non_null(strstr(err.msg, "mediator.retry_after_max_ms"));
+    }
+    const char *bad_llm = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                          "\"http://1\"}], \"llm\": {\"url\": \"http://x\", "
+                          "\"retry_after_max_ms\": 0}}";
+    assert_int_not_equal(config_parse(bad_llm, &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "llm.retry_after_max_ms"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -156,6 +191,7 @@ int main(void)
         cmocka_unit_test(test_auth_tokens_from_env),
         cmocka_unit_test(test_duplicate_node_ids_rejected),
         cmocka_unit_test(test_status_cache_ms),
+        cmocka_unit_test(test_retry_after_max_ms),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
