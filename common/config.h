@@ -7,9 +7,12 @@
 
 #include "common/error.h"
 
+/* The longest node id: ids are 1 to NODE_ID_MAX characters of A-Z a-z 0-9 . _ : - */
+#define NODE_ID_MAX 64
+
 struct cofi_node_cfg {
-    char *id;
-    char *url; /* without a trailing slash */
+    char *id;  /* unique; see NODE_ID_MAX */
+    char *url; /* http(s)://host[:port][/path], without a trailing slash */
     int capacity;
 };
 
