@@ -49,6 +49,37 @@ static void test_running_call_is_pending_downstream(void **state)
     assert_int_equal(c[STAGE_STT].pending, 2);
 }
 
+static void test_counts_saturate_instead_of_overflowing(void **state)
+{
+    (void)state;
+    struct stage_counts c[STAGE_COUNT];
+    memset(c, 0, sizeof c);
+    stage_counts_add(c, STAGE_LID, CALL_RUNNING, INT64_MAX - 1);
+    stage_counts_add(c, STAGE_LID, CALL_RUNNING, 5);
+    stage_counts_add(c, STAGE_LID, CALL_RUNNING, INT64_MAX);
+    assert_true(c[STAGE_IVR].done == INT64_MAX);
+    assert_true(c[STAGE_LID].running == INT64_MAX);
+    assert_true(c[STAGE_STT].pending == INT64_MAX);
+    assert_true(c[STAGE_LID].pending == 0);
+    /* the other counts are untouched */
+    stage_counts_add(c, STAGE_LLM2, CALL_FAILED, 1);
+    assert_true(c[STAGE_LLM2].failed == 1);
+    assert_true(c[STAGE_IVR].done == INT64_MAX);
+}
+
+static void test_counts_ignore_negative_n(void **state)
+{
+    (void)state;
+    struct stage_counts c[STAGE_COUNT];
+    memset(c, 0, sizeof c);
+    stage_counts_add(c, STAGE_IVR, CALL_PENDING, 3);
+    stage_counts_add(c, STAGE_IVR, CALL_PENDING, -1);
+    stage_counts_add(c, STAGE_IVR, CALL_PENDING, INT64_MIN);
+    for (int s = 0; s < STAGE_COUNT; s++) {
+        assert_int_equal(c[s].pending + c[s].running + c[s].done + c[s].failed + c[s].skipped, 3);
+    }
+}
+
 static void test_classification_follows_contract(void **state)
 {
     (void)state;
@@ -162,6 +193,8 @@ int main(void)
         cmocka_unit_test(test_counts_add_up_for_every_position),
         cmocka_unit_test(test_failed_call_skips_later_stages),
         cmocka_unit_test(test_running_call_is_pending_downstream),
+        cmocka_unit_test(test_counts_saturate_instead_of_overflowing),
+        cmocka_unit_test(test_counts_ignore_negative_n),
         cmocka_unit_test(test_classification_follows_contract),
         cmocka_unit_test(test_retry_after_forms),
         cmocka_unit_test(test_backoff_grows_and_is_capped),
