@@ -1,4 +1,4 @@
-/* Loads and validates the configuration file and its environment overrides (CONTRACTS §6). */
+/* Loads and validates the configuration file and its environment overrides (README.md). */
 #include "common/config.h"
 
 #include <ctype.h>

@@ -1,4 +1,4 @@
-/* The configuration file (CONTRACTS §6): parsed once at start-up into one immutable struct. */
+/* The configuration file (README.md): parsed once at start-up into one immutable struct. */
 #ifndef COFI_CONFIG_H
 #define COFI_CONFIG_H
 

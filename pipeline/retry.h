@@ -1,4 +1,4 @@
-/* Failure semantics of CONTRACTS §5: what a worker's answer means and how long to wait. */
+/* Failure semantics: what a worker's answer means and how long to wait before trying again. */
 #ifndef COFI_RETRY_H
 #define COFI_RETRY_H
 

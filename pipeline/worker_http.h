@@ -26,7 +26,7 @@ struct exchange {
 /* Resets x for a new exchange (frees what it held, clears the reply flags). Can't fail. */
 void exchange_reset(struct exchange *x);
 
-/* Prepares easy for a POST to url of the given stage of call j (headers of CONTRACTS §3,
+/* Prepares easy for a POST to url of the given stage of call j (Idempotency-Key, X-Request-Id,
  * plus Authorization when bearer is not NULL). With json_body not NULL the body is sent
  * as JSON (x takes ownership of it); otherwise the caller attaches a mime body. Returns 0
  * or -1 (out of memory). */

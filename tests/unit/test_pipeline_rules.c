@@ -1,4 +1,4 @@
-/* The state model's counts and the retry policy of CONTRACTS §5. */
+/* The state model's counts and the retry policy (pipeline/retry.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
