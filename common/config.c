@@ -1,27 +1,36 @@
-/* Loads and validates the configuration file and its environment overrides (CONTRACTS §6). */
+/* Loads and validates the configuration file and its environment overrides (README.md). */
 #include "common/config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "common/log.h"
+#include "common/utf8.h"
 
 void config_defaults(struct cofi_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->listen_port = 8080;
     cfg->max_body_bytes = 67108864;
-    cfg->mediator = (struct cofi_worker_cfg){
-        .timeout_ms = 600000, .max_attempts = 5, .backoff_base_ms = 200, .backoff_max_ms = 30000};
+    cfg->mediator = (struct cofi_worker_cfg){.timeout_ms = 600000,
+                                             .max_attempts = 5,
+                                             .backoff_base_ms = 200,
+                                             .backoff_max_ms = 30000,
+                                             .retry_after_max_ms = 60000};
     cfg->health_interval_ms = 1000;
     cfg->llm_concurrency = 100;
-    cfg->llm = (struct cofi_worker_cfg){
-        .timeout_ms = 120000, .max_attempts = 5, .backoff_base_ms = 200, .backoff_max_ms = 30000};
+    cfg->llm = (struct cofi_worker_cfg){.timeout_ms = 120000,
+                                        .max_attempts = 5,
+                                        .backoff_base_ms = 200,
+                                        .backoff_max_ms = 30000,
+                                        .retry_after_max_ms = 60000};
     cfg->http_threads = 4;
     cfg->db_pool_size = 8;
     cfg->shutdown_grace_ms = 30000;
@@ -133,9 +142,89 @@ static int get_str(json_t *obj, const char *where, const char *key, char **out,
     return 0;
 }
 
+/* A character of a host name or IPv4 address (RFC 3986 reg-name, without sub-delims). */
+static bool is_host_char(char c)
+{
+    return isalnum((unsigned char)c) || c == '.' || c == '-' || c == '_' || c == '~' || c == '%';
+}
+
+/* True for a base URL cofi can append paths to: http:// or https://, a host (a name, an IPv4
+ * address or a bracketed IPv6 address), an optional port 1..65535 and an optional path, in
+ * printable ASCII; no user info (it would show in logs and GET /stages/{name}/status), no
+ * query and no fragment. */
 static bool is_http_url(const char *u)
 {
-    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
+    size_t i;
+    if (strncasecmp(u, "http://", 7) == 0) {
+        i = 7;
+    } else if (strncasecmp(u, "https://", 8) == 0) {
+        i = 8;
+    } else {
+        return false;
+    }
+    for (size_t k = i; u[k] != '\0'; k++) {
+        unsigned char c = (unsigned char)u[k];
+        if (c <= 0x20 || c >= 0x7F || c == '?' || c == '#' || c == '\\') {
+            return false;
+        }
+    }
+    size_t host = i;
+    if (u[i] == '[') {
+        i++;
+        while (isxdigit((unsigned char)u[i]) || u[i] == ':' || u[i] == '.') {
+            i++;
+        }
+        if (u[i] != ']' || i == host + 1) {
+            return false;
+        }
+        i++;
+    } else {
+        while (is_host_char(u[i])) {
+            i++;
+        }
+        if (i == host) {
+            return false;
+        }
+    }
+    if (u[i] == ':') {
+        i++;
+        long port = 0;
+        size_t digits = 0;
+        while (isdigit((unsigned char)u[i]) && digits < 6) {
+            port = port * 10 + (u[i] - '0');
+            digits++;
+            i++;
+        }
+        if (digits == 0 || port < 1 || port > 65535) {
+            return false;
+        }
+    }
+    return u[i] == '\0' || u[i] == '/';
+}
+
+/* True for a node id cofi accepts: 1 to NODE_ID_MAX characters of A-Z a-z 0-9 . _ : - (it
+ * appears in logs, metrics labels, the API and the database). */
+static bool is_node_id(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > NODE_ID_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)id[i];
+        if (!isalnum(c) && c != '.' && c != '_' && c != ':' && c != '-') {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Writes at most 80 bytes of s into out (81 bytes) as printable UTF-8, for an error message
+ * about a value that may hold anything. */
+static const char *printable(char out[81], const char *s)
+{
+    utf8_sanitize(out, 81, s, strlen(s));
+    return out;
 }
 
 /* Drops trailing slashes from a URL in place. */
@@ -190,6 +279,10 @@ static int parse_worker(json_t *obj, const char *where, struct cofi_worker_cfg *
     if (rc == 0) {
         rc = get_int32(obj, where, "backoff_max_ms", 1, 3600000, &w->backoff_max_ms, err);
     }
+    if (rc == 0) {
+        rc = get_int32(obj, where, "retry_after_max_ms", 1000, 86400000, &w->retry_after_max_ms,
+                       err);
+    }
     if (rc == 0 && w->backoff_max_ms < w->backoff_base_ms) {
         rc = cofi_err_set(err, COFI_E_INVALID,
                           "configuration key \"%sbackoff_max_ms\" is below backoff_base_ms", where);
@@ -237,9 +330,19 @@ static int parse_nodes(json_t *arr, struct cofi_config *cfg, struct cofi_err *er
             return cofi_err_set(err, COFI_E_INVALID,
                                 "configuration key \"%s\" needs \"id\" and \"url\"", where);
         }
+        char shown[81];
+        if (!is_node_id(nd->id)) {
+            return cofi_err_set(err, COFI_E_INVALID,
+                                "configuration key \"%sid\": node id \"%s\" must be 1 to %d "
+                                "characters of A-Z a-z 0-9 . _ : -",
+                                where, printable(shown, nd->id), NODE_ID_MAX);
+        }
         if (!is_http_url(nd->url)) {
             return cofi_err_set(err, COFI_E_INVALID,
-                                "configuration key \"%surl\" must be an http(s) URL", where);
+                                "configuration key \"%surl\": \"%s\" must be an http(s) URL: "
+                                "http[s]://host[:port][/path], without user info, query or "
+                                "fragment",
+                                where, printable(shown, nd->url));
         }
         trim_slashes(nd->url);
         for (size_t j = 0; j < i; j++) {
@@ -340,12 +443,21 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
                                         "lease_ms",
                                         "status_cache_ms",
                                         NULL};
-    static const char *const med_known[] = {"timeout_ms",         "max_attempts",
-                                            "backoff_base_ms",    "backoff_max_ms",
-                                            "health_interval_ms", NULL};
-    static const char *const llm_known[] = {
-        "url", "concurrency", "timeout_ms", "max_attempts", "backoff_base_ms", "backoff_max_ms",
-        NULL};
+    static const char *const med_known[] = {"timeout_ms",
+                                            "max_attempts",
+                                            "backoff_base_ms",
+                                            "backoff_max_ms",
+                                            "retry_after_max_ms",
+                                            "health_interval_ms",
+                                            NULL};
+    static const char *const llm_known[] = {"url",
+                                            "concurrency",
+                                            "timeout_ms",
+                                            "max_attempts",
+                                            "backoff_base_ms",
+                                            "backoff_max_ms",
+                                            "retry_after_max_ms",
+                                            NULL};
     if (!json_is_object(root)) {
         return cofi_err_set(err, COFI_E_INVALID, "the configuration must be a JSON object");
     }
@@ -493,8 +605,11 @@ static int finish(struct cofi_config *cfg, struct cofi_err *err)
         return cofi_err_set(err, COFI_E_INVALID, "configuration key \"llm.url\" is required");
     }
     if (!is_http_url(cfg->llm_url)) {
+        char shown[81];
         return cofi_err_set(err, COFI_E_INVALID,
-                            "configuration key \"llm.url\" must be an http(s) URL");
+                            "configuration key \"llm.url\": \"%s\" must be an http(s) URL: "
+                            "http[s]://host[:port][/path], without user info, query or fragment",
+                            printable(shown, cfg->llm_url));
     }
     trim_slashes(cfg->llm_url);
     return 0;

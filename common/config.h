@@ -1,4 +1,4 @@
-/* The configuration file (CONTRACTS §6): parsed once at start-up into one immutable struct. */
+/* The configuration file (README.md): parsed once at start-up into one immutable struct. */
 #ifndef COFI_CONFIG_H
 #define COFI_CONFIG_H
 
@@ -7,9 +7,12 @@
 
 #include "common/error.h"
 
+/* The longest node id: ids are 1 to NODE_ID_MAX characters of A-Z a-z 0-9 . _ : - */
+#define NODE_ID_MAX 64
+
 struct cofi_node_cfg {
-    char *id;
-    char *url; /* without a trailing slash */
+    char *id;  /* unique; see NODE_ID_MAX */
+    char *url; /* http(s)://host[:port][/path], without a trailing slash */
     int capacity;
 };
 
@@ -24,6 +27,9 @@ struct cofi_worker_cfg {
     int max_attempts;
     int backoff_base_ms; /* first retry waits about this long (jittered), doubling */
     int backoff_max_ms;  /* cap on one wait */
+    /* Cap on the wait a worker's Retry-After asks for (1000..86400000, default 60000): a
+     * longer Retry-After is cut to this (Retry-After counts whole seconds, hence >= 1000). */
+    int retry_after_max_ms;
 };
 
 struct cofi_config {

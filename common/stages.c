@@ -49,23 +49,32 @@ int call_status_from_name(const char *name)
     return -1;
 }
 
+/* a + n for n >= 0, saturating at INT64_MAX. */
+static int64_t add_saturating(int64_t a, int64_t n)
+{
+    if (a > INT64_MAX - n) {
+        return INT64_MAX;
+    }
+    return a + n;
+}
+
 void stage_counts_add(struct stage_counts out[STAGE_COUNT], int cs, int st, int64_t n)
 {
-    if (cs < 0 || cs > STAGE_COUNT || st < 0 || st >= CALL_STATUS_COUNT) {
+    if (cs < 0 || cs > STAGE_COUNT || st < 0 || st >= CALL_STATUS_COUNT || n < 0) {
         return;
     }
     for (int s = 0; s < STAGE_COUNT; s++) {
         struct stage_counts *c = &out[s];
         if (cs > s) {
-            c->done += n;
+            c->done = add_saturating(c->done, n);
         } else if (cs == s && st == CALL_RUNNING) {
-            c->running += n;
+            c->running = add_saturating(c->running, n);
         } else if (cs == s && st == CALL_FAILED) {
-            c->failed += n;
+            c->failed = add_saturating(c->failed, n);
         } else if (st == CALL_PENDING || (cs < s && st == CALL_RUNNING)) {
-            c->pending += n;
+            c->pending = add_saturating(c->pending, n);
         } else {
-            c->skipped += n;
+            c->skipped = add_saturating(c->skipped, n);
         }
     }
 }

@@ -6,6 +6,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/thread.h"
+#include "common/utf8.h"
 #include "db/db.h"
 #include "pipeline/engine_internal.h"
 #include "pipeline/flush_text.h"
@@ -156,16 +157,15 @@ static int fail_unwritable(struct engine *e, PGconn *c, struct record *recs, siz
 {
     const struct record *last = &recs[n - 1];
     int stage = last->has_row ? last->row_stage : last->stage;
-    /* The database's words, cut on a character boundary (they may hold the text at fault). */
-    size_t cut = strlen(why->msg) < 200 ? strlen(why->msg) : 200;
-    while (cut > 0 && ((unsigned char)why->msg[cut] & 0xC0) == 0x80) {
-        cut--;
-    }
+    /* The database's words, made valid UTF-8 and cut on a character boundary (they may quote
+     * the text at fault). */
+    char words[200];
+    utf8_sanitize(words, sizeof words, why->msg, strlen(why->msg));
     char msg[320];
-    snprintf(msg, sizeof msg,
-             "could not record this call's outcome at %s: the database refused it "
-             "(%.*s)",
-             stage_name(stage), (int)cut, why->msg);
+    utf8_snprintf(msg, sizeof msg,
+                  "could not record this call's outcome at %s: the database refused it "
+                  "(%s)",
+                  stage_name(stage), words);
     log_error("call %lld: %s", (long long)last->call_id, msg);
     struct record f;
     memset(&f, 0, sizeof f);

@@ -12,6 +12,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/thread.h"
+#include "common/utf8.h"
 #include "common/stages.h"
 #include "pipeline/mediator.h"
 #include "pipeline/worker_http.h"
@@ -327,7 +328,9 @@ static void start_job(struct mediator_lane *m, struct job *j)
         snprintf(path, sizeof path, "%s/%s", cfg->input_root, j->file);
         if (access(path, R_OK) != 0) {
             o.kind = OUTCOME_PERMANENT;
-            snprintf(o.error, sizeof o.error, "cannot read %s", j->file);
+            char name[160];
+            utf8_sanitize(name, sizeof name, j->file, strlen(j->file));
+            utf8_snprintf(o.error, sizeof o.error, "cannot read %s", name);
             goto local_fail;
         }
         snprintf(url, sizeof url, "%s/upload", nd->url);

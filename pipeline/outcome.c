@@ -31,11 +31,7 @@ static void decide_answered(const struct decide_in *in, struct decision *out)
     }
     out->action = ACTION_RETRY;
     snprintf(out->why, sizeof out->why, "%s", o->error);
-    if (o->retry_after_ms >= 0) {
-        out->delay_ms = o->retry_after_ms;
-    } else {
-        out->delay_ms = retry_backoff_ms(in->w, made > 0 ? made : 1, in->seed);
-    }
+    out->delay_ms = retry_delay_ms(in->w, made > 0 ? made : 1, o->retry_after_ms, in->seed);
 }
 
 void outcome_decide(const struct decide_in *in, struct decision *out)

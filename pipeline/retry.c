@@ -1,4 +1,4 @@
-/* Retry policy: classification of answers, Retry-After parsing, exponential back-off. */
+/* Retry policy: classification of answers, Retry-After parsing, back-off and jitter. */
 #include "pipeline/retry.h"
 
 #include <ctype.h>
@@ -95,4 +95,27 @@ int64_t retry_backoff_ms(const struct cofi_worker_cfg *w, int attempt, uint64_t 
     }
     int64_t half = d / 2;
     return half + (int64_t)(retry_rand(seed) % (uint64_t)(d - half + 1));
+}
+
+int64_t retry_delay_ms(const struct cofi_worker_cfg *w, int attempt, int64_t retry_after_ms,
+                       uint64_t *seed)
+{
+    if (retry_after_ms < 0) {
+        return retry_backoff_ms(w, attempt, seed);
+    }
+    int64_t r = retry_after_ms;
+    if (r > w->retry_after_max_ms) {
+        r = w->retry_after_max_ms;
+    }
+    if (r < 0) {
+        r = 0;
+    }
+    int64_t spread = r / 10;
+    if (spread < w->backoff_base_ms) {
+        spread = w->backoff_base_ms;
+    }
+    if (spread < 0) {
+        spread = 0;
+    }
+    return r + (int64_t)(retry_rand(seed) % ((uint64_t)spread + 1));
 }

@@ -6,13 +6,20 @@
 
 #include "common/clock.h"
 #include "common/stages.h"
+#include "common/utf8.h"
 
-static size_t on_body(char *p, size_t size, size_t n, void *arg)
+size_t exchange_on_body(char *p, size_t size, size_t n, void *arg)
 {
     struct exchange *x = arg;
     size_t len = size * n;
-    if (buf_append(&x->reply, p, len) != 0) {
-        return 0; /* over the cap: curl ends the transfer with CURLE_WRITE_ERROR */
+    int rc = buf_append(&x->reply, p, len);
+    if (rc == -1) {
+        x->reply_too_large = true;
+        return 0; /* curl ends the transfer with CURLE_WRITE_ERROR */
+    }
+    if (rc != 0) {
+        x->reply_no_memory = true;
+        return 0;
     }
     return len;
 }
@@ -42,6 +49,8 @@ void exchange_reset(struct exchange *x)
     x->headers = NULL;
     free(x->body);
     x->body = NULL;
+    x->reply_too_large = false;
+    x->reply_no_memory = false;
     x->retry_after[0] = '\0';
     x->errbuf[0] = '\0';
     x->start_us = 0;
@@ -77,7 +86,7 @@ int exchange_prepare(CURL *easy, struct exchange *x, const char *url, const stru
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)(timeout_ms < 10000 ? timeout_ms : 10000));
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, exchange_on_body);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(easy, CURLOPT_HEADERDATA, x);
@@ -97,15 +106,19 @@ void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_ou
     memset(o, 0, sizeof *o);
     o->retry_after_ms = -1;
     o->latency_us = clock_mono_us() - x->start_us;
-    if (rc == CURLE_WRITE_ERROR && x->reply.len + 1 >= WORKER_REPLY_LIMIT) {
+    if (x->reply_too_large) {
         o->kind = OUTCOME_PERMANENT;
-        snprintf(o->error, sizeof o->error, "reply larger than %u bytes", WORKER_REPLY_LIMIT);
+        utf8_snprintf(o->error, sizeof o->error, "reply too large (over %u bytes)",
+                      WORKER_REPLY_LIMIT);
         return;
     }
     if (rc != CURLE_OK) {
         o->kind = OUTCOME_RETRY;
-        snprintf(o->error, sizeof o->error, "%s",
-                 x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+        const char *why = x->errbuf[0] != '\0' ? x->errbuf : curl_easy_strerror(rc);
+        if (x->reply_no_memory) {
+            why = "out of memory for the reply";
+        }
+        utf8_sanitize(o->error, sizeof o->error, why, strlen(why));
         return;
     }
     long status = 0;
@@ -131,18 +144,14 @@ void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_ou
         snprintf(o->error, sizeof o->error, "HTTP %ld with a reply that is not a JSON object",
                  status);
     } else {
-        /* Keep a short excerpt of the worker's own words. */
+        /* Keep a short excerpt of the worker's own words, as text fit for last_error. */
         char excerpt[160] = "";
+        size_t elen = 0;
         if (x->reply.data != NULL) {
-            snprintf(excerpt, sizeof excerpt, "%s", x->reply.data);
-            for (char *p = excerpt; *p; p++) {
-                if (*p == '\n' || *p == '\r') {
-                    *p = ' ';
-                }
-            }
+            elen = utf8_sanitize(excerpt, sizeof excerpt, x->reply.data, x->reply.len);
         }
-        snprintf(o->error, sizeof o->error, "HTTP %ld%s%s", status, excerpt[0] ? ": " : "",
-                 excerpt);
+        utf8_snprintf(o->error, sizeof o->error, "HTTP %ld%s%s", status, elen > 0 ? ": " : "",
+                      excerpt);
     }
     json_decref(body);
 }

@@ -146,6 +146,146 @@ static void test_status_cache_ms(void **state)
     }
 }
 
+static void test_retry_after_max_ms(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    assert_int_equal(parse("", &cfg, &err), 0);
+    assert_int_equal(cfg.mediator.retry_after_max_ms, 60000);
+    assert_int_equal(cfg.llm.retry_after_max_ms, 60000);
+    config_free(&cfg);
+    assert_int_equal(parse(", \"mediator\": {\"retry_after_max_ms\": 1000}", &cfg, &err), 0);
+    assert_int_equal(cfg.mediator.retry_after_max_ms, 1000);
+    assert_int_equal(cfg.llm.retry_after_max_ms, 60000);
+    config_free(&cfg);
+    const char *llm = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                      "\"http://1\"}], \"llm\": {\"url\": \"http://x\", \"retry_after_max_ms\": "
+                      "86400000}}";
+    assert_int_equal(config_parse(llm, &cfg, &err), 0);
+    assert_int_equal(cfg.llm.retry_after_max_ms, 86400000);
+    assert_int_equal(cfg.mediator.retry_after_max_ms, 60000);
+    config_free(&cfg);
+    const char *bad[] = {", \"mediator\": {\"retry_after_max_ms\": 999}",
+                         ", \"mediator\": {\"retry_after_max_ms\": 86400001}",
+                         ", \"mediator\": {\"retry_after_max_ms\": \"60000\"}",
+                         ", \"mediator\": {\"retry_after_max_ms\": -1}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(parse(bad[i], &cfg, &err), 0);
+        assert_non_null(strstr(err.msg, "mediator.retry_after_max_ms"));
+    }
+    const char *bad_llm = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                          "\"http://1\"}], \"llm\": {\"url\": \"http://x\", "
+                          "\"retry_after_max_ms\": 0}}";
+    assert_int_not_equal(config_parse(bad_llm, &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "llm.retry_after_max_ms"));
+}
+
+/* Parses a configuration with one node of the given id and url (each a JSON literal). */
+static int parse_node(const char *id, const char *url, struct cofi_config *cfg,
+                      struct cofi_err *err)
+{
+    char text[1024];
+    snprintf(text, sizeof text,
+             "{\"input_root\": \"/tmp\", \"llm\": {\"url\": \"http://x\"}, \"nodes\": ["
+             "{\"id\": \"ok-0\", \"url\": \"http://h0\"}, {\"id\": %s, \"url\": %s}]}",
+             id, url);
+    return config_parse(text, cfg, err);
+}
+
+static void test_node_ids_follow_the_rule(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *good[] = {"\"a\"", "\"gpu-1\"", "\"Rack7.gpu_2:slot-3\"",
+                          "\"0123456789012345678901234567890123456789012345678901234567890123\""};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        assert_int_equal(parse_node(good[i], "\"http://h1\"", &cfg, &err), 0);
+        assert_int_equal(cfg.node_count, 2);
+        config_free(&cfg);
+    }
+    const char *bad[] = {
+        "\"gpu 1\"",      "\"gpu/1\"",
+        "\"g\\u00fcpu\"", "\"a\\nb\"",
+        "\"a\\\"b\"",     "\"01234567890123456789012345678901234567890123456789012345678901234\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(parse_node(bad[i], "\"http://h1\"", &cfg, &err), 0);
+        /* the error names the node's index, the offending id and the rule */
+        assert_non_null(strstr(err.msg, "nodes[1].id"));
+        assert_non_null(strstr(err.msg, "1 to 64 characters of A-Z a-z 0-9 . _ : -"));
+        assert_null(strchr(err.msg, '\n'));
+    }
+    assert_int_not_equal(parse_node("\"gpu 1\"", "\"http://h1\"", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "\"gpu 1\""));
+    assert_int_not_equal(parse_node("\"\"", "\"http://h1\"", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "nodes[1].id"));
+    assert_int_not_equal(parse_node("7", "\"http://h1\"", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "nodes[1].id"));
+    /* unique, case and all */
+    assert_int_not_equal(parse_node("\"ok-0\"", "\"http://h1\"", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "used twice"));
+    assert_int_equal(parse_node("\"OK-0\"", "\"http://h1\"", &cfg, &err), 0);
+    config_free(&cfg);
+}
+
+static void test_node_urls_are_http_base_urls(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *good[] = {"\"http://1\"", "\"http://127.0.0.1:1/\"",
+                          "\"https://gpu-1.internal:8443/mediator/\"", "\"http://[::1]:8000\"",
+                          "\"HTTP://Gpu1:65535\""};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        assert_int_equal(parse_node("\"n\"", good[i], &cfg, &err), 0);
+        config_free(&cfg);
+    }
+    assert_int_equal(parse_node("\"n\"", "\"https://h:8443/m//\"", &cfg, &err), 0);
+    assert_string_equal(cfg.nodes[1].url, "https://h:8443/m");
+    config_free(&cfg);
+    const char *bad[] = {"\"ftp://h\"",        "\"h:8000\"",          "\"http://\"",
+                         "\"http:///x\"",      "\"http://h:\"",       "\"http://h:0\"",
+                         "\"http://h:65536\"", "\"http://h:8o\"",     "\"http://h x\"",
+                         "\"http://h/?q=1\"",  "\"http://h/#f\"",     "\"http://u:p@h\"",
+                         "\"http://[::1\"",    "\"http://h\\u00e9\"", "\"http://h\\n/\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(parse_node("\"n\"", bad[i], &cfg, &err), 0);
+        assert_non_null(strstr(err.msg, "nodes[1].url"));
+        assert_null(strchr(err.msg, '\n'));
+    }
+    const char *llm = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                      "\"http://1\"}], \"llm\": {\"url\": \"http://nlp?key=1\"}}";
+    assert_int_not_equal(config_parse(llm, &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "llm.url"));
+}
+
+static void test_many_nodes_are_accepted(void **state)
+{
+    (void)state;
+    /* no hidden limit on the number of nodes (the engine once had arrays of 64) */
+    size_t n = 300;
+    size_t cap = 256 + n * 64;
+    char *text = malloc(cap);
+    assert_non_null(text);
+    size_t len = (size_t)snprintf(text, cap,
+                                  "{\"input_root\": \"/tmp\", \"llm\": {\"url\": "
+                                  "\"http://x\"}, \"nodes\": [");
+    for (size_t i = 0; i < n; i++) {
+        len += (size_t)snprintf(text + len, cap - len,
+                                "%s{\"id\": \"gpu-%zu\", \"url\": \"http://10.0.%zu.%zu:8000\"}",
+                                i > 0 ? ", " : "", i, i / 250, i % 250);
+    }
+    snprintf(text + len, cap - len, "]}");
+    struct cofi_config cfg;
+    struct cofi_err err;
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_int_equal(cfg.node_count, n);
+    assert_string_equal(cfg.nodes[n - 1].id, "gpu-299");
+    config_free(&cfg);
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -156,6 +296,10 @@ int main(void)
         cmocka_unit_test(test_auth_tokens_from_env),
         cmocka_unit_test(test_duplicate_node_ids_rejected),
         cmocka_unit_test(test_status_cache_ms),
+        cmocka_unit_test(test_retry_after_max_ms),
+        cmocka_unit_test(test_node_ids_follow_the_rule),
+        cmocka_unit_test(test_node_urls_are_http_base_urls),
+        cmocka_unit_test(test_many_nodes_are_accepted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,4 @@
-/* The state model's counts and the retry policy of CONTRACTS §5. */
+/* The state model's counts and the retry policy (pipeline/retry.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,6 +49,37 @@ static void test_running_call_is_pending_downstream(void **state)
     assert_int_equal(c[STAGE_STT].pending, 2);
 }
 
+static void test_counts_saturate_instead_of_overflowing(void **state)
+{
+    (void)state;
+    struct stage_counts c[STAGE_COUNT];
+    memset(c, 0, sizeof c);
+    stage_counts_add(c, STAGE_LID, CALL_RUNNING, INT64_MAX - 1);
+    stage_counts_add(c, STAGE_LID, CALL_RUNNING, 5);
+    stage_counts_add(c, STAGE_LID, CALL_RUNNING, INT64_MAX);
+    assert_true(c[STAGE_IVR].done == INT64_MAX);
+    assert_true(c[STAGE_LID].running == INT64_MAX);
+    assert_true(c[STAGE_STT].pending == INT64_MAX);
+    assert_true(c[STAGE_LID].pending == 0);
+    /* the other counts are untouched */
+    stage_counts_add(c, STAGE_LLM2, CALL_FAILED, 1);
+    assert_true(c[STAGE_LLM2].failed == 1);
+    assert_true(c[STAGE_IVR].done == INT64_MAX);
+}
+
+static void test_counts_ignore_negative_n(void **state)
+{
+    (void)state;
+    struct stage_counts c[STAGE_COUNT];
+    memset(c, 0, sizeof c);
+    stage_counts_add(c, STAGE_IVR, CALL_PENDING, 3);
+    stage_counts_add(c, STAGE_IVR, CALL_PENDING, -1);
+    stage_counts_add(c, STAGE_IVR, CALL_PENDING, INT64_MIN);
+    for (int s = 0; s < STAGE_COUNT; s++) {
+        assert_int_equal(c[s].pending + c[s].running + c[s].done + c[s].failed + c[s].skipped, 3);
+    }
+}
+
 static void test_classification_follows_contract(void **state)
 {
     (void)state;
@@ -95,15 +126,81 @@ static void test_backoff_grows_and_is_capped(void **state)
     }
 }
 
+static void test_retry_after_is_honoured_with_upward_jitter(void **state)
+{
+    (void)state;
+    struct cofi_worker_cfg w = {
+        .backoff_base_ms = 200, .backoff_max_ms = 30000, .retry_after_max_ms = 60000};
+    uint64_t seed = 7;
+    int64_t lo = INT64_MAX;
+    int64_t hi = INT64_MIN;
+    for (int i = 0; i < 1000; i++) {
+        /* Retry-After: 1 -> [1000, 1200]: the spread is backoff_base_ms (more than a tenth) */
+        int64_t d = retry_delay_ms(&w, 1, 1000, &seed);
+        assert_true(d >= 1000 && d <= 1200);
+        lo = d < lo ? d : lo;
+        hi = d > hi ? d : hi;
+        /* Retry-After: 0 still spreads the calls a little */
+        d = retry_delay_ms(&w, 4, 0, &seed);
+        assert_true(d >= 0 && d <= 200);
+        /* Retry-After: 30 -> [30000, 33000]: a tenth on top */
+        d = retry_delay_ms(&w, 2, 30000, &seed);
+        assert_true(d >= 30000 && d <= 33000);
+        /* exactly the cap is honoured in full */
+        d = retry_delay_ms(&w, 2, 60000, &seed);
+        assert_true(d >= 60000 && d <= 66000);
+    }
+    assert_true(hi - lo > 100); /* really jittered */
+    for (int64_t r = 0; r <= 60000; r += 997) {
+        assert_true(retry_delay_ms(&w, 1, r, &seed) >= r);
+    }
+}
+
+static void test_retry_after_is_capped_by_retry_after_max_ms(void **state)
+{
+    (void)state;
+    struct cofi_worker_cfg w = {
+        .backoff_base_ms = 200, .backoff_max_ms = 30000, .retry_after_max_ms = 60000};
+    uint64_t seed = 11;
+    for (int i = 0; i < 1000; i++) {
+        /* a day (the most retry_parse_after gives) is cut to a minute, whatever backoff_max_ms */
+        int64_t d = retry_delay_ms(&w, 1, 86400000, &seed);
+        assert_true(d >= 60000 && d <= 66000);
+    }
+    w.retry_after_max_ms = 5000;
+    for (int i = 0; i < 1000; i++) {
+        int64_t d = retry_delay_ms(&w, 1, 3600000, &seed);
+        assert_true(d >= 5000 && d <= 5500);
+    }
+}
+
+static void test_no_retry_after_means_backoff(void **state)
+{
+    (void)state;
+    struct cofi_worker_cfg w = {
+        .backoff_base_ms = 100, .backoff_max_ms = 1000, .retry_after_max_ms = 60000};
+    for (int attempt = 1; attempt < 12; attempt++) {
+        uint64_t s1 = 99 + (uint64_t)attempt;
+        uint64_t s2 = s1;
+        assert_int_equal(retry_delay_ms(&w, attempt, -1, &s1), retry_backoff_ms(&w, attempt, &s2));
+        assert_int_equal(s1, s2);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counts_add_up_for_every_position),
         cmocka_unit_test(test_failed_call_skips_later_stages),
         cmocka_unit_test(test_running_call_is_pending_downstream),
+        cmocka_unit_test(test_counts_saturate_instead_of_overflowing),
+        cmocka_unit_test(test_counts_ignore_negative_n),
         cmocka_unit_test(test_classification_follows_contract),
         cmocka_unit_test(test_retry_after_forms),
         cmocka_unit_test(test_backoff_grows_and_is_capped),
+        cmocka_unit_test(test_retry_after_is_honoured_with_upward_jitter),
+        cmocka_unit_test(test_retry_after_is_capped_by_retry_after_max_ms),
+        cmocka_unit_test(test_no_retry_after_means_backoff),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
