@@ -16,90 +16,13 @@
 #include "db/db.h"
 #include "db/migrate.h"
 #include "db/work_db.h"
-
-struct fixture {
-    char admin[512]; /* conninfo of the postgres database */
-    char name[64];   /* the scratch database */
-    PGconn *c;       /* a connection to it */
-};
-
-static void conninfo(char *out, size_t len, const char *db)
-{
-    const char *user = getenv("COFI_TEST_PGUSER");
-    snprintf(out, len, "host=%s port=%s user=%s dbname=%s", getenv("COFI_TEST_PGHOST"),
-             getenv("COFI_TEST_PGPORT"), user != NULL ? user : "postgres", db);
-}
-
-/* Runs "<verb> <the scratch database><rest>" on the postgres database. */
-static void admin_command(const struct fixture *f, const char *verb, const char *rest)
-{
-    char sql[256];
-    snprintf(sql, sizeof sql, "%s %s%s", verb, f->name, rest);
-    struct cofi_err err;
-    PGconn *a = db_connect(f->admin, &err);
-    assert_non_null(a);
-    int rc = db_command(a, sql, 0, NULL, &err);
-    PQfinish(a);
-    if (rc != 0) {
-        fail_msg("%s: %s", sql, err.msg);
-    }
-}
-
-static int setup(void **state)
-{
-    struct fixture *f = calloc(1, sizeof *f);
-    assert_non_null(f);
-    conninfo(f->admin, sizeof f->admin, "postgres");
-    snprintf(f->name, sizeof f->name, "cofi_t_prep_%ld_%d", (long)getpid(), rand() % 100000);
-    admin_command(f, "CREATE DATABASE", "");
-    char ci[512];
-    conninfo(ci, sizeof ci, f->name);
-    struct cofi_err err;
-    f->c = db_connect(ci, &err);
-    assert_non_null(f->c);
-    if (db_migrate(f->c, &err) != 0) {
-        fail_msg("migrate: %s", err.msg);
-    }
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    PQfinish(f->c);
-    admin_command(f, "DROP DATABASE IF EXISTS", " WITH (FORCE)");
-    free(f);
-    return 0;
-}
-
-/* The first row's first column of sql (no parameters) as a number. */
-static long query_long(PGconn *c, const char *sql)
-{
-    struct cofi_err err;
-    PGresult *r = db_exec(c, sql, 0, NULL, &err);
-    if (r == NULL) {
-        fail_msg("%s: %s", sql, err.msg);
-    }
-    assert_int_equal(PQntuples(r), 1);
-    long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    return v;
-}
-
-static void exec_ok(PGconn *c, const char *sql)
-{
-    struct cofi_err err;
-    if (db_command(c, sql, 0, NULL, &err) != 0) {
-        fail_msg("%s: %s", sql, err.msg);
-    }
-}
+#include "tests/db/support.h"
 
 /* nextval is not undone by the statement's failure, so the sequence counts the runs. */
 static void test_a_failed_write_runs_once(void **state)
 {
     struct fixture *f = *state;
-    exec_ok(f->c, "CREATE SEQUENCE runs");
+    db_test_exec(f->c, "CREATE SEQUENCE runs");
     const char *sql = "SELECT nextval('runs') / $1::int";
     const char *zero[] = {"0"};
     struct cofi_err err;
@@ -109,14 +32,14 @@ static void test_a_failed_write_runs_once(void **state)
     assert_int_equal(err.code, COFI_E_INTERNAL);
     assert_string_equal(err.sqlstate, "22012");
     assert_non_null(strstr(err.msg, "division by zero"));
-    assert_int_equal(query_long(f->c, "SELECT last_value FROM runs"), 1);
+    assert_int_equal(db_test_long(f->c, "SELECT last_value FROM runs"), 1);
 
     /* Prepared once: the second call runs it once more, and it is still there. */
     r = db_write_prepared(f->c, "t_div", sql, 1, zero, &err);
     assert_null(r);
-    assert_int_equal(query_long(f->c, "SELECT last_value FROM runs"), 2);
+    assert_int_equal(db_test_long(f->c, "SELECT last_value FROM runs"), 2);
     assert_int_equal(
-        query_long(f->c, "SELECT count(*) FROM pg_prepared_statements WHERE name = 't_div'"), 1);
+        db_test_long(f->c, "SELECT count(*) FROM pg_prepared_statements WHERE name = 't_div'"), 1);
 
     const char *one[] = {"1"};
     r = db_write_prepared(f->c, "t_div", sql, 1, one, &err);
@@ -129,7 +52,7 @@ static void test_a_failed_write_runs_once(void **state)
 static void test_a_missing_statement_is_prepared_again(void **state)
 {
     struct fixture *f = *state;
-    exec_ok(f->c, "CREATE TABLE t (v int)");
+    db_test_exec(f->c, "CREATE TABLE t (v int)");
     const char *sql = "INSERT INTO t VALUES ($1::int) RETURNING v";
     const char *p[] = {"7"};
     struct cofi_err err;
@@ -137,9 +60,9 @@ static void test_a_missing_statement_is_prepared_again(void **state)
         PGresult *r = db_write_prepared(f->c, "t_ins", sql, 1, p, &err);
         assert_non_null(r);
         PQclear(r);
-        exec_ok(f->c, "DEALLOCATE ALL");
+        db_test_exec(f->c, "DEALLOCATE ALL");
     }
-    assert_int_equal(query_long(f->c, "SELECT count(*) FROM t"), 2);
+    assert_int_equal(db_test_long(f->c, "SELECT count(*) FROM t"), 2);
 }
 
 /* A schema change that alters the statement's result columns (a newer instance's migration)
@@ -148,15 +71,15 @@ static void test_a_missing_statement_is_prepared_again(void **state)
 static void test_a_changed_result_type_is_prepared_again(void **state)
 {
     struct fixture *f = *state;
-    exec_ok(f->c, "CREATE TABLE t (a int)");
-    exec_ok(f->c, "INSERT INTO t VALUES (1)");
+    db_test_exec(f->c, "CREATE TABLE t (a int)");
+    db_test_exec(f->c, "INSERT INTO t VALUES (1)");
     const char *sql = "UPDATE t SET a = a + 1 RETURNING *";
     struct cofi_err err;
     PGresult *r = db_write_prepared(f->c, "t_upd", sql, 0, NULL, &err);
     assert_non_null(r);
     assert_int_equal(PQnfields(r), 1);
     PQclear(r);
-    exec_ok(f->c, "ALTER TABLE t ADD COLUMN b int DEFAULT 7");
+    db_test_exec(f->c, "ALTER TABLE t ADD COLUMN b int DEFAULT 7");
     r = db_write_prepared(f->c, "t_upd", sql, 0, NULL, &err);
     if (r == NULL) {
         fail_msg("after the schema change: %s", err.msg);
@@ -165,7 +88,7 @@ static void test_a_changed_result_type_is_prepared_again(void **state)
     assert_string_equal(PQgetvalue(r, 0, 0), "3");
     assert_string_equal(PQgetvalue(r, 0, 1), "7");
     PQclear(r);
-    assert_int_equal(query_long(f->c, "SELECT a FROM t"), 3);
+    assert_int_equal(db_test_long(f->c, "SELECT a FROM t"), 3);
 }
 
 /* Inside a transaction a statement not prepared yet fails (and the transaction with it):
@@ -173,16 +96,16 @@ static void test_a_changed_result_type_is_prepared_again(void **state)
 static void test_not_prepared_inside_a_transaction_is_an_error(void **state)
 {
     struct fixture *f = *state;
-    exec_ok(f->c, "CREATE TABLE t (v int)");
-    exec_ok(f->c, "BEGIN");
+    db_test_exec(f->c, "CREATE TABLE t (v int)");
+    db_test_exec(f->c, "BEGIN");
     const char *p[] = {"7"};
     struct cofi_err err;
     cofi_err_clear(&err);
     PGresult *r = db_write_prepared(f->c, "t_ins_tx", "INSERT INTO t VALUES ($1::int)", 1, p, &err);
     assert_null(r);
     assert_string_equal(err.sqlstate, "26000");
-    exec_ok(f->c, "ROLLBACK");
-    assert_int_equal(query_long(f->c, "SELECT count(*) FROM t"), 0);
+    db_test_exec(f->c, "ROLLBACK");
+    assert_int_equal(db_test_long(f->c, "SELECT count(*) FROM t"), 0);
 }
 
 /* The flush on a flusher connection: a generic plan, made while the statistics still say no
@@ -191,13 +114,13 @@ static void test_not_prepared_inside_a_transaction_is_an_error(void **state)
 static void test_flush_plan_is_generic_and_by_primary_key(void **state)
 {
     struct fixture *f = *state;
-    exec_ok(f->c, "INSERT INTO batches (id, name, state, file_count) "
-                  "VALUES (1, 'b', 'running', 20000)");
-    exec_ok(f->c, "INSERT INTO calls (batch_id, seq, file) "
-                  "SELECT 1, g, 'f' || g FROM generate_series(1, 20000) g");
-    exec_ok(f->c, "ANALYZE calls");
-    exec_ok(f->c, "UPDATE calls SET status = 'running', lease_owner = 'i1', claim_token = id "
-                  "WHERE id <= 2000");
+    db_test_exec(f->c, "INSERT INTO batches (id, name, state, file_count) "
+                       "VALUES (1, 'b', 'running', 20000)");
+    db_test_exec(f->c, "INSERT INTO calls (batch_id, seq, file) "
+                       "SELECT 1, g, 'f' || g FROM generate_series(1, 20000) g");
+    db_test_exec(f->c, "ANALYZE calls");
+    db_test_exec(f->c, "UPDATE calls SET status = 'running', lease_owner = 'i1', claim_token = id "
+                       "WHERE id <= 2000");
 
     struct cofi_err err;
     assert_int_equal(work_flush_session(f->c, &err), 0);
@@ -218,12 +141,12 @@ static void test_flush_plan_is_generic_and_by_primary_key(void **state)
         assert_int_equal(w[0].id, 5);
         free(w);
     }
-    assert_int_equal(query_long(f->c, "SELECT count(*) FROM call_stages WHERE call_id = 5"), 1);
-    assert_int_equal(query_long(f->c, "SELECT custom_plans FROM pg_prepared_statements "
-                                      "WHERE name = 'cofi_flush_fenced'"),
+    assert_int_equal(db_test_long(f->c, "SELECT count(*) FROM call_stages WHERE call_id = 5"), 1);
+    assert_int_equal(db_test_long(f->c, "SELECT custom_plans FROM pg_prepared_statements "
+                                        "WHERE name = 'cofi_flush_fenced'"),
                      0);
-    assert_int_equal(query_long(f->c, "SELECT generic_plans FROM pg_prepared_statements "
-                                      "WHERE name = 'cofi_flush_fenced'"),
+    assert_int_equal(db_test_long(f->c, "SELECT generic_plans FROM pg_prepared_statements "
+                                        "WHERE name = 'cofi_flush_fenced'"),
                      3);
 
     PGresult *plan = db_exec(f->c, "EXPLAIN EXECUTE cofi_flush_fenced('i1', '[]', '[]', '{6,7}')",
@@ -249,15 +172,16 @@ int main(void)
     }
     srand((unsigned int)getpid());
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_a_failed_write_runs_once, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_a_missing_statement_is_prepared_again, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_a_changed_result_type_is_prepared_again, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_not_prepared_inside_a_transaction_is_an_error, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_flush_plan_is_generic_and_by_primary_key, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_failed_write_runs_once, db_test_setup,
+                                        db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_a_missing_statement_is_prepared_again, db_test_setup,
+                                        db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_a_changed_result_type_is_prepared_again, db_test_setup,
+                                        db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_not_prepared_inside_a_transaction_is_an_error,
+                                        db_test_setup, db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_flush_plan_is_generic_and_by_primary_key,
+                                        db_test_setup, db_test_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
