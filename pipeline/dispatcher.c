@@ -8,7 +8,7 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "db/db.h"
-#include "pipeline/engine_internal.h"
+#include "pipeline/engine_state.h"
 
 /* Appends a string literal. */
 #define buf_lit(b, lit) buf_append((b), (lit), sizeof(lit) - 1)

@@ -10,7 +10,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "db/db.h"
-#include "pipeline/engine_internal.h"
+#include "pipeline/engine_state.h"
 #include "pipeline/metrics.h"
 
 /* ---- the lanes' host ------------------------------------------------------------------- */

@@ -8,7 +8,7 @@
 #include "common/thread.h"
 #include "common/utf8.h"
 #include "db/db.h"
-#include "pipeline/engine_internal.h"
+#include "pipeline/engine_state.h"
 #include "pipeline/flush_text.h"
 
 /* Below this many queued records the flusher waits FLUSH_LINGER_MS for more. */

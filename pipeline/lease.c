@@ -9,7 +9,7 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "db/db.h"
-#include "pipeline/engine_internal.h"
+#include "pipeline/engine_state.h"
 #include "pipeline/shares.h"
 
 bool engine_lease_current(struct engine *e)

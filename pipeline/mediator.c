@@ -12,7 +12,7 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "common/stages.h"
-#include "pipeline/mediator_internal.h"
+#include "pipeline/mediator_state.h"
 
 /* Wakes the lane thread if it waits (or is about to). Any thread. */
 static void lane_wake(struct mediator_lane *m)

@@ -6,7 +6,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
-#include "pipeline/mediator_internal.h"
+#include "pipeline/mediator_state.h"
 
 /* curl's socket callback: keeps the epoll set in step with what curl waits for. */
 int med__on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)

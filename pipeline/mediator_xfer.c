@@ -8,7 +8,7 @@
 #include "common/log.h"
 #include "common/stages.h"
 #include "common/utf8.h"
-#include "pipeline/mediator_internal.h"
+#include "pipeline/mediator_state.h"
 
 static void active_add(struct mediator_lane *m, struct xfer *x)
 {

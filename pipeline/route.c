@@ -4,7 +4,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
-#include "pipeline/engine_internal.h"
+#include "pipeline/engine_state.h"
 #include "pipeline/metrics.h"
 #include "pipeline/outcome.h"
 

@@ -1,7 +1,7 @@
 /* The engine's own state, shared by its files (engine, route, dispatcher, flusher, lease) and
  * by no one else: the lanes see only pipeline/lane.h. */
-#ifndef COFI_ENGINE_INTERNAL_H
-#define COFI_ENGINE_INTERNAL_H
+#ifndef COFI_ENGINE_STATE_H
+#define COFI_ENGINE_STATE_H
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -1,8 +1,8 @@
 /* The mediator lane's own state, shared by its three files and no one else: mediator.c (the
  * lane: queues, slots, the loop), mediator_xfer.c (one request: its transfer and outcome) and
  * mediator_poll.c (curl's sockets and timer on epoll). Lane thread only unless marked. */
-#ifndef COFI_MEDIATOR_INTERNAL_H
-#define COFI_MEDIATOR_INTERNAL_H
+#ifndef COFI_MEDIATOR_STATE_H
+#define COFI_MEDIATOR_STATE_H
 
 #include <curl/curl.h>
 #include <pthread.h>
