@@ -6,6 +6,8 @@ Each test module is one unittest.TestCase built on CofiCase. Its setUpClass crea
 (scripts/test.sh starts one), a work folder, and then calls the class's prepare(), which starts
 the processes it needs on free loopback ports. Everything is stopped and dropped at the end.
 The binaries come from COFID and COFI_SIM (set by ctest, see tests/CMakeLists.txt).
+Deadlines written as scaled(seconds) stretch by COFI_TEST_SLOW (default 1), times 3 when COFID
+is a sanitizer build (build-asan/, build-tsan/).
 
 Standard library only, plus jsonschema / openapi_schema_validator / referencing for checking
 responses against the API description.
