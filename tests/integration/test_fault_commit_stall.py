@@ -11,8 +11,8 @@ A. One instance: nobody else can have taken its calls, so it must not take them 
    itself: the batch completes, every call is recorded exactly once, no stage a worker
    answered 2xx is asked for again, every file is uploaded once, and the log never says it
    "took back N calls from expired instances".
-B. Two instances on three nodes of capacity 4: whichever instance comes out of the stall
-   first may find the other's lease expired, but the limits hold across both all along
+B. Two instances on three nodes of capacity 4, four stalls: whichever instance comes out of a
+   stall first may find the other's lease expired, but the limits hold across both all along
    (each node's max_concurrent <= 4, the NLP API's <= llm.concurrency) and the batch completes
    with every call recorded exactly once. Repeats towards the workers are allowed here.
 """
@@ -30,8 +30,8 @@ LLM_CONCURRENCY = 10
 CAPACITY = 4
 NODES = 3
 # B: requests slow enough that many are in flight when the commits go through again.
-LATENCY_B = {"upload": 30, "denoise": 30, "ivr": 30, "lid": 30, "stt": 30, "llm1": 60,
-             "llm2": 60}
+LATENCY_B = {"upload": 80, "denoise": 80, "ivr": 80, "lid": 80, "stt": 80, "llm1": 100,
+             "llm2": 100}
 
 
 class CommitStallTest(CofiCase):
@@ -61,12 +61,12 @@ class CommitStallTest(CofiCase):
         self.database.query("ALTER SYSTEM RESET synchronous_standby_names")
         self.database.query("SELECT pg_reload_conf()")
 
-    def stall_mid_batch(self, bid, n, cofid):
-        """Waits until the batch is well under way, stalls every commit for STALL_S seconds
-        and releases them. Returns llm2's counts when the stall began."""
+    def stall_mid_batch(self, bid, n, cofid, share=0.1):
+        """Waits until `share` of the batch's calls are done, stalls every commit for STALL_S
+        seconds and releases them. Returns llm2's counts when the stall began."""
         def mid():
             llm2 = self.stage_counts(self.get_batch(bid, cofid=cofid))["llm2"]
-            return llm2 if llm2["done"] >= n // 10 else None
+            return llm2 if llm2["done"] >= int(n * share) else None
         at = cofitest.poll(mid, scaled(30), interval=0.02, what="batch %d mid-run" % bid)
         self.assertLess(at["done"], n, "the batch ended before the stall")
         self.stall_commits()
@@ -111,7 +111,7 @@ class CommitStallTest(CofiCase):
         self.assertEqual(sum_stat(stats, "ok", "upload"), n, "files uploaded")
 
     def test_b_two_instances_keep_the_limits(self):
-        n = 600
+        n = 400
         sim = self.start_sim(owner=self, nodes=NODES, node_capacity=CAPACITY, nlp_capacity=100,
                              latency=LATENCY_B, jitter_pct=20, seed=22)
         a, b = [self.start_cofid(sim=sim, owner=self, llm_concurrency=LLM_CONCURRENCY,
@@ -121,7 +121,10 @@ class CommitStallTest(CofiCase):
             "SELECT count(DISTINCT instance) FROM instance_shares WHERE share > 0") == 2,
             scaled(15), interval=0.1, what="both instances to hold shares")
         bid = self.start_batch(n, "stall2", a)
-        self.stall_mid_batch(bid, n, a)
+        # Four times: which instance comes out of a stall first is a race, and the limits
+        # are at risk when the one that lost its lease does.
+        for share in (0.1, 0.3, 0.5, 0.7):
+            self.stall_mid_batch(bid, n, a, share=share)
 
         final = self.wait_batch_final_or_explain(bid, timeout=scaled(60), cofid=b)
         self.assertEqual(final["state"], "completed")
@@ -130,9 +133,10 @@ class CommitStallTest(CofiCase):
         cofitest.log("max_concurrent: nodes %s, NLP %d; repeated_keys %s"
                      % ([s["max_concurrent"] for s in nodes], nlp["max_concurrent"],
                         [s["repeated_keys"] for s in nodes + [nlp]]))
-        for s in nodes:
-            self.assertLessEqual(s["max_concurrent"], CAPACITY, "node %s" % s["id"])
-        self.assertLessEqual(nlp["max_concurrent"], LLM_CONCURRENCY, "NLP API")
+        over = ["%s had %d requests at once (limit %d)" % (s["id"], s["max_concurrent"], lim)
+                for s, lim in [(s, CAPACITY) for s in nodes] + [(nlp, LLM_CONCURRENCY)]
+                if s["max_concurrent"] > lim]
+        self.assertEqual(over, [], "a limit was exceeded across the two instances")
 
 
 if __name__ == "__main__":
