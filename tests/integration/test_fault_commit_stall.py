@@ -11,10 +11,12 @@ A. One instance: nobody else can have taken its calls, so it must not take them 
    itself: the batch completes, every call is recorded exactly once, no stage a worker
    answered 2xx is asked for again, every file is uploaded once, and the log never says it
    "took back N calls from expired instances".
-B. Two instances on three nodes of capacity 4, four stalls: whichever instance comes out of a
-   stall first may find the other's lease expired, but the limits hold across both all along
-   (each node's max_concurrent <= 4, the NLP API's <= llm.concurrency) and the batch completes
-   with every call recorded exactly once. Repeats towards the workers are allowed here.
+B. Two instances (ids a and b) on three nodes of capacity 4, three stalls: whichever instance
+   comes out of a stall first may find the other's lease expired, but the limits hold across
+   both all along (each node's max_concurrent <= 4, the NLP API's <= llm.concurrency) and the
+   batch completes with every call recorded exactly once. Repeats towards the workers are
+   allowed here. (Whether an instance that lost its lease still sends when the other has taken
+   its share is a race: on the engine of 193ba75 about every second run shows it.)
 """
 
 import time
@@ -115,15 +117,16 @@ class CommitStallTest(CofiCase):
         sim = self.start_sim(owner=self, nodes=NODES, node_capacity=CAPACITY, nlp_capacity=100,
                              latency=LATENCY_B, jitter_pct=20, seed=22)
         a, b = [self.start_cofid(sim=sim, owner=self, llm_concurrency=LLM_CONCURRENCY,
-                                 extra={"lease_ms": LEASE_MS}, primary=False) for _ in range(2)]
+                                 extra={"lease_ms": LEASE_MS}, primary=False,
+                                 env={"COFI_INSTANCE_ID": i}) for i in ("a", "b")]
         # Both hold a share of every limit before the batch starts.
         cofitest.poll(lambda: self.database.count(
             "SELECT count(DISTINCT instance) FROM instance_shares WHERE share > 0") == 2,
             scaled(15), interval=0.1, what="both instances to hold shares")
         bid = self.start_batch(n, "stall2", a)
-        # Four times: which instance comes out of a stall first is a race, and the limits
+        # Three times: which instance comes out of a stall first is a race, and the limits
         # are at risk when the one that lost its lease does.
-        for share in (0.1, 0.3, 0.5, 0.7):
+        for share in (0.1, 0.4, 0.7):
             self.stall_mid_batch(bid, n, a, share=share)
 
         final = self.wait_batch_final_or_explain(bid, timeout=scaled(60), cofid=b)
