@@ -40,6 +40,8 @@ void sim_reply_error(struct sim_reply *r, int status, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     json_decref(r->body);
+    free(r->raw);
+    r->raw = NULL;
     r->status = status;
     r->body = json_pack("{s:s}", "error", msg);
     if (r->body == NULL) {
@@ -52,6 +54,8 @@ void sim_reply_json(struct sim_reply *r, int status, json_t *body)
 {
     json_decref(r->body);
     r->body = NULL;
+    free(r->raw);
+    r->raw = NULL;
     if (body == NULL) {
         sim_reply_error(r, 500, "out of memory");
         return;
@@ -266,17 +270,24 @@ static enum MHD_Result send_reply(struct sim_port *p, struct sim_req *req,
     }
     if (r->status == 0) {
         json_decref(r->body);
+        free(r->raw);
         return MHD_NO;
     }
     char *text = NULL;
-    if (r->body != NULL && r->status != 204 && r->status != 304) {
+    size_t text_len = 0;
+    if (r->raw != NULL) {
+        text = r->raw;
+        text_len = r->raw_len;
+    } else if (r->body != NULL && r->status != 204 && r->status != 304) {
         text = json_dumps(r->body, JSON_COMPACT | JSON_REAL_PRECISION(15));
+        text_len = text != NULL ? strlen(text) : 0;
     }
+    r->raw = NULL;
     json_decref(r->body);
     r->body = NULL;
     struct MHD_Response *resp = NULL;
     if (text != NULL) {
-        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+        resp = MHD_create_response_from_buffer(text_len, text, MHD_RESPMEM_MUST_FREE);
     } else {
         resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     }

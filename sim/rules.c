@@ -13,6 +13,9 @@ static void rule_free(struct sim_rule *r)
     free(r->call_ids);
     r->call_ids = NULL;
     r->ncall_ids = 0;
+    free(r->body);
+    r->body = NULL;
+    r->body_len = 0;
     sim_map_clear(&r->key_counts);
 }
 
@@ -96,11 +99,102 @@ static int parse_call_ids(const json_t *v, struct sim_rule *r, char *err, size_t
     return 0;
 }
 
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+/* Reads the optional answer body: "body" (text sent verbatim), "body_hex" (bytes as hex) or
+ * "body_bytes" (a JSON object of at least that many bytes), at most one of them. */
+static int parse_body(const json_t *o, struct sim_rule *r, char *err, size_t errlen)
+{
+    const json_t *text = json_object_get(o, "body");
+    const json_t *hex = json_object_get(o, "body_hex");
+    const json_t *bytes = json_object_get(o, "body_bytes");
+    if ((text != NULL) + (hex != NULL) + (bytes != NULL) > 1) {
+        snprintf(err, errlen, "at most one of body, body_hex and body_bytes");
+        return -1;
+    }
+    if (text != NULL) {
+        if (!json_is_string(text)) {
+            snprintf(err, errlen, "body must be a string");
+            return -1;
+        }
+        size_t len = json_string_length(text);
+        r->body = malloc(len ? len : 1);
+        if (r->body == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        memcpy(r->body, json_string_value(text), len);
+        r->body_len = len;
+    }
+    if (hex != NULL) {
+        const char *s = json_is_string(hex) ? json_string_value(hex) : NULL;
+        size_t len = s != NULL ? strlen(s) : 1;
+        if (s == NULL || len % 2 != 0) {
+            snprintf(err, errlen, "body_hex must be a string of hex digit pairs");
+            return -1;
+        }
+        r->body = malloc(len / 2 ? len / 2 : 1);
+        if (r->body == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        for (size_t i = 0; i < len / 2; i++) {
+            int hi = hex_digit(s[2 * i]);
+            int lo = hex_digit(s[2 * i + 1]);
+            if (hi < 0 || lo < 0) {
+                snprintf(err, errlen, "body_hex must be a string of hex digit pairs");
+                return -1;
+            }
+            r->body[i] = (char)(hi * 16 + lo);
+        }
+        r->body_len = len / 2;
+    }
+    if (bytes != NULL) {
+        if (!json_is_integer(bytes) || json_integer_value(bytes) < 1 ||
+            json_integer_value(bytes) > SIM_RULE_BYTES_MAX) {
+            snprintf(err, errlen, "body_bytes must be an integer from 1 to %d", SIM_RULE_BYTES_MAX);
+            return -1;
+        }
+        r->body_bytes = (size_t)json_integer_value(bytes);
+    }
+    return 0;
+}
+
+/* A new {"pad":"xx...x"} of max(n, its shortest form) bytes in *len; NULL when out of memory. */
+static char *pad_body_new(size_t n, size_t *len)
+{
+    static const char head[] = "{\"pad\":\"";
+    static const char tail[] = "\"}";
+    size_t fixed = sizeof head - 1 + sizeof tail - 1;
+    size_t total = n > fixed ? n : fixed;
+    char *b = malloc(total);
+    if (b == NULL) {
+        return NULL;
+    }
+    memcpy(b, head, sizeof head - 1);
+    memset(b + sizeof head - 1, 'x', total - fixed);
+    memcpy(b + total - (sizeof tail - 1), tail, sizeof tail - 1);
+    *len = total;
+    return b;
+}
+
 static int parse_rule(const json_t *o, enum sim_role role, struct sim_rule *r, char *err,
                       size_t errlen)
 {
-    static const char *const known[] = {"endpoint",    "call_ids", "status",
-                                        "retry_after", "times",    "per_key"};
+    static const char *const known[] = {"endpoint", "call_ids", "status",   "retry_after", "times",
+                                        "per_key",  "body",     "body_hex", "body_bytes"};
     if (!json_is_object(o)) {
         snprintf(err, errlen, "a rule must be a JSON object");
         return -1;
@@ -161,7 +255,8 @@ static int parse_rule(const json_t *o, enum sim_role role, struct sim_rule *r, c
     }
 
     if (opt_count(o, "times", &r->times_left, err, errlen) != 0 ||
-        opt_count(o, "per_key", &r->per_key, err, errlen) != 0) {
+        opt_count(o, "per_key", &r->per_key, err, errlen) != 0 ||
+        parse_body(o, r, err, errlen) != 0) {
         return -1;
     }
     return parse_call_ids(json_object_get(o, "call_ids"), r, err, errlen);
@@ -231,12 +326,15 @@ static bool rule_selects(const struct sim_rule *r, enum sim_ep ep, const char *c
 }
 
 bool sim_rules_match(struct sim_rules *rules, enum sim_ep ep, const char *call_id, const char *key,
-                     int *status, char *retry_after, size_t retry_len)
+                     struct sim_injected *out)
 {
     if (atomic_load(&rules->active) == 0) {
         return false;
     }
     bool fired = false;
+    char *body = NULL;
+    size_t body_len = 0;
+    size_t pad = 0;
     pthread_mutex_lock(&rules->mu);
     for (size_t i = 0; i < rules->n && !fired; i++) {
         struct sim_rule *r = &rules->rule[i];
@@ -257,10 +355,25 @@ bool sim_rules_match(struct sim_rules *rules, enum sim_ep ep, const char *call_i
         if (r->times_left > 0) {
             r->times_left--;
         }
-        *status = r->status;
-        snprintf(retry_after, retry_len, "%s", r->retry_after);
+        out->status = r->status;
+        snprintf(out->retry_after, sizeof out->retry_after, "%s", r->retry_after);
+        if (r->body != NULL) {
+            body = malloc(r->body_len ? r->body_len : 1);
+            if (body != NULL) {
+                memcpy(body, r->body, r->body_len);
+                body_len = r->body_len;
+            }
+        }
+        pad = r->body_bytes;
         fired = true;
     }
     pthread_mutex_unlock(&rules->mu);
+    if (fired && pad > 0) {
+        body = pad_body_new(pad, &body_len); /* tens of MiB: built outside the lock */
+    }
+    if (fired) {
+        out->body = body;
+        out->body_len = body_len;
+    }
     return fired;
 }

@@ -20,14 +20,15 @@ struct MHD_PostProcessor;
  * Limits. Every buffer the simulator fills from the network is capped by one of these.
  */
 #define SIM_MAX_NODES      1024
-#define SIM_JSON_BODY_MAX  (1024 * 1024) /* JSON request bodies; uploads are streamed */
-#define SIM_KEY_MAX        512           /* longest Idempotency-Key / X-Request-Id accepted */
-#define SIM_FIELD_MAX      1024          /* longest call_id form field or upload file name */
-#define SIM_KEY_SHARDS     64            /* shards of the per-port idempotency-key table */
-#define SIM_MAX_RULES      256           /* failure rules per port */
-#define SIM_MAX_RULE_CALLS 100000        /* call ids per failure rule */
-#define SIM_HANG_MAX_MS    60000         /* longest a request waits on a "hang" node */
-#define SIM_STATUS_MAX     600           /* HTTP statuses counted: 0..599 */
+#define SIM_JSON_BODY_MAX  (1024 * 1024)      /* JSON request bodies; uploads are streamed */
+#define SIM_KEY_MAX        512                /* longest Idempotency-Key / X-Request-Id accepted */
+#define SIM_FIELD_MAX      1024               /* longest call_id form field or upload file name */
+#define SIM_KEY_SHARDS     64                 /* shards of the per-port idempotency-key table */
+#define SIM_MAX_RULES      256                /* failure rules per port */
+#define SIM_MAX_RULE_CALLS 100000             /* call ids per failure rule */
+#define SIM_HANG_MAX_MS    60000              /* longest a request waits on a "hang" node */
+#define SIM_STATUS_MAX     600                /* HTTP statuses counted: 0..599 */
+#define SIM_RULE_BYTES_MAX (64 * 1024 * 1024) /* largest body_bytes of a failure rule */
 #define SIM_HOST_MAX       64
 
 /* ------------------------------------------------------------------------------------------
@@ -156,6 +157,9 @@ struct sim_rule {
     char retry_after[64]; /* "" = no Retry-After header */
     int64_t times_left;   /* -1 = unlimited */
     int64_t per_key;      /* -1 = unlimited; else inject on the first per_key requests of a key */
+    char *body;           /* owned: the answer's body verbatim ("body", "body_hex"), or NULL */
+    size_t body_len;
+    size_t body_bytes;         /* > 0: the answer is {"pad":"xx..."} of at least this many bytes */
     struct sim_map key_counts; /* per idempotency key: requests this rule matched */
 };
 struct sim_rules {
@@ -173,10 +177,19 @@ int sim_rules_replace(struct sim_rules *rules, enum sim_role role, const json_t 
 /* Removes every rule. Can't fail. */
 void sim_rules_clear(struct sim_rules *rules);
 
-/* Matches one worker request against the rules. When a rule fires, consumes its budget, writes
- * the answer's status and Retry-After (or "") and returns true. Thread-safe. */
+/* The answer a fired rule makes. */
+struct sim_injected {
+    int status;
+    char retry_after[64]; /* "" = no Retry-After header */
+    char *body;           /* new (malloc): the body to send verbatim; NULL = {"error":"injected"} */
+    size_t body_len;
+};
+
+/* Matches one worker request against the rules. When a rule fires, consumes its budget, fills
+ * *out (the caller frees out->body) and returns true; otherwise returns false and leaves *out
+ * unchanged. A rule whose body cannot be allocated answers without one. Thread-safe. */
 bool sim_rules_match(struct sim_rules *rules, enum sim_ep ep, const char *call_id, const char *key,
-                     int *status, char *retry_after, size_t retry_len);
+                     struct sim_injected *out);
 
 /* ------------------------------------------------------------------------------------------
  * Ports: one HTTP daemon each, a node or the NLP API.
@@ -284,8 +297,10 @@ struct sim_req {
 
 /* The answer to a request, turned into HTTP in exactly one place (http.c). */
 struct sim_reply {
-    int status;           /* 0: drop the connection without answering */
-    json_t *body;         /* new reference or NULL (no body) */
+    int status;   /* 0: drop the connection without answering */
+    json_t *body; /* new reference or NULL (no body) */
+    char *raw;    /* owned (malloc) or NULL: sent verbatim as the JSON body instead */
+    size_t raw_len;
     char retry_after[64]; /* "" = no Retry-After header */
     const char *allow;    /* static Allow header for 405, or NULL */
 };

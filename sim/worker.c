@@ -285,13 +285,17 @@ void sim_worker_serve(struct sim_port *p, struct sim_req *req, struct sim_reply 
     bool was_ok = false;
     sim_keys_touch(p, job.key, &seen, &was_ok);
 
-    int status = 0;
-    char retry_after[sizeof r->retry_after];
-    if (sim_rules_match(&p->rules, job.ep, job.call_id, job.key, &status, retry_after,
-                        sizeof retry_after)) {
-        sim_reply_error(r, status, "injected");
-        snprintf(r->retry_after, sizeof r->retry_after, "%s", retry_after);
-        if (status >= 200 && status < 300) {
+    struct sim_injected inj = {0};
+    if (sim_rules_match(&p->rules, job.ep, job.call_id, job.key, &inj)) {
+        sim_reply_error(r, inj.status, "injected");
+        if (inj.body != NULL) {
+            json_decref(r->body);
+            r->body = NULL;
+            r->raw = inj.body;
+            r->raw_len = inj.body_len;
+        }
+        snprintf(r->retry_after, sizeof r->retry_after, "%s", inj.retry_after);
+        if (inj.status >= 200 && inj.status < 300) {
             sim_keys_mark_ok(p, job.key);
         }
         goto out;

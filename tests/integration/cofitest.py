@@ -6,6 +6,8 @@ Each test module is one unittest.TestCase built on CofiCase. Its setUpClass crea
 (scripts/test.sh starts one), a work folder, and then calls the class's prepare(), which starts
 the processes it needs on free loopback ports. Everything is stopped and dropped at the end.
 The binaries come from COFID and COFI_SIM (set by ctest, see tests/CMakeLists.txt).
+Deadlines written as scaled(seconds) stretch by COFI_TEST_SLOW (default 1), times 3 when COFID
+is a sanitizer build (build-asan/, build-tsan/).
 
 Standard library only, plus jsonschema / openapi_schema_validator / referencing for checking
 responses against the API description.
@@ -56,6 +58,24 @@ def log(msg):
 
 # ------------------------------------------------------------------------------------------
 # Waiting
+
+
+def _slow_factor():
+    f = float(os.environ.get("COFI_TEST_SLOW", "1"))
+    cofid = os.environ.get("COFID", "")
+    if "build-asan" in cofid or "build-tsan" in cofid:
+        f *= 3
+    return f
+
+
+# How much slower than an idle machine with a plain build this run may be: COFI_TEST_SLOW
+# (default 1), times 3 for a sanitizer build of cofid. Deadlines are scaled(seconds).
+SLOW = _slow_factor()
+
+
+def scaled(seconds):
+    """A deadline of `seconds` on an idle machine, stretched by SLOW."""
+    return seconds * SLOW
 
 def poll(fn, timeout, interval=0.05, what=None):
     """Calls fn until it returns a truthy value, which is returned; raises AssertionError
@@ -1145,6 +1165,53 @@ class CofiCase(unittest.TestCase):
                        "FROM call_stages cs JOIN calls c ON c.id = cs.call_id "
                        "WHERE c.batch_id = %d GROUP BY 1 ORDER BY 1" % batch_id)
         self.assertEqual(rows, [(str(s), str(n), str(n)) for s in range(7)])
+
+    def call_ids(self, batch_id):
+        """{file: call id} of the batch's calls."""
+        return {c["file"]: c["id"] for c in self.list_all_calls(batch_id)}
+
+    def call_stage(self, batch_id, call_id, stage):
+        """(call object, the entry of `stage` in its stages) from GET .../calls/{call_id}."""
+        call = self.get_call(batch_id, call_id)
+        for s in call["stages"]:
+            if s["name"] == stage:
+                return call, s
+        self.fail("call %s has no stage %s: %s" % (call_id, stage, _short(call)))
+
+    def assert_done_once_except(self, batch_id, n, failed):
+        """Like assert_calls_recorded_once for a batch whose calls `failed` ({call id: the
+        stage it failed at}) failed: every other of the n calls is done with exactly one done
+        record per stage, and each failed call is failed at its stage with one record for
+        that stage and each earlier one."""
+        ids = ",".join("'%s'" % i for i in failed) or "NULL"
+        self.assertEqual(self.db("SELECT status, stage, count(*) FROM calls WHERE batch_id = %d "
+                                 "AND id::text NOT IN (%s) GROUP BY 1, 2" % (batch_id, ids)),
+                         [("done", "7", str(n - len(failed)))])
+        bad = self.db(
+            "SELECT c.id, count(cs.call_id), count(DISTINCT cs.stage) FROM calls c "
+            "LEFT JOIN call_stages cs ON cs.call_id = c.id AND cs.state = 'done' "
+            "AND jsonb_typeof(cs.result) = 'object' WHERE c.batch_id = %d "
+            "AND c.id::text NOT IN (%s) GROUP BY c.id "
+            "HAVING count(cs.call_id) <> 7 OR count(DISTINCT cs.stage) <> 7 LIMIT 10"
+            % (batch_id, ids))
+        self.assertEqual(bad, [], "done calls without exactly one done record per stage")
+        self.assertEqual(self.db("SELECT cs.call_id, cs.stage, count(*) FROM call_stages cs "
+                                 "JOIN calls c ON c.id = cs.call_id WHERE c.batch_id = %d "
+                                 "GROUP BY 1, 2 HAVING count(*) > 1 LIMIT 10" % batch_id), [],
+                         "a stage of a call recorded twice")
+        for call_id, stage in failed.items():
+            call = self.get_call(batch_id, call_id)
+            self.assertEqual(call["state"], "failed", "call %s" % call_id)
+            states = {s["name"]: s["state"] for s in call["stages"]}
+            at = STAGES.index(stage)
+            self.assertEqual([states[s] for s in STAGES[:at]], ["done"] * at, "call %s" % call_id)
+            self.assertEqual(states[stage], "failed", "call %s" % call_id)
+
+    def assert_no_repeated_keys(self, sim):
+        """No port of sim was asked again for work it had answered 2xx (repeated_keys)."""
+        for s in sim.stats_all():
+            self.assertEqual(s["repeated_keys"], 0, "%s (port %s) was asked %d times again for "
+                             "work it had answered" % (s["id"], s["port"], s["repeated_keys"]))
 
     def calls_summary(self, batch_id):
         """(stage, status, lease_owner, count) of the batch's calls, from the database: what a

@@ -7,13 +7,17 @@ node"). Three nodes; node 1 is taken down by the simulator:
 - back up: it is healthy again and gets work in the next batch;
 - answering 503 to everything (health checks included): once unhealthy it gets no request at
   all any more (its request counters stop), and again the batch completes.
+
+Work is at least once towards workers: the upload counts are bounds, not exact (a request in
+flight when the node went down may have been answered there and still be repeated elsewhere).
+Deadlines are scaled (cofitest.scaled) for loaded machines and sanitizer builds.
 """
 
 import time
 import unittest
 
 import cofitest
-from cofitest import CofiCase, NODE_ENDPOINTS, STAGES, sum_stat
+from cofitest import CofiCase, NODE_ENDPOINTS, STAGES, scaled, sum_stat
 
 NODES = 3
 CAPACITY = 3
@@ -46,7 +50,10 @@ class NodeDownTest(CofiCase):
             seen.append({n["id"]: n["healthy"] for n in r.json["nodes"]})
         return seen[0] if all(h == seen[0] for h in seen) else None
 
-    def wait_health(self, node, healthy, timeout=5.0):
+    def wait_health(self, node, healthy, timeout=10.0):
+        """Waits (timeout scaled) until node is reported (un)healthy and every other healthy;
+        returns how long it took."""
+        timeout = scaled(timeout)
         t0 = time.monotonic()
         want = {"gpu-%d" % i: (healthy if i == node else True) for i in range(NODES)}
         cofitest.poll(lambda: self.node_health() == want, timeout, interval=0.05,
@@ -69,7 +76,8 @@ class NodeDownTest(CofiCase):
                 "SELECT count(*) FROM calls WHERE batch_id = %d AND node = 'gpu-%d' AND stage "
                 "BETWEEN 1 AND 3 AND status IN ('pending', 'running')" % (bid, node))
             return (counts, on_node) if on_node >= 3 else None
-        return cofitest.poll(busy, 30, interval=0.02, what="node gpu-%d busy mid-batch" % node)
+        return cofitest.poll(busy, scaled(30), interval=0.02,
+                             what="node gpu-%d busy mid-batch" % node)
 
     def db_now(self):
         return self.database.scalar("SELECT now()")
@@ -79,7 +87,7 @@ class NodeDownTest(CofiCase):
         return dict(self.sim.stats_all()[node]["requests"])
 
     def assert_batch_done_once(self, bid, n):
-        final = self.wait_batch_final_or_explain(bid, timeout=30)
+        final = self.wait_batch_final_or_explain(bid, timeout=scaled(60))
         self.assertEqual(final["state"], "completed")
         for name, c in self.stage_counts(final).items():
             self.assertEqual(c, {"pending": 0, "running": 0, "done": n, "failed": 0,
@@ -117,8 +125,8 @@ class NodeDownTest(CofiCase):
         sim = self.sim
         # 1. Node 1 refuses connections in the middle of a batch.
         n = 600
+        uploads_before = sum_stat(sim.stats_all(), "ok", "upload")  # before the batch starts
         bid = self.start_batch(n, "refuse")
-        uploads_before = sum_stat(sim.stats_all(), "ok", "upload")
         counts, caught = self.wait_node_busy(bid, 1, n)
         sim.down(1, "refuse")
         t_down = self.db_now()
@@ -136,8 +144,13 @@ class NodeDownTest(CofiCase):
         kept = self.assert_moved_off(bid, 1, t_down, "finished_at")
         moved = uploads_gpu1 - kept
         self.assertGreater(moved, 0, "no call was distributed again")
-        self.assertEqual(sum_stat(sim.stats_all(), "ok", "upload") - uploads_before, n + moved)
-        self.assertFalse(self.node_health()["gpu-1"], "healthy again while still down")
+        # Every call was uploaded to the node it ended on, and each call that left gpu-1 had
+        # been uploaded there too: at least n + moved uploads (more when answers in flight
+        # were lost with the node).
+        self.assertGreaterEqual(sum_stat(sim.stats_all(), "ok", "upload") - uploads_before,
+                                n + moved)
+        health = cofitest.poll(self.node_health, scaled(5), what="a consistent node health")
+        self.assertFalse(health["gpu-1"], "healthy again while still down")
         self.assertEqual(self.node_requests(1), reqs_down)
 
         # 2. Back up: healthy again, and it gets work in the next batch.
@@ -156,16 +169,18 @@ class NodeDownTest(CofiCase):
         for ep in NODE_ENDPOINTS:
             self.assertGreaterEqual(grown[ep], n2 // 10, "node gpu-1 got little or no %s work "
                                                         "after it came back" % ep)
-        self.assertEqual(self.database.count(
-            "SELECT count(*) FROM calls WHERE batch_id = %d AND node = 'gpu-1'" % bid2),
-            grown["upload"])
+        # Uploads are at least once: a call can have been uploaded there and moved on.
+        kept2 = self.database.count(
+            "SELECT count(*) FROM calls WHERE batch_id = %d AND node = 'gpu-1'" % bid2)
+        self.assertGreater(kept2, 0)
+        self.assertLessEqual(kept2, grown["upload"])
 
     def test_b_erroring_node_gets_no_new_work(self):
         sim = self.sim
         self.wait_health(1, healthy=True)
         n = 400
+        uploads_before = sim.stats_all()[1]["ok"]["upload"]  # before the batch starts
         bid = self.start_batch(n, "error")
-        uploads_before = sim.stats_all()[1]["ok"]["upload"]
         counts, caught = self.wait_node_busy(bid, 1, n)
         sim.down(1, "error")
         t_down = self.db_now()
@@ -175,8 +190,9 @@ class NodeDownTest(CofiCase):
                      "down at distribute %s; it held at least %d calls at denoise..lid"
                      % (time.monotonic() - t0, counts["distribute"], caught))
 
-        # Requests cofid had sent before it saw the node unhealthy may still arrive: the
-        # counters settle, and from then on they must not move.
+        # Requests cofid had sent before it saw the node unhealthy may still arrive (and
+        # retries already due): the counters settle over a gap longer than the longest
+        # backoff (backoff_max_ms), and from then on they must not move.
         last = [None]
 
         def settled():
@@ -184,7 +200,9 @@ class NodeDownTest(CofiCase):
             same = now == last[0]
             last[0] = now
             return now if same else None
-        base = cofitest.poll(settled, 5, interval=0.3, what="node gpu-1's counters to settle")
+        gap = max(0.3, MEDIATOR["backoff_max_ms"] / 1000.0 + 0.2) * min(cofitest.SLOW, 2)
+        base = cofitest.poll(settled, scaled(10), interval=gap,
+                             what="node gpu-1's counters to settle")
         self.assert_batch_done_once(bid, n)
         self.assertEqual(self.node_requests(1), base,
                          "node gpu-1 got requests after it was reported unhealthy")

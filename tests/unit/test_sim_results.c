@@ -134,19 +134,18 @@ static void test_rules_match_call_ids_times_and_per_key(void **state)
                                "{\"endpoint\": \"*\", \"call_ids\": [\"9\"], \"status\": 400, "
                                "\"times\": 1}]}"),
                      0);
-    int status = 0;
-    char ra[64];
-    assert_false(sim_rules_match(&rules, SIM_EP_IVR, "16", "16:ivr", &status, ra, sizeof ra));
-    assert_true(sim_rules_match(&rules, SIM_EP_IVR, "18", "18:ivr", &status, ra, sizeof ra));
-    assert_int_equal(status, 503);
-    assert_string_equal(ra, "1");
-    assert_true(sim_rules_match(&rules, SIM_EP_IVR, "18", "18:ivr", &status, ra, sizeof ra));
-    assert_false(sim_rules_match(&rules, SIM_EP_IVR, "18", "18:ivr", &status, ra, sizeof ra));
-    assert_false(sim_rules_match(&rules, SIM_EP_LID, "17", "17:lid", &status, ra, sizeof ra));
-    assert_true(sim_rules_match(&rules, SIM_EP_STT, "9", "9:stt", &status, ra, sizeof ra));
-    assert_int_equal(status, 400);
-    assert_string_equal(ra, "");
-    assert_false(sim_rules_match(&rules, SIM_EP_STT, "9", "9:stt", &status, ra, sizeof ra));
+    struct sim_injected inj = {0};
+    assert_false(sim_rules_match(&rules, SIM_EP_IVR, "16", "16:ivr", &inj));
+    assert_true(sim_rules_match(&rules, SIM_EP_IVR, "18", "18:ivr", &inj));
+    assert_int_equal(inj.status, 503);
+    assert_string_equal(inj.retry_after, "1");
+    assert_true(sim_rules_match(&rules, SIM_EP_IVR, "18", "18:ivr", &inj));
+    assert_false(sim_rules_match(&rules, SIM_EP_IVR, "18", "18:ivr", &inj));
+    assert_false(sim_rules_match(&rules, SIM_EP_LID, "17", "17:lid", &inj));
+    assert_true(sim_rules_match(&rules, SIM_EP_STT, "9", "9:stt", &inj));
+    assert_int_equal(inj.status, 400);
+    assert_string_equal(inj.retry_after, "");
+    assert_false(sim_rules_match(&rules, SIM_EP_STT, "9", "9:stt", &inj));
     sim_rules_clear(&rules);
     pthread_mutex_destroy(&rules.mu);
 }
@@ -167,10 +166,77 @@ static void test_rules_reject_bad_input_and_keep_old_rules(void **state)
                                "\"bogus\": 1}]}"),
                      -1);
     assert_int_equal(set_rules(&rules, SIM_ROLE_NLP, "{\"rule\": []}"), -1);
-    int status = 0;
-    char ra[64];
-    assert_true(sim_rules_match(&rules, SIM_EP_LLM1, "1", "1:llm1", &status, ra, sizeof ra));
-    assert_int_equal(status, 429);
+    struct sim_injected inj = {0};
+    assert_true(sim_rules_match(&rules, SIM_EP_LLM1, "1", "1:llm1", &inj));
+    assert_int_equal(inj.status, 429);
+    sim_rules_clear(&rules);
+    pthread_mutex_destroy(&rules.mu);
+}
+
+static void test_rules_bodies_verbatim_hex_and_padded(void **state)
+{
+    (void)state;
+    struct sim_rules rules = {0};
+    pthread_mutex_init(&rules.mu, NULL);
+    assert_int_equal(
+        set_rules(&rules, SIM_ROLE_NLP,
+                  "{\"rules\": [{\"call_ids\": [\"1\"], \"status\": 400, "
+                  "\"body\": \"{\\\"error\\\": \\\"\u0448\\\"}\"}, "
+                  "{\"call_ids\": [\"2\"], \"status\": 400, \"body_hex\": \"7BfF00\"}, "
+                  "{\"call_ids\": [\"3\"], \"status\": 200, \"body_bytes\": 5}, "
+                  "{\"call_ids\": [\"4\"], \"status\": 200, "
+                  "\"body_bytes\": 33554432}, "
+                  "{\"call_ids\": [\"5\"], \"status\": 503}]}"),
+        0);
+    struct sim_injected inj = {0};
+    assert_true(sim_rules_match(&rules, SIM_EP_LLM1, "1", "1:llm1", &inj));
+    assert_int_equal(inj.status, 400);
+    assert_int_equal(inj.body_len, strlen("{\"error\": \"\xd1\x88\"}"));
+    assert_memory_equal(inj.body, "{\"error\": \"\xd1\x88\"}", inj.body_len);
+    free(inj.body);
+
+    assert_true(sim_rules_match(&rules, SIM_EP_LLM1, "2", "2:llm1", &inj));
+    assert_int_equal(inj.body_len, 3);
+    assert_memory_equal(inj.body, "{\xff\0", 3);
+    free(inj.body);
+
+    assert_true(sim_rules_match(&rules, SIM_EP_LLM1, "3", "3:llm1", &inj));
+    assert_int_equal(inj.status, 200);
+    assert_int_equal(inj.body_len, strlen("{\"pad\":\"\"}"));
+    assert_memory_equal(inj.body, "{\"pad\":\"\"}", inj.body_len);
+    free(inj.body);
+
+    assert_true(sim_rules_match(&rules, SIM_EP_LLM1, "4", "4:llm1", &inj));
+    assert_int_equal(inj.body_len, 33554432);
+    json_error_t jerr;
+    json_t *pad = json_loadb(inj.body, inj.body_len, 0, &jerr);
+    assert_non_null(pad);
+    assert_int_equal(json_string_length(json_object_get(pad, "pad")), 33554432 - 10);
+    json_decref(pad);
+    free(inj.body);
+
+    inj.body = NULL;
+    assert_true(sim_rules_match(&rules, SIM_EP_LLM1, "5", "5:llm1", &inj));
+    assert_int_equal(inj.status, 503);
+    assert_null(inj.body);
+
+    assert_int_equal(
+        set_rules(&rules, SIM_ROLE_NLP, "{\"rules\": [{\"status\": 400, \"body\": 1}]}"), -1);
+    assert_int_equal(
+        set_rules(&rules, SIM_ROLE_NLP, "{\"rules\": [{\"status\": 400, \"body_hex\": \"abc\"}]}"),
+        -1);
+    assert_int_equal(
+        set_rules(&rules, SIM_ROLE_NLP, "{\"rules\": [{\"status\": 400, \"body_hex\": \"zz\"}]}"),
+        -1);
+    assert_int_equal(
+        set_rules(&rules, SIM_ROLE_NLP, "{\"rules\": [{\"status\": 200, \"body_bytes\": 0}]}"), -1);
+    assert_int_equal(set_rules(&rules, SIM_ROLE_NLP,
+                               "{\"rules\": [{\"status\": 200, \"body_bytes\": 67108865}]}"),
+                     -1);
+    assert_int_equal(set_rules(&rules, SIM_ROLE_NLP,
+                               "{\"rules\": [{\"status\": 200, \"body\": \"{}\", "
+                               "\"body_bytes\": 10}]}"),
+                     -1);
     sim_rules_clear(&rules);
     pthread_mutex_destroy(&rules.mu);
 }
@@ -186,6 +252,7 @@ int main(void)
         cmocka_unit_test(test_endpoint_names_and_distribute_alias),
         cmocka_unit_test(test_rules_match_call_ids_times_and_per_key),
         cmocka_unit_test(test_rules_reject_bad_input_and_keep_old_rules),
+        cmocka_unit_test(test_rules_bodies_verbatim_hex_and_padded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
