@@ -94,18 +94,30 @@ void mediator_lane_close(struct mediator_lane *m)
 
 /* Takes jobs for every free slot of a healthy node (lane mu held); returns them in out. The
  * jobs queued for an unhealthy node go to lost, those of a node of which this instance has no
- * share any more to back (another instance may send them). */
+ * share any more to back (another instance may send them), and so do the uploads waiting
+ * when it has no share of any node. */
 static void fill(struct mediator_lane *m, struct jobq *out, struct jobq *lost, struct jobq *back)
 {
+    bool any_share = false;
     for (size_t k = 0; k < m->n; k++) {
         struct med_node *nd = &m->nodes[k];
         bool healthy = atomic_load(&nd->healthy);
-        if (!healthy || atomic_load(&nd->limit) <= 0) {
+        int limit = atomic_load(&nd->limit);
+        any_share = any_share || limit > 0;
+        if (!healthy || limit <= 0) {
             struct job *j = jobq_pop(&nd->q);
             while (j != NULL) {
                 jobq_push(healthy ? back : lost, j);
                 j = jobq_pop(&nd->q);
             }
+        }
+    }
+    if (!any_share) {
+        /* No share of any node: the uploads waiting here are for another instance. */
+        struct job *j = jobq_pop(&m->dist);
+        while (j != NULL) {
+            jobq_push(back, j);
+            j = jobq_pop(&m->dist);
         }
     }
     if (m->fenced) {
@@ -209,10 +221,12 @@ static bool work_ready(struct mediator_lane *m)
         return false;
     }
     bool fenced = m->fenced;
+    bool any_share = false;
     for (size_t i = 0; i < m->n; i++) {
         struct med_node *nd = &m->nodes[i];
         bool healthy = atomic_load(&nd->healthy);
         int limit = atomic_load(&nd->limit);
+        any_share = any_share || limit > 0;
         if (nd->q.len > 0 && (!healthy || limit <= 0)) {
             return true; /* jobs to hand back */
         }
@@ -220,7 +234,7 @@ static bool work_ready(struct mediator_lane *m)
             return true;
         }
     }
-    return false;
+    return !any_share && m->dist.len > 0;
 }
 
 /* Waits (at most max_ms) for a socket, curl's timer or a wake-up, and lets curl act on what
