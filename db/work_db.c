@@ -257,29 +257,30 @@ int work_claim(PGconn *c, const char *instance, const char *spec, int limit,
      * (300 calls with 5 results each: 7.0 against 8.7-9.9 ms, output included). A call at
      * an NLP stage (5, 6) needs only lid's, stt's and llm1's results (pipeline/llm.c): the GPU
      * stages' are left out. Every call claimed gets a fencing token of its own. */
-    PGresult *r = db_exec(
-        c,
-        "WITH b AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS b(id bigint, lo int, hi int)), "
-        "blocked AS (SELECT ARRAY(SELECT jsonb_array_elements_text($4::jsonb)) AS ids), "
-        "cand AS (SELECT c.id FROM b, blocked, LATERAL ("
-        "    SELECT c.id FROM calls c WHERE c.batch_id = b.id AND c.status = 'pending' "
-        "      AND c.stage BETWEEN b.lo AND b.hi "
-        "      AND (c.not_before IS NULL OR c.not_before <= now()) "
-        "      AND (c.stage = 0 OR c.stage >= 5 OR c.node IS NULL "
-        "           OR NOT (c.node = ANY (blocked.ids))) "
-        "    LIMIT $3::int FOR UPDATE SKIP LOCKED) c "
-        "  LIMIT $3::int) "
-        "UPDATE calls c SET status = 'running', lease_owner = $1, "
-        "  claim_token = nextval('claim_token_seq'), "
-        "  stage_started_at = coalesce(c.stage_started_at, now()) "
-        "WHERE c.id = ANY (ARRAY(SELECT id FROM cand)) "
-        "RETURNING c.id, c.batch_id, c.stage, c.file, c.node, c.file_name, c.attempts, "
-        "  c.claim_token, "
-        "  (SELECT json_object_agg((ARRAY['distribute','denoise','ivr','lid','stt','llm1',"
-        "'llm2'])[s.stage + 1], s.result) FROM call_stages s "
-        "   WHERE s.call_id = c.id AND s.state = 'done' AND s.stage < c.stage "
-        "     AND (c.stage < 5 OR s.stage >= 3))",
-        4, p, err);
+    PGresult *r =
+        db_exec(c,
+                "WITH b AS (SELECT * FROM jsonb_to_recordset($2::jsonb) "
+                "  AS b(id bigint, lo int, hi int, lim int)), "
+                "blocked AS (SELECT ARRAY(SELECT jsonb_array_elements_text($4::jsonb)) AS ids), "
+                "cand AS (SELECT c.id FROM b, blocked, LATERAL ("
+                "    SELECT c.id FROM calls c WHERE c.batch_id = b.id AND c.status = 'pending' "
+                "      AND c.stage BETWEEN b.lo AND b.hi "
+                "      AND (c.not_before IS NULL OR c.not_before <= now()) "
+                "      AND (c.stage = 0 OR c.stage >= 5 OR c.node IS NULL "
+                "           OR NOT (c.node = ANY (blocked.ids))) "
+                "    LIMIT least(b.lim, $3::int) FOR UPDATE SKIP LOCKED) c "
+                "  LIMIT $3::int) "
+                "UPDATE calls c SET status = 'running', lease_owner = $1, "
+                "  claim_token = nextval('claim_token_seq'), "
+                "  stage_started_at = coalesce(c.stage_started_at, now()) "
+                "WHERE c.id = ANY (ARRAY(SELECT id FROM cand)) "
+                "RETURNING c.id, c.batch_id, c.stage, c.file, c.node, c.file_name, c.attempts, "
+                "  c.claim_token, "
+                "  (SELECT json_object_agg((ARRAY['distribute','denoise','ivr','lid','stt','llm1',"
+                "'llm2'])[s.stage + 1], s.result) FROM call_stages s "
+                "   WHERE s.call_id = c.id AND s.state = 'done' AND s.stage < c.stage "
+                "     AND (c.stage < 5 OR s.stage >= 3))",
+                4, p, err);
     if (r == NULL) {
         return err->code;
     }
@@ -317,7 +318,8 @@ int work_active_batches(PGconn *c, struct work_batch **out, size_t *n, struct co
     /* Prepared, as is work_finish_batches: the dispatcher runs both after every flush. */
     PGresult *r = db_exec_prepared(
         c, "cofi_active_batches",
-        "SELECT b.id, b.mode, b.state, p.cur, coalesce(p.med, 0), coalesce(p.llm, 0) "
+        "SELECT b.id, b.mode, b.state, p.cur, coalesce(p.med, 0), coalesce(p.llm, 0), "
+        "  b.priority "
         "FROM batches b LEFT JOIN LATERAL ("
         "  SELECT min(p.stage) FILTER (WHERE p.status IN ('pending', 'running')) AS cur, "
         "    sum(p.n) FILTER (WHERE p.status = 'pending' AND p.stage <= 4) AS med, "
@@ -343,6 +345,7 @@ int work_active_batches(PGconn *c, struct work_batch **out, size_t *n, struct co
         v[i].cur_stage = PQgetisnull(r, i, 3) ? -1 : atoi(PQgetvalue(r, i, 3));
         v[i].pending_med = atoll(PQgetvalue(r, i, 4));
         v[i].pending_llm = atoll(PQgetvalue(r, i, 5));
+        v[i].priority = atoi(PQgetvalue(r, i, 6));
     }
     PQclear(r);
     *out = v;
@@ -417,13 +420,17 @@ int work_flush(PGconn *c, const char *instance, const char *calls_json, const ch
         "    file_name text, started_ms bigint)), "
         "u AS (UPDATE calls c SET stage = r.stage, "
         "    status = CASE WHEN b.state = 'cancelled' AND r.status IN ('pending', 'running') "
-        "                  THEN 'cancelled' ELSE r.status END, "
+        "                  THEN 'cancelled' "
+        "                  WHEN b.state = 'paused' AND r.status = 'running' THEN 'pending' "
+        "                  ELSE r.status END, "
         "    attempts = r.attempts, last_error = r.last_error, node = r.node, "
         "    file_name = r.file_name, not_before = NULL, "
         "    stage_started_at = to_timestamp(r.started_ms / 1000.0), "
-        "    lease_owner = CASE WHEN r.status = 'running' AND b.state <> 'cancelled' "
+        "    lease_owner = CASE WHEN r.status = 'running' "
+        "                       AND b.state NOT IN ('cancelled', 'paused') "
         "                       THEN c.lease_owner END, "
-        "    claim_token = CASE WHEN r.status = 'running' AND b.state <> 'cancelled' "
+        "    claim_token = CASE WHEN r.status = 'running' "
+        "                       AND b.state NOT IN ('cancelled', 'paused') "
         "                       THEN c.claim_token END "
         "  FROM r, batches b "
         "  WHERE c.id = ANY ($4::bigint[]) AND c.id = r.id AND c.lease_owner = $1 "

@@ -80,9 +80,10 @@ struct work_claimed {
 void work_claimed_free(struct work_claimed *v, size_t n);
 
 /* Claims up to limit pending calls for this instance, each with a new fencing token. spec is a
- * JSON array of {"id": batch, "lo": stage, "hi": stage}; blocked_nodes a JSON array of the node
- * ids this instance may not send to (no share of them): calls held by those nodes at stages
- * 1..4 are left to other instances. *out is a new array of *n rows (NULL when none). */
+ * JSON array of {"id": batch, "lo": stage, "hi": stage, "lim": at most this many of it};
+ * blocked_nodes a JSON array of the node ids this instance may not send to (no share of them):
+ * calls held by those nodes at stages 1..4 are left to other instances. *out is a new array of *n
+ * rows (NULL when none). */
 int work_claim(PGconn *c, const char *instance, const char *spec, int limit,
                const char *blocked_nodes, struct work_claimed **out, size_t *n,
                struct cofi_err *err);
@@ -92,6 +93,7 @@ struct work_batch {
     int64_t id;
     bool staged;
     bool cancelled;
+    int priority;        /* >= 1: its weight when calls are claimed */
     int cur_stage;       /* lowest stage with pending or running calls, -1 when none */
     int64_t pending_med; /* calls waiting at stages 0..4 */
     int64_t pending_llm; /* calls waiting at stages 5..6 */

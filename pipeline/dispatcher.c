@@ -9,6 +9,7 @@
 #include "common/thread.h"
 #include "db/db.h"
 #include "pipeline/engine_state.h"
+#include "pipeline/fair.h"
 
 /* Appends a string literal. */
 #define buf_lit(b, lit) buf_append((b), (lit), sizeof(lit) - 1)
@@ -64,34 +65,53 @@ static int node_index(const struct cofi_config *cfg, const char *id)
     return -1;
 }
 
-/* The claim's spec: a JSON array of {"id","lo","hi"} of the batches with work waiting in
- * stages [lo, hi]; NULL when none has any (or memory ran out). */
-static char *claim_spec(struct engine *e, int lo, int hi)
+/* The claim's spec: a JSON array of {"id","lo","hi","lim"} of the batches with work waiting in
+ * stages [lo, hi], each with its fair part of limit (by priority; what one can't use goes to
+ * the others); NULL when none has any (or memory ran out). With skip_pipelined, pipelined
+ * batches are left out (their NLP backlog is full). */
+static char *claim_spec(struct engine *e, int lo, int hi, int limit, bool skip_pipelined)
 {
+    pthread_mutex_lock(&e->mu);
+    size_t n = e->nbatches;
+    int64_t *waiting = calloc(n + 1, sizeof *waiting);
+    int *weight = calloc(n + 1, sizeof *weight);
+    int64_t *part = calloc(n + 1, sizeof *part);
+    int *blo = calloc(n + 1, sizeof *blo);
+    int *bhi = calloc(n + 1, sizeof *bhi);
+    bool ok = waiting != NULL && weight != NULL && part != NULL && blo != NULL && bhi != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        const struct work_batch *b = &e->batches[i];
+        blo[i] = b->staged ? b->cur_stage : lo;
+        bhi[i] = b->staged ? b->cur_stage : hi;
+        blo[i] = blo[i] < lo ? lo : blo[i];
+        bhi[i] = bhi[i] > hi ? hi : bhi[i];
+        bool skip =
+            b->cancelled || b->cur_stage < 0 || blo[i] > bhi[i] || (skip_pipelined && !b->staged);
+        /* Nothing waits in that range (as of the last refresh): no share, no query. */
+        waiting[i] = skip ? 0 : (lo > STAGE_STT ? b->pending_llm : b->pending_med);
+        weight[i] = b->priority;
+    }
     struct buf spec;
     buf_init(&spec, 1 << 20);
-    int rc = buf_lit(&spec, "[");
+    int rc = ok ? buf_lit(&spec, "[") : -1;
     bool any = false;
-    pthread_mutex_lock(&e->mu);
-    for (size_t i = 0; rc == 0 && i < e->nbatches; i++) {
-        const struct work_batch *b = &e->batches[i];
-        if (b->cancelled || b->cur_stage < 0) {
+    if (rc == 0) {
+        fair_split(limit, waiting, weight, n, part);
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (part[i] <= 0) {
             continue;
         }
-        int blo = b->staged ? b->cur_stage : lo;
-        int bhi = b->staged ? b->cur_stage : hi;
-        blo = blo < lo ? lo : blo;
-        bhi = bhi > hi ? hi : bhi;
-        /* Nothing waits in that range (as of the last refresh): no query. */
-        int64_t waiting = lo > STAGE_STT ? b->pending_llm : b->pending_med;
-        if (blo > bhi || waiting == 0) {
-            continue;
-        }
-        rc = buf_printf(&spec, "%s{\"id\":%lld,\"lo\":%d,\"hi\":%d}", any ? "," : "",
-                        (long long)b->id, blo, bhi);
+        rc = buf_printf(&spec, "%s{\"id\":%lld,\"lo\":%d,\"hi\":%d,\"lim\":%lld}", any ? "," : "",
+                        (long long)e->batches[i].id, blo[i], bhi[i], (long long)part[i]);
         any = true;
     }
     pthread_mutex_unlock(&e->mu);
+    free(waiting);
+    free(weight);
+    free(part);
+    free(blo);
+    free(bhi);
     if (rc == 0) {
         rc = buf_lit(&spec, "]");
     }
@@ -189,11 +209,11 @@ static void release_rows(struct engine *e, PGconn *c, const struct work_claimed 
 }
 
 /* Claims up to limit calls in stages [lo, hi] of the active batches and submits them. */
-static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, int *claimed,
-                 struct cofi_err *err)
+static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, bool skip_pipelined,
+                 int *claimed, struct cofi_err *err)
 {
     *claimed = 0;
-    char *spec = claim_spec(e, lo, hi);
+    char *spec = claim_spec(e, lo, hi, limit, skip_pipelined);
     if (spec == NULL) {
         return 0;
     }
@@ -273,8 +293,11 @@ static int64_t run_delayed(struct engine *e)
     return next;
 }
 
-/* Claims for both lanes when they run low. Returns 0 or a negative status; *more is true
- * when a claim came back full (there is more to take). */
+/* Claims for both lanes when they run low. The NLP backlog is bounded: at most
+ * NLP_BACKLOG_PER_PERMIT calls per permit of this instance's NLP share are held at the NLP
+ * stages, and while they are, pipelined batches get no GPU claims (their calls would only
+ * queue for the NLP API in this process's memory). Returns 0 or a negative status; *more is
+ * true when a claim came back full (there is more to take). */
 static int claim_for_lanes(struct engine *e, PGconn *c, bool *more, struct cofi_err *err)
 {
     *more = false;
@@ -282,23 +305,28 @@ static int claim_for_lanes(struct engine *e, PGconn *c, bool *more, struct cofi_
     int med_target = cap * 16 > 64 ? cap * 16 : 64;
     /* Enough in hand that the lane never drains while a claim (tens of ms for a few hundred
      * calls, earlier results included) is on its way: claims start at 3/4. */
-    int llm_target = e->cfg->llm_concurrency * 8;
+    int llm_target = engine_nlp_backlog_bound(e);
     int med = atomic_load(&e->med_in_hand);
     int llm = atomic_load(&e->llm_in_hand);
+    bool nlp_full = llm >= llm_target;
     int got = 0;
     if (cap > 0 && med <= med_target / 2) {
-        int rc = claim(e, c, STAGE_DISTRIBUTE, STAGE_STT, med_target - med, &got, err);
+        int rc = claim(e, c, STAGE_DISTRIBUTE, STAGE_STT, med_target - med, nlp_full, &got, err);
         if (rc != 0) {
             return rc;
         }
         *more = got == med_target - med;
     }
     if (llm <= llm_target * 3 / 4) {
-        int rc = claim(e, c, STAGE_LLM1, STAGE_LLM2, llm_target - llm, &got, err);
+        int rc = claim(e, c, STAGE_LLM1, STAGE_LLM2, llm_target - llm, false, &got, err);
         if (rc != 0) {
             return rc;
         }
         *more = *more || got == llm_target - llm;
+    }
+    if (llm > llm_target) {
+        /* The share shrank: what waits beyond the bound goes back, for whoever has room. */
+        llm_lane_give_back(e->llm, (size_t)(llm - llm_target));
     }
     return 0;
 }

@@ -15,10 +15,14 @@
 
 /* ---- the lanes' host ------------------------------------------------------------------- */
 
-static bool host_valid(void *ctx, const struct job *j)
+static bool host_admit(void *ctx, const struct job *j)
 {
     struct engine *e = ctx;
-    return j->epoch == atomic_load(&e->epoch);
+    if (j->epoch != atomic_load(&e->epoch)) {
+        return false;
+    }
+    stride_served(&e->stride, j->vtime);
+    return true;
 }
 
 static void host_inflight(void *ctx, int stage, int delta)
@@ -62,6 +66,7 @@ static void engine_destroy(struct engine *e)
         j = jobq_pop(&e->delayed);
     }
     engine_lease_free(e);
+    stride_free(&e->stride);
     free(e->batches);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
@@ -128,7 +133,8 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     pthread_mutex_init(&e->lease_mu, NULL);
     clock_cond_init(&e->lease_cv);
     e->metrics = metrics_new();
-    if (e->metrics == NULL || record_queue_init(&e->rq) != 0 || engine_lease_init(e) != 0) {
+    if (e->metrics == NULL || record_queue_init(&e->rq) != 0 || stride_init(&e->stride) != 0 ||
+        engine_lease_init(e) != 0) {
         cofi_err_set(err, COFI_E_NOMEM, "out of memory");
         goto fail;
     }
@@ -136,7 +142,7 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
         .ctx = e,
         .cfg = cfg,
         .report = engine_route_report,
-        .valid = host_valid,
+        .admit = host_admit,
         .inflight = host_inflight,
         .request_id = host_request_id,
         .lease_ok = host_lease_ok,

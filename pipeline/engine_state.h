@@ -16,6 +16,7 @@
 #include "pipeline/llm.h"
 #include "pipeline/mediator.h"
 #include "pipeline/record.h"
+#include "pipeline/stride.h"
 
 struct stage_metrics;
 
@@ -66,6 +67,9 @@ struct engine {
     struct jobq delayed; /* retries waiting for their time, unordered */
     pthread_t dispatcher;
 
+    /* The fair order of the lanes' queues across batches. */
+    struct stride stride;
+
     /* Records waiting for the flusher. */
     struct record_queue rq;
     pthread_t flusher;
@@ -94,6 +98,24 @@ static inline void engine_in_hand(struct engine *e, int stage, int delta)
     } else if (stage >= 0 && stage < STAGE_COUNT) {
         atomic_fetch_add(&e->med_in_hand, delta);
     }
+}
+
+/* Calls per permit of this instance's NLP share that may wait at the NLP stages in its
+ * memory: enough that the lane never drains while a claim is on its way (claims start at 3/4
+ * of it), and no more, so a batch's size never shows in the process's memory and an instance
+ * that joins finds NLP work to claim. */
+#define NLP_BACKLOG_PER_PERMIT 8
+
+/* How many calls this instance may hold at the NLP stages now. Any thread. */
+static inline int engine_nlp_backlog_bound(struct engine *e)
+{
+    return NLP_BACKLOG_PER_PERMIT * llm_lane_limit(e->llm);
+}
+
+/* True while this instance holds as many calls at the NLP stages as it may. Any thread. */
+static inline bool engine_nlp_backlog_full(struct engine *e)
+{
+    return atomic_load(&e->llm_in_hand) >= engine_nlp_backlog_bound(e);
 }
 
 /* True while the lease is current (lease.c keeps the deadline). Any thread. */

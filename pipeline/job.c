@@ -19,6 +19,21 @@ void jobq_push(struct jobq *q, struct job *j)
     q->len++;
 }
 
+void jobq_insert_fair(struct jobq *q, struct job *j)
+{
+    if (q->tail == NULL || q->tail->vtime <= j->vtime) {
+        jobq_push(q, j);
+        return;
+    }
+    struct job **at = &q->head;
+    while (*at != NULL && (*at)->vtime <= j->vtime) {
+        at = &(*at)->next;
+    }
+    j->next = *at;
+    *at = j;
+    q->len++;
+}
+
 struct job *jobq_pop(struct jobq *q)
 {
     struct job *j = q->head;

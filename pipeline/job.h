@@ -27,6 +27,7 @@ struct job {
     char *last_error;           /* owned, or NULL */
     int64_t stage_started_wall; /* wall ms when the current stage started */
     int64_t due_mono;           /* for the delayed list: when to try again */
+    double vtime;               /* its place in the fair order of the lanes (see stride.h) */
     /* The results of prev as the members of a mediator request's "previous" object, ready to
      * send: `"distribute":{...},"denoise":{...}` (no braces; empty before any), so a request
      * is not serialised anew from the tree every time. prev_text_ok is false when it could
@@ -43,6 +44,10 @@ struct jobq {
 
 /* Appends j (not in any queue). Can't fail. */
 void jobq_push(struct jobq *q, struct job *j);
+
+/* Inserts j after every job whose vtime is not above its own (FIFO among equals): a lane's
+ * queue kept this way serves the batches in their fair order. O(1) when j goes last. */
+void jobq_insert_fair(struct jobq *q, struct job *j);
 
 /* Removes and returns the first job, or NULL when q is empty. */
 struct job *jobq_pop(struct jobq *q);

@@ -19,7 +19,7 @@ enum lane_event {
     LANE_ANSWERED = 0, /* a request ended: kind says how (enum outcome_kind) */
     LANE_NODE_LOST,    /* its node is unhealthy or failing: not the call's fault */
     LANE_GIVEN_BACK,   /* the lane won't run it (stopping, or no share of its node any more) */
-    LANE_NOT_VALID,    /* its claim is no longer this instance's (host->valid said so) */
+    LANE_NOT_VALID,    /* its claim is no longer this instance's (host->admit said so) */
 };
 
 /* What a lane reports when it hands a job back. */
@@ -44,9 +44,10 @@ struct lane_host {
     const struct cofi_config *cfg;
     /* Takes back j (and o->result, o->result_text): the one way a job leaves a lane. */
     void (*report)(void *ctx, struct job *j, struct job_outcome *o);
-    /* True while j's claim may still be this instance's: a lane starts no request for a job
-     * for which it is false (it reports LANE_NOT_VALID instead). */
-    bool (*valid)(void *ctx, const struct job *j);
+    /* Called as a lane is about to start a request for j: false when j's claim is no longer
+     * this instance's (the lane then starts nothing and reports LANE_NOT_VALID). True also
+     * tells the engine that j's turn in the fair order has come. */
+    bool (*admit)(void *ctx, const struct job *j);
     /* Counts a request starting (+1) or ending (-1) at stage. */
     void (*inflight)(void *ctx, int stage, int delta);
     /* A unique X-Request-Id into out. */

@@ -30,6 +30,7 @@ struct llm_lane {
     atomic_int in_flight;
     pthread_cond_t permit_cv; /* signalled when active drops or limit grows */
     int limit;                /* this instance's share of the NLP API (under mu) */
+    atomic_int limit_pub;     /* the same, for readers without the lock */
     int active;               /* requests holding a permit (under mu): what the share covers */
 };
 
@@ -52,6 +53,7 @@ void llm_lane_set_limit(struct llm_lane *l, int limit)
     if (l->limit < 0) {
         l->limit = 0;
     }
+    atomic_store(&l->limit_pub, l->limit);
     pthread_cond_broadcast(&l->permit_cv);
     pthread_mutex_unlock(&l->mu);
 }
@@ -63,7 +65,7 @@ void llm_lane_push_all(struct llm_lane *l, struct jobq *q)
     if (!l->closed) {
         struct job *j = jobq_pop(q);
         while (j != NULL) {
-            jobq_push(&l->q, j);
+            jobq_insert_fair(&l->q, j);
             n++;
             j = jobq_pop(q);
         }
@@ -138,7 +140,7 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
 {
     const struct cofi_config *cfg = l->cfg;
     struct job_outcome o;
-    if (!l->host.valid(l->host.ctx, j)) {
+    if (!l->host.admit(l->host.ctx, j)) {
         job_outcome_init(&o, LANE_NOT_VALID);
         l->host.report(l->host.ctx, j, &o);
         return;
@@ -329,4 +331,22 @@ int llm_lane_in_flight(struct llm_lane *l)
     int n = l->active;
     pthread_mutex_unlock(&l->mu);
     return n;
+}
+
+int llm_lane_limit(struct llm_lane *l)
+{
+    return atomic_load(&l->limit_pub);
+}
+
+void llm_lane_give_back(struct llm_lane *l, size_t n)
+{
+    struct jobq back = {0};
+    pthread_mutex_lock(&l->mu);
+    while (back.len < n && l->q.len > 0) {
+        jobq_push(&back, jobq_pop(&l->q));
+    }
+    pthread_mutex_unlock(&l->mu);
+    /* The semaphore still counts them: a thread that wakes for one finds the queue shorter and
+     * waits again. */
+    report_all(l, &back, LANE_GIVEN_BACK);
 }

@@ -29,6 +29,12 @@ void llm_lane_free(struct llm_lane *l);
 /* Requests holding a permit (sent or about to be). Thread-safe. */
 int llm_lane_in_flight(struct llm_lane *l);
 
+/* The limit set last (this instance's share of the NLP API). Thread-safe. */
+int llm_lane_limit(struct llm_lane *l);
+
+/* Hands back up to n queued jobs (not those in flight) as LANE_GIVEN_BACK. Thread-safe. */
+void llm_lane_give_back(struct llm_lane *l, size_t n);
+
 /* Sets how many requests this instance may have in flight to the NLP API (its share). When it
  * returns, no request beyond the new limit starts any more. Thread-safe. */
 void llm_lane_set_limit(struct llm_lane *l, int limit);

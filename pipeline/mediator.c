@@ -41,11 +41,11 @@ static void report_all(struct mediator_lane *m, struct jobq *q, enum lane_event 
 static void enqueue(struct mediator_lane *m, struct job *j, struct jobq *lost)
 {
     if (j->stage == STAGE_DISTRIBUTE || j->node < 0) {
-        jobq_push(&m->dist, j);
+        jobq_insert_fair(&m->dist, j);
     } else if (!atomic_load(&m->nodes[j->node].healthy)) {
         jobq_push(lost, j);
     } else {
-        jobq_push(&m->nodes[j->node].q, j);
+        jobq_insert_fair(&m->nodes[j->node].q, j);
     }
 }
 

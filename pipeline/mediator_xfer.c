@@ -139,7 +139,7 @@ void med__start_job(struct mediator_lane *m, struct job *j)
     const struct cofi_config *cfg = m->cfg;
     const struct cofi_node_cfg *nd = &cfg->nodes[j->node];
     struct job_outcome o;
-    if (!m->host.valid(m->host.ctx, j)) {
+    if (!m->host.admit(m->host.ctx, j)) {
         pthread_mutex_lock(&m->mu);
         node_slots(&m->nodes[j->node], -1);
         pthread_mutex_unlock(&m->mu);

@@ -8,15 +8,37 @@
 #include "pipeline/metrics.h"
 #include "pipeline/outcome.h"
 
+/* The priority of batch id as last read (1 when unknown). e->mu held. */
+static int batch_priority(const struct engine *e, int64_t id)
+{
+    for (size_t i = 0; i < e->nbatches; i++) {
+        if (e->batches[i].id == id) {
+            return e->batches[i].priority;
+        }
+    }
+    return 1;
+}
+
 void engine_submit_all(struct engine *e, struct jobq *q)
 {
     struct jobq med = {0};
     struct jobq llm = {0};
+    /* Each job's place in the fair order, by its batch's priority (1 without memory). */
+    int *weight = calloc(q->len + 1, sizeof *weight);
+    size_t k = 0;
+    pthread_mutex_lock(&e->mu);
+    for (struct job *j = q->head; weight != NULL && j != NULL; j = j->next) {
+        weight[k++] = batch_priority(e, j->batch_id);
+    }
+    pthread_mutex_unlock(&e->mu);
+    k = 0;
     struct job *j = jobq_pop(q);
     while (j != NULL) {
+        j->vtime = stride_tag(&e->stride, j->batch_id, weight != NULL ? weight[k++] : 1);
         jobq_push(stage_is_llm(j->stage) ? &llm : &med, j);
         j = jobq_pop(q);
     }
+    free(weight);
     mediator_lane_push_all(e->med, &med);
     llm_lane_push_all(e->llm, &llm);
 }
@@ -121,7 +143,11 @@ static void advance_job(struct engine *e, struct job *j, struct job_outcome *o)
     engine_in_hand(e, done_stage, -1);
 
     bool finished = j->stage == STAGE_COUNT;
-    bool keep = !finished && !atomic_load(&e->stopping) && batch_goes_on(e, j->batch_id);
+    /* The next stage starts here at once, unless the batch waits (staged, cancelled, paused),
+     * the engine drains, or the call would join a full NLP backlog (it then waits in the
+     * database, for whichever instance has room). */
+    bool keep = !finished && !atomic_load(&e->stopping) && batch_goes_on(e, j->batch_id) &&
+                !(stage_is_llm(j->stage) && engine_nlp_backlog_full(e));
     int status = finished ? CALL_DONE : (keep ? CALL_RUNNING : CALL_PENDING);
     struct record r = record_of(j, status);
     r.has_row = true;
