@@ -11,6 +11,10 @@
 
 #include "common/log.h"
 
+static void http_defaults(struct cofi_http_cfg *http);
+static void http_free(struct cofi_http_cfg *http);
+static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err);
+
 void config_defaults(struct cofi_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -27,6 +31,7 @@ void config_defaults(struct cofi_config *cfg)
     cfg->shutdown_grace_ms = 30000;
     cfg->lease_ms = 15000;
     cfg->status_cache_ms = 100;
+    http_defaults(&cfg->http);
 }
 
 void config_free(struct cofi_config *cfg)
@@ -53,6 +58,7 @@ void config_free(struct cofi_config *cfg)
     }
     free(cfg->tokens);
     free(cfg->log_level);
+    http_free(&cfg->http);
     config_defaults(cfg);
 }
 
@@ -325,21 +331,12 @@ static int parse_auth(json_t *auth, struct cofi_config *cfg, struct cofi_err *er
 
 static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *err)
 {
-    static const char *const known[] = {"listen",
-                                        "database_url",
-                                        "input_root",
-                                        "max_body_bytes",
-                                        "nodes",
-                                        "mediator",
-                                        "llm",
-                                        "auth",
-                                        "log_level",
-                                        "http_threads",
-                                        "db_pool_size",
-                                        "shutdown_grace_ms",
-                                        "lease_ms",
-                                        "status_cache_ms",
-                                        NULL};
+    static const char *const known[] = {
+        "listen",    "database_url",    "input_root",   "max_body_bytes",
+        "nodes",     "mediator",        "llm",          "auth",
+        "log_level", "http_threads",    "db_pool_size", "shutdown_grace_ms",
+        "lease_ms",  "status_cache_ms", "http",         "tls",
+        NULL};
     static const char *const med_known[] = {"timeout_ms",         "max_attempts",
                                             "backoff_base_ms",    "backoff_max_ms",
                                             "health_interval_ms", NULL};
@@ -426,6 +423,9 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
     if (rc == 0) {
         rc = get_int32(root, "", "status_cache_ms", 0, 10000, &cfg->status_cache_ms, err);
     }
+    if (rc == 0) {
+        rc = parse_http(root, &cfg->http, err);
+    }
     return rc;
 }
 
@@ -498,6 +498,78 @@ static int finish(struct cofi_config *cfg, struct cofi_err *err)
     }
     trim_slashes(cfg->llm_url);
     return 0;
+}
+
+/* ---- the "http" and "tls" objects: the HTTP server's defences ---------------------------- */
+
+static void http_defaults(struct cofi_http_cfg *http)
+{
+    http->max_connections = 1024;
+    http->max_connections_per_client = 64;
+    http->idle_timeout_ms = 30000;
+    http->request_timeout_ms = 30000;
+    http->tls_cert_file = NULL;
+    http->tls_key_file = NULL;
+}
+
+static void http_free(struct cofi_http_cfg *http)
+{
+    free(http->tls_cert_file);
+    free(http->tls_key_file);
+    http->tls_cert_file = NULL;
+    http->tls_key_file = NULL;
+}
+
+/* Reads the optional "http" {max_connections, max_connections_per_client, idle_timeout_ms,
+ * request_timeout_ms} and "tls" {cert_file, key_file} objects of root. */
+static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err)
+{
+    static const char *const known[] = {"max_connections", "max_connections_per_client",
+                                        "idle_timeout_ms", "request_timeout_ms", NULL};
+    static const char *const tls_known[] = {"cert_file", "key_file", NULL};
+    int rc = 0;
+    json_t *h = json_object_get(root, "http");
+    if (h != NULL) {
+        if (!json_is_object(h)) {
+            return cofi_err_set(err, COFI_E_INVALID,
+                                "configuration key \"http\" must be an object");
+        }
+        rc = check_keys(h, "http.", known, err);
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "max_connections", 1, 65536, &http->max_connections, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "max_connections_per_client", 0, 65536,
+                           &http->max_connections_per_client, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "idle_timeout_ms", 1000, 3600000, &http->idle_timeout_ms,
+                           err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "request_timeout_ms", 100, 3600000,
+                           &http->request_timeout_ms, err);
+        }
+    }
+    json_t *t = json_object_get(root, "tls");
+    if (rc == 0 && t != NULL && !json_is_null(t)) {
+        if (!json_is_object(t)) {
+            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"tls\" must be an object");
+        }
+        rc = check_keys(t, "tls.", tls_known, err);
+        if (rc == 0) {
+            rc = get_str(t, "tls.", "cert_file", &http->tls_cert_file, err);
+        }
+        if (rc == 0) {
+            rc = get_str(t, "tls.", "key_file", &http->tls_key_file, err);
+        }
+        if (rc == 0 && (http->tls_cert_file == NULL || http->tls_key_file == NULL)) {
+            rc =
+                cofi_err_set(err, COFI_E_INVALID,
+                             "configuration key \"tls\" needs both \"cert_file\" and \"key_file\"");
+        }
+    }
+    return rc;
 }
 
 int config_parse(const char *text, struct cofi_config *cfg, struct cofi_err *err)

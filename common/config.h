@@ -26,6 +26,18 @@ struct cofi_worker_cfg {
     int backoff_max_ms;  /* cap on one wait */
 };
 
+/* The HTTP server's defences (the optional "http" object of the configuration file). */
+struct cofi_http_cfg {
+    int max_connections;            /* 1024: connections open at once, in all */
+    int max_connections_per_client; /* 64: connections open at once from one client address */
+    int idle_timeout_ms;            /* 30000: a connection with no traffic this long is closed */
+    int request_timeout_ms;         /* 30000: a request's line, headers and body must all
+                                       arrive within this long of its first byte (or of the
+                                       end of the previous request on the connection) */
+    char *tls_cert_file;            /* tls.cert_file: PEM; with tls_key_file turns HTTPS on */
+    char *tls_key_file;             /* tls.key_file: PEM */
+};
+
 struct cofi_config {
     char *listen_host;
     int listen_port;
@@ -55,6 +67,8 @@ struct cofi_config {
     int status_cache_ms;   /* 100: GET /batches/{id} and /stages/{name}/status answers are
                               served again for this long (0: never; writes through this
                               instance's API always show at once) */
+
+    struct cofi_http_cfg http; /* "http" and "tls" */
 };
 
 /* Fills cfg with the defaults of every optional key. Can't fail; cfg owns nothing yet. */

@@ -25,15 +25,15 @@
 #include "common/thread.h"
 #include "handlers/handlers.h"
 #include "server/auth.h"
+#include "server/conn_guard.h"
 #include "server/problem.h"
 #include "server/router.h"
 #include "server/status_cache.h"
 
 /* HTTP_CONNECTION_MEMORY is MHD's memory per connection, for the request line, the headers
  * (up to about 14 KiB pass) and the body's read buffer. MHD zeroes all of it after every
- * request: at 64 KiB that was a fifth of the CPU of a cached GET (about 10 of 46 us). */
-#define HTTP_CONNECTION_LIMIT  4096u
-#define HTTP_IDLE_TIMEOUT_S    60u
+ * request: at 64 KiB that was a fifth of the CPU of a cached GET (about 10 of 46 us). The
+ * connection limits and timeouts come from the configuration's "http" object. */
 #define HTTP_CONNECTION_MEMORY (16u * 1024u)
 #define HTTP_BACKLOG           4096
 
@@ -76,6 +76,7 @@ struct http_server {
     atomic_int active;          /* requests between their headers and their completion */
     struct status_cache *cache; /* owned; NULL when status_cache_ms is 0 */
     struct refresher refresh;   /* started with the cache */
+    struct conn_guard *guard;   /* owned: the deadline of every request */
 };
 
 /* One request, from its headers to its completion (MHD's per-request context). */
@@ -89,15 +90,36 @@ struct request {
     bool too_large;          /* the body passed the limit: drop the rest and answer 413 */
     size_t dropped;          /* body bytes of a refused request read and dropped */
     int64_t start_us;
-    int status;    /* the status answered, for the access log */
-    char line[96]; /* "METHOD /path" (cut), for the access log */
+    struct conn_guard_entry *guarded; /* the connection's deadline (borrowed; may be NULL) */
+    int status;                       /* the status answered, for the access log */
+    char line[96];                    /* "METHOD /path" (cut), for the access log */
 };
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
+/* MHD's messages kept per second at most: one line per refused connection would let a
+ * flood of connections flood the log too. */
+#define MHD_LOG_PER_SECOND 20
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
+    static _Atomic int64_t window_s;
+    static atomic_int in_window;
+    static atomic_int suppressed;
+    int64_t now_s = clock_mono_ms() / 1000;
+    int64_t w = atomic_load(&window_s);
+    if (w != now_s && atomic_compare_exchange_strong(&window_s, &w, now_s)) {
+        atomic_store(&in_window, 0);
+        int lost = atomic_exchange(&suppressed, 0);
+        if (lost > 0) {
+            log_warn("http: %d more message(s) of the HTTP library were not logged", lost);
+        }
+    }
+    if (atomic_fetch_add(&in_window, 1) >= MHD_LOG_PER_SECOND) {
+        atomic_fetch_add(&suppressed, 1);
+        return;
+    }
     char line[512];
     vsnprintf(line, sizeof line, fmt, ap);
     size_t n = strlen(line);
@@ -685,9 +707,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         buf_init(&rq->body, srv->app->cfg->max_body_bytes);
         rq->start_us = clock_mono_us();
         request_line(rq->line, sizeof rq->line, method, url);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        rq->guarded = ci != NULL ? ci->socket_context : NULL;
         *con_cls = rq;
         atomic_fetch_add(&srv->active, 1);
-        return on_headers(srv, conn, rq, url, method);
+        enum MHD_Result ret = on_headers(srv, conn, rq, url, method);
+        if (rq->answered) {
+            conn_guard_request_received(rq->guarded);
+        }
+        return ret;
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
@@ -712,6 +741,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (rq->answered) {
         return MHD_YES;
     }
+    conn_guard_request_received(rq->guarded);
     return on_complete(srv, conn, rq, url, method);
 }
 
@@ -734,6 +764,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         log_debug("%s ended early (%d) after %" PRId64 " us", rq->line, (int)toe, us);
     }
     size_t body_bytes = rq->body.len;
+    conn_guard_request_done(srv->guard, rq->guarded);
     buf_free(&rq->body);
     free(rq);
     *con_cls = NULL;
@@ -817,17 +848,35 @@ static int open_listener(const char *host, int port, int *family, int *bound_por
     return fd;
 }
 
+/* A connection opens or closes: its request deadline is tracked from its first moment. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct http_server *srv = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = ci != NULL ? conn_guard_opened(srv->guard, ci->connect_fd) : NULL;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        conn_guard_closed(srv->guard, *socket_context);
+        *socket_context = NULL;
+    }
+}
+
 static struct MHD_Daemon *start_daemon(struct http_server *srv, unsigned int flags)
 {
-    unsigned int threads =
-        srv->app->cfg->http_threads > 0 ? (unsigned)srv->app->cfg->http_threads : 1u;
+    const struct cofi_config *cfg = srv->app->cfg;
+    unsigned int threads = cfg->http_threads > 0 ? (unsigned)cfg->http_threads : 1u;
+    unsigned int idle_s = (unsigned)((cfg->http.idle_timeout_ms + 999) / 1000);
     /* The logger comes first so that MHD's messages about the other options reach it. */
     return MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         MHD_OPTION_LISTEN_SOCKET, srv->listen_fd, MHD_OPTION_THREAD_POOL_SIZE, threads,
-        MHD_OPTION_CONNECTION_LIMIT, HTTP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
-        HTTP_IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections_per_client,
+        MHD_OPTION_CONNECTION_TIMEOUT, idle_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_END);
 }
 
 int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *err)
@@ -844,12 +893,18 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
         free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
+    if (conn_guard_new(&srv->guard, cfg->http.request_timeout_ms) != 0) {
+        status_cache_free(srv->cache);
+        free(srv);
+        return cofi_err_set(err, COFI_E_NOMEM, "can't start the connection guard");
+    }
     if (srv->cache != NULL) {
         refresher_start(srv);
     }
     int family = AF_INET;
     int fd = open_listener(cfg->listen_host, cfg->listen_port, &family, &srv->port, err);
     if (fd < 0) {
+        conn_guard_free(srv->guard);
         refresher_stop(srv);
         status_cache_free(srv->cache);
         free(srv);
@@ -867,6 +922,7 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     }
     if (srv->daemon == NULL) {
         close(fd);
+        conn_guard_free(srv->guard);
         refresher_stop(srv);
         status_cache_free(srv->cache);
         free(srv);
@@ -902,6 +958,7 @@ void http_stop(struct http_server *srv)
     if (fd != MHD_INVALID_SOCKET) {
         close(fd);
     }
+    conn_guard_free(srv->guard);
     refresher_stop(srv);
     status_cache_free(srv->cache);
     free(srv);

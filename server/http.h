@@ -8,8 +8,11 @@
 struct http_server;
 
 /* Listens on app->cfg->listen_host:listen_port (port 0 picks a free one) and serves the
- * API on cfg->http_threads threads (epoll, or poll where epoll is missing), at most about
- * 4096 connections, each closed after 60 s idle. Request bodies are held up to
+ * API on cfg->http_threads threads (epoll, or poll where epoll is missing), at most
+ * cfg->http.max_connections connections in all and cfg->http.max_connections_per_client from
+ * one client address (the excess is closed at once), each closed after
+ * cfg->http.idle_timeout_ms without traffic or when a request has not fully arrived within
+ * cfg->http.request_timeout_ms (server/conn_guard.h). Request bodies are held up to
  * cfg->max_body_bytes (413 beyond, without reading the rest when Content-Length tells).
  * app must outlive the server; handlers get it as const. Logs "listening on host:port".
  * Returns 0 with *out a new server the caller ends with http_stop, or a negative
