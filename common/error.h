@@ -17,6 +17,7 @@ enum cofi_status {
     COFI_E_UNAVAILABLE = -10, /* 503: the database is unreachable */
     COFI_E_INTERNAL = -11,    /* 500 */
     COFI_E_NOMEM = -12,       /* 500 */
+    COFI_E_BUSY = -13,        /* 503 with Retry-After: shutting down, or too busy right now */
 };
 
 struct cofi_err {

@@ -77,6 +77,8 @@ struct http_server {
     struct status_cache *cache; /* owned; NULL when status_cache_ms is 0 */
     struct refresher refresh;   /* started with the cache */
     struct conn_guard *guard;   /* owned: the deadline of every request */
+    struct auth_keys *keys;     /* owned: the tokens, replaced on SIGHUP */
+    atomic_bool draining;       /* shutting down: writes and /readyz answer 503 */
 };
 
 /* One request, from its headers to its completion (MHD's per-request context). */
@@ -91,8 +93,9 @@ struct request {
     size_t dropped;          /* body bytes of a refused request read and dropped */
     int64_t start_us;
     struct conn_guard_entry *guarded; /* the connection's deadline (borrowed; may be NULL) */
-    int status;                       /* the status answered, for the access log */
-    char line[96];                    /* "METHOD /path" (cut), for the access log */
+    char who[64];  /* the caller: its token's environment variable, or "anonymous" */
+    int status;    /* the status answered, for the access log */
+    char line[96]; /* "METHOD /path" (cut), for the access log */
 };
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
@@ -177,6 +180,9 @@ static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct 
     }
     if (allow != NULL) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    if (status == 503) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, PROBLEM_RETRY_AFTER_S);
     }
     add_final_headers(resp);
     return queue(conn, status, resp);
@@ -563,8 +569,15 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
     rq->result = router_match(method, url, &rq->match);
     bool public_route = rq->result != ROUTE_NOT_FOUND && rq->match.public_path;
     bool needs_write = rq->result == ROUTE_FOUND && strcmp(rq->match.route->method, "POST") == 0;
-    int rc = auth_check(cfg, header(conn, MHD_HTTP_HEADER_AUTHORIZATION), public_route, needs_write,
-                        err);
+    int rc = auth_keys_check(srv->keys, header(conn, MHD_HTTP_HEADER_AUTHORIZATION), public_route,
+                             needs_write, rq->who, sizeof rq->who, err);
+    if (rc == 0 && rq->result == ROUTE_FOUND && atomic_load(&srv->draining) &&
+        (strcmp(rq->match.route->method, "GET") != 0 ||
+         rq->match.route->handler == handle_readyz)) {
+        rc = cofi_err_set(err, COFI_E_BUSY,
+                          "cofid is shutting down: it takes no new work; try again later, or "
+                          "another instance");
+    }
     if (rc == 0 && rq->result == ROUTE_NOT_FOUND) {
         rc = cofi_err_set(err, COFI_E_NOT_FOUND, "no such resource");
     } else if (rc == 0 && rq->result == ROUTE_NO_METHOD) {
@@ -889,12 +902,19 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     }
     srv->app = app;
     atomic_init(&srv->active, 0);
+    atomic_init(&srv->draining, false);
+    if (auth_keys_new(&srv->keys, cfg->tokens, cfg->token_count) != 0) {
+        free(srv);
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
     if (cfg->status_cache_ms > 0 && status_cache_new(&srv->cache, cfg->status_cache_ms) != 0) {
+        auth_keys_free(srv->keys);
         free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
     if (conn_guard_new(&srv->guard, cfg->http.request_timeout_ms) != 0) {
         status_cache_free(srv->cache);
+        auth_keys_free(srv->keys);
         free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "can't start the connection guard");
     }
@@ -907,6 +927,7 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
         conn_guard_free(srv->guard);
         refresher_stop(srv);
         status_cache_free(srv->cache);
+        auth_keys_free(srv->keys);
         free(srv);
         return err->code;
     }
@@ -925,6 +946,7 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
         conn_guard_free(srv->guard);
         refresher_stop(srv);
         status_cache_free(srv->cache);
+        auth_keys_free(srv->keys);
         free(srv);
         return cofi_err_set(err, COFI_E_INTERNAL, "can't start the HTTP server on %s:%d",
                             cfg->listen_host, cfg->listen_port);
@@ -961,5 +983,18 @@ void http_stop(struct http_server *srv)
     conn_guard_free(srv->guard);
     refresher_stop(srv);
     status_cache_free(srv->cache);
+    auth_keys_free(srv->keys);
     free(srv);
+}
+
+void http_begin_drain(struct http_server *srv)
+{
+    if (srv != NULL) {
+        atomic_store(&srv->draining, true);
+    }
+}
+
+int http_replace_tokens(struct http_server *srv, const struct cofi_token_cfg *tokens, size_t n)
+{
+    return auth_keys_replace(srv->keys, tokens, n);
 }

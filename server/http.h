@@ -23,6 +23,15 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
 /* The port the server listens on (useful after asking for port 0). Can't fail. */
 int http_port(const struct http_server *srv);
 
+/* The drain has begun: from now on writes (every method but GET and HEAD) and GET /readyz
+ * answer 503 with Retry-After, while the other reads go on. Accepts NULL. Thread-safe. */
+void http_begin_drain(struct http_server *srv);
+
+/* Replaces the bearer tokens requests are checked against (SIGHUP) with copies of
+ * tokens[0..n); n == 0 opens the API. Returns 0, or COFI_E_NOMEM with the old tokens kept.
+ * Thread-safe. */
+int http_replace_tokens(struct http_server *srv, const struct cofi_token_cfg *tokens, size_t n);
+
 /* Stops accepting connections, lets the requests in progress finish (waiting up to
  * cfg->shutdown_grace_ms), closes every connection and frees the server. Accepts NULL.
  * Call it once, from one thread. */

@@ -43,8 +43,11 @@ static void usage(FILE *out)
           "  COFI_NLP_API_KEY   sent to the NLP API as 'Authorization: Bearer'\n"
           "  COFI_INSTANCE_ID   this instance's name in the work queue (default host:port)\n"
           "\n"
-          "SIGTERM or SIGINT: stop taking work, let in-flight requests finish (up to\n"
-          "shutdown_grace_ms), record them, release this instance's claims, exit 0.\n",
+          "SIGTERM or SIGINT: stop taking work (writes and GET /readyz answer 503), let\n"
+          "in-flight requests finish (up to shutdown_grace_ms), record them, release this\n"
+          "instance's claims, exit 0.\n"
+          "SIGHUP: read the configuration file's auth.tokens again (and the environment\n"
+          "variables they name); cofid goes on running.\n",
           out);
 }
 
@@ -79,6 +82,27 @@ static int probe_listen(const struct cofi_config *cfg)
     return rc;
 }
 
+/* SIGHUP: the API takes the tokens of the configuration file as it is now. A file that is no
+ * longer valid changes nothing. */
+static void reload_tokens(const char *config_path, struct http_server *http)
+{
+    struct cofi_config fresh;
+    struct cofi_err err;
+    cofi_err_clear(&err);
+    if (config_load(config_path, &fresh, &err) != 0) {
+        log_error("SIGHUP: %s not reloaded, the tokens in use are kept: %s", config_path, err.msg);
+        return;
+    }
+    if (http_replace_tokens(http, fresh.tokens, fresh.token_count) != 0) {
+        log_error("SIGHUP: out of memory, the tokens in use are kept");
+    } else if (fresh.token_count == 0) {
+        log_warn("SIGHUP: tokens reloaded from %s: none, the API is open", config_path);
+    } else {
+        log_info("SIGHUP: tokens reloaded from %s: %zu token(s)", config_path, fresh.token_count);
+    }
+    config_free(&fresh);
+}
+
 /* Connects and applies migrations, retrying with backoff until done or a signal arrives. */
 static int migrate_until_done(const struct cofi_config *cfg, sigset_t *sigs)
 {
@@ -101,7 +125,8 @@ static int migrate_until_done(const struct cofi_config *cfg, sigset_t *sigs)
         log_warn("%s; retrying in %lld ms", err.msg, (long long)backoff);
         struct timespec ts = {.tv_sec = (time_t)(backoff / 1000),
                               .tv_nsec = (long)(backoff % 1000) * 1000000L};
-        if (sigtimedwait(sigs, NULL, &ts) > 0) {
+        int sig = sigtimedwait(sigs, NULL, &ts);
+        if (sig > 0 && sig != SIGHUP) {
             return -1;
         }
         backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
@@ -170,6 +195,7 @@ int main(int argc, char **argv)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_ALL);
@@ -219,9 +245,18 @@ int main(int argc, char **argv)
     log_info("ready: instance %s", instance);
 
     int sig = 0;
-    while (sigwait(&sigs, &sig) != 0) {
+    for (;;) {
+        if (sigwait(&sigs, &sig) != 0) {
+            continue;
+        }
+        if (sig != SIGHUP) {
+            break;
+        }
+        reload_tokens(config_path, http);
     }
-    log_info("received %s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    log_info("received %s: shutting down (writes and GET /readyz now answer 503)",
+             sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    http_begin_drain(http);
     exit_code = 0;
 
 out:

@@ -65,6 +65,7 @@ int problem_http_status(int code)
     case COFI_E_INVALID:
         return 422;
     case COFI_E_UNAVAILABLE:
+    case COFI_E_BUSY:
         return 503;
     default:
         return 500;
@@ -101,7 +102,7 @@ json_t *problem_new(const struct cofi_err *err, json_t *ext)
                   err != NULL && err->sqlstate[0] ? " sqlstate " : "",
                   err != NULL ? err->sqlstate : "");
         detail = "An internal error occurred; it has been logged.";
-    } else if (status == 503) {
+    } else if (status == 503 && code != COFI_E_BUSY) {
         log_warn("unavailable: %s", msg);
         detail = "The database is unavailable; try again later.";
     }
