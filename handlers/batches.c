@@ -331,11 +331,21 @@ static int find_repeat(const struct cofi_app *app, const char *key, const json_t
 int handle_batches_create(const struct cofi_app *app, const struct http_req *req,
                           struct http_reply *rep, struct cofi_err *err)
 {
+    /* With tokens, a key belongs to the token that used it: stored as "<token env>\n<key>"
+     * (a key holds no newline), so two callers never share a batch through a key. */
+    char scoped[512];
     const char *key = req->idempotency_key;
     if (key != NULL) {
         int rc = req_check_idempotency_key(key, err);
         if (rc != 0) {
             return rc;
+        }
+        if (req->caller != NULL) {
+            int n = snprintf(scoped, sizeof scoped, "%s\n%s", req->caller, key);
+            if (n < 0 || (size_t)n >= sizeof scoped) {
+                return cofi_err_set(err, COFI_E_INTERNAL, "idempotency key too long to scope");
+            }
+            key = scoped;
         }
     }
     int64_t t0 = clock_mono_us();

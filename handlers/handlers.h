@@ -29,6 +29,8 @@ struct http_req {
     size_t body_len;                     /* 0 when there is no body */
     const char *content_type;            /* the Content-Type header, or NULL */
     const char *idempotency_key;         /* the Idempotency-Key header, or NULL */
+    const char *caller; /* the environment variable of the token used; NULL when the API is
+                           open (names the caller in logs, scopes idempotency keys) */
     /* Returns the value of query parameter `name` (borrowed), or NULL when absent. */
     const char *(*query)(const struct http_req *req, const char *name);
     void *query_ctx; /* for `query` only */
@@ -131,7 +133,8 @@ int req_check_mode(const json_t *v, const char **mode, struct cofi_err *err);
  * or NULL when none was given; or 400/415/422 with err filled. */
 int req_parse_action_body(const struct http_req *req, const char **mode, struct cofi_err *err);
 
-/* Checks an Idempotency-Key header value: 1 to 200 printable ASCII characters.
+/* Checks an Idempotency-Key header value: 1 to 255 characters, visible ASCII or spaces,
+ * neither starting nor ending with a space (so "k" and "k " never name two batches).
  * Returns 0 or COFI_E_BAD_REQUEST with err filled. */
 int req_check_idempotency_key(const char *key, struct cofi_err *err);
 

@@ -165,16 +165,15 @@ int req_parse_action_body(const struct http_req *req, const char **mode, struct 
 int req_check_idempotency_key(const char *key, struct cofi_err *err)
 {
     size_t n = strlen(key);
-    if (n == 0 || n > 200) {
-        return cofi_err_set(err, COFI_E_BAD_REQUEST,
-                            "Idempotency-Key must be 1 to 200 printable ASCII characters");
-    }
-    for (size_t i = 0; i < n; i++) {
+    bool ok = n >= 1 && n <= 255 && key[0] != ' ' && key[n - 1] != ' ';
+    for (size_t i = 0; i < n && ok; i++) {
         unsigned char c = (unsigned char)key[i];
-        if (c < 0x20 || c > 0x7e) {
-            return cofi_err_set(err, COFI_E_BAD_REQUEST,
-                                "Idempotency-Key must be 1 to 200 printable ASCII characters");
-        }
+        ok = c >= 0x20 && c <= 0x7e;
+    }
+    if (!ok) {
+        return cofi_err_set(err, COFI_E_BAD_REQUEST,
+                            "Idempotency-Key must be 1 to 255 visible ASCII characters, spaces "
+                            "only between them");
     }
     return 0;
 }

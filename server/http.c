@@ -26,6 +26,7 @@
 #include "handlers/handlers.h"
 #include "server/auth.h"
 #include "server/conn_guard.h"
+#include "server/http_strict.h"
 #include "server/problem.h"
 #include "server/router.h"
 #include "server/status_cache.h"
@@ -90,6 +91,8 @@ struct request {
     bool refused;            /* refused from its headers alone */
     bool answered;           /* an answer was queued before the body was read */
     bool too_large;          /* the body passed the limit: drop the rest and answer 413 */
+    bool malformed;          /* refused by the strict checks: answered at once, then closed */
+    bool started;            /* its headers have been seen */
     size_t dropped;          /* body bytes of a refused request read and dropped */
     int64_t start_us;
     struct conn_guard_entry *guarded; /* the connection's deadline (borrowed; may be NULL) */
@@ -152,8 +155,8 @@ static enum MHD_Result queue(struct MHD_Connection *conn, int status, struct MHD
 }
 
 /* Answers with the problem for err; ext (stolen) adds members; allow adds an Allow header. */
-static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct cofi_err *err,
-                                      json_t *ext, const char *allow)
+static enum MHD_Result answer_problem_ex(struct MHD_Connection *conn, const struct cofi_err *err,
+                                         json_t *ext, const char *allow, bool close)
 {
     int status = problem_http_status(err->code);
     json_t *p = problem_new(err, ext);
@@ -184,8 +187,17 @@ static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct 
     if (status == 503) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, PROBLEM_RETRY_AFTER_S);
     }
+    if (close) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    }
     add_final_headers(resp);
     return queue(conn, status, resp);
+}
+
+static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct cofi_err *err,
+                                      json_t *ext, const char *allow)
+{
+    return answer_problem_ex(conn, err, ext, allow, /* close= */ false);
 }
 
 /* A finished response (a new reference) of a JSON success body: text (length len, stolen:
@@ -555,6 +567,72 @@ static bool expects_continue(struct MHD_Connection *conn)
     return e != NULL && strcasecmp(e, "100-continue") == 0;
 }
 
+/* What the strict checks gather from a request's headers. */
+struct strict_scan {
+    struct cofi_err *err;
+    int rc;
+    int cl_count, te_count;
+    const char *cl, *te;
+};
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    struct strict_scan *sc = cls;
+    sc->rc = http_strict_header(key, key_size, value, value_size, sc->err);
+    if (sc->rc != 0) {
+        return MHD_NO;
+    }
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        sc->cl = sc->cl_count++ == 0 ? value : sc->cl;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        sc->te = sc->te_count++ == 0 ? value : sc->te;
+    }
+    return MHD_YES;
+}
+
+/* The strict checks of a request's headers and framing (server/http_strict.h). Returns 0 or
+ * a negative cofi_status with err filled. */
+static int check_strict(struct MHD_Connection *conn, struct cofi_err *err)
+{
+    struct strict_scan sc = {err, 0, 0, 0, NULL, NULL};
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, &sc);
+    if (sc.rc != 0) {
+        return sc.rc;
+    }
+    return http_strict_framing(sc.cl_count, sc.cl, sc.te_count, sc.te, err);
+}
+
+struct query_scan {
+    const struct route *route;
+    struct cofi_err *err;
+    int rc;
+};
+
+static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    (void)kind;
+    (void)value;
+    struct query_scan *qs = cls;
+    if (router_takes_query(qs->route, key)) {
+        return MHD_YES;
+    }
+    char shown[64];
+    log_escape(key, shown, sizeof shown);
+    qs->rc = cofi_err_set(qs->err, COFI_E_BAD_REQUEST, "unknown query parameter \"%s\"", shown);
+    return MHD_NO;
+}
+
+/* Refuses a query parameter the route does not take (it would be ignored silently). */
+static int check_query(struct MHD_Connection *conn, const struct route *route, struct cofi_err *err)
+{
+    struct query_scan qs = {route, err, 0};
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, scan_query, &qs);
+    return qs.rc;
+}
+
 /* The first call, with the headers: route, authenticate and check the announced length, so
  * that a request that will be refused never has its body stored. The refusal is answered:
  * - at once when the client waits for 100 Continue (it then sends no body) or announces
@@ -566,6 +644,15 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
     const struct cofi_config *cfg = srv->app->cfg;
     struct cofi_err *err = &rq->refusal;
 
+    /* A malformed request is answered at once and its connection closed: what follows its
+     * headers can't be trusted to be its body. */
+    if (rq->malformed || check_strict(conn, err) != 0) {
+        rq->malformed = true;
+        rq->refused = true;
+        rq->answered = true;
+        rq->status = problem_http_status(err->code);
+        return answer_problem_ex(conn, err, NULL, NULL, /* close= */ true);
+    }
     rq->result = router_match(method, url, &rq->match);
     bool public_route = rq->result != ROUTE_NOT_FOUND && rq->match.public_path;
     bool needs_write = rq->result == ROUTE_FOUND && strcmp(rq->match.route->method, "POST") == 0;
@@ -577,6 +664,9 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
         rc = cofi_err_set(err, COFI_E_BUSY,
                           "cofid is shutting down: it takes no new work; try again later, or "
                           "another instance");
+    }
+    if (rc == 0 && rq->result == ROUTE_FOUND) {
+        rc = check_query(conn, rq->match.route, err);
     }
     if (rc == 0 && rq->result == ROUTE_NOT_FOUND) {
         rc = cofi_err_set(err, COFI_E_NOT_FOUND, "no such resource");
@@ -628,6 +718,7 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         .body_len = rq->body.len,
         .content_type = header(conn, MHD_HTTP_HEADER_CONTENT_TYPE),
         .idempotency_key = header(conn, "Idempotency-Key"),
+        .caller = strcmp(rq->who, "anonymous") != 0 ? rq->who : NULL,
         .query = query_value,
         .query_ctx = conn,
     };
@@ -705,6 +796,45 @@ static void request_line(char *out, size_t cap, const char *method, const char *
     out[n] = '\0';
 }
 
+/* A new request's context, or NULL when out of memory. */
+static struct request *request_new(struct http_server *srv)
+{
+    struct request *rq = calloc(1, sizeof *rq);
+    if (rq == NULL) {
+        return NULL;
+    }
+    buf_init(&rq->body, srv->app->cfg->max_body_bytes);
+    rq->start_us = clock_mono_us();
+    return rq;
+}
+
+/* The request line has arrived (uri as sent, before any decoding): the target is checked
+ * here, where its escapes can still be seen. Returns the request's context. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)conn;
+    struct http_server *srv = cls;
+    struct request *rq = request_new(srv);
+    if (rq == NULL) {
+        return NULL;
+    }
+    bool too_many_args = false;
+    if (http_strict_target(uri, &too_many_args, &rq->refusal) != 0) {
+        rq->malformed = true;
+    }
+    if (too_many_args) {
+        /* MHD stores every query argument in the connection's small memory pool before the
+         * request reaches on_request; hundreds of them exhaust it and MHD never answers. The
+         * request is refused anyway, so its query is cut here: uri lies in MHD's own writable
+         * read buffer, which MHD splits into arguments only after this callback. */
+        char *q = strchr((char *)(uintptr_t)uri, '?');
+        if (q != NULL) {
+            q[1] = '\0';
+        }
+    }
+    return rq;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -713,12 +843,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct http_server *srv = cls;
     struct request *rq = *con_cls;
     if (rq == NULL) {
-        rq = calloc(1, sizeof *rq);
+        rq = request_new(srv);
         if (rq == NULL) {
             return MHD_NO;
         }
-        buf_init(&rq->body, srv->app->cfg->max_body_bytes);
-        rq->start_us = clock_mono_us();
+        *con_cls = rq;
+    }
+    if (!rq->started) {
+        rq->started = true;
         request_line(rq->line, sizeof rq->line, method, url);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
@@ -777,11 +909,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         log_debug("%s ended early (%d) after %" PRId64 " us", rq->line, (int)toe, us);
     }
     size_t body_bytes = rq->body.len;
+    bool started = rq->started;
     conn_guard_request_done(srv->guard, rq->guarded);
     buf_free(&rq->body);
     free(rq);
     *con_cls = NULL;
-    atomic_fetch_sub(&srv->active, 1);
+    if (started) {
+        atomic_fetch_sub(&srv->active, 1);
+    }
 #if defined(__GLIBC__)
     /* A large body (POST /batches of many files: its text and its parsed tree, 20 MiB for
      * 200,000 files) leaves free pages in the heap that glibc keeps; give them back, so the
@@ -889,7 +1024,8 @@ static struct MHD_Daemon *start_daemon(struct http_server *srv, unsigned int fla
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections_per_client,
         MHD_OPTION_CONNECTION_TIMEOUT, idle_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv,
+        MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_END);
 }
 
 int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *err)

@@ -26,6 +26,7 @@ static const struct problem_kind kinds[] = {
     {415, TYPE_BASE "unsupported-media-type", "Unsupported Media Type"},
     {422, TYPE_BASE "validation", "Unprocessable Content"},
     {500, TYPE_BASE "internal", "Internal Server Error"},
+    {501, TYPE_BASE "not-implemented", "Not Implemented"},
     {503, TYPE_BASE "unavailable", "Service Unavailable"},
 };
 
@@ -64,6 +65,8 @@ int problem_http_status(int code)
         return 415;
     case COFI_E_INVALID:
         return 422;
+    case COFI_E_NOT_IMPLEMENTED:
+        return 501;
     case COFI_E_UNAVAILABLE:
     case COFI_E_BUSY:
         return 503;

@@ -10,8 +10,8 @@
 #define PROBLEM_CONTENT_TYPE "application/problem+json"
 
 /* The HTTP status for a cofi_status: COFI_OK → 200, COFI_E_BAD_REQUEST → 400, ...,
- * COFI_E_UNAVAILABLE and COFI_E_BUSY → 503, COFI_E_INTERNAL/COFI_E_NOMEM and anything unknown →
- * 500. Thread-safe; can't fail. */
+ * COFI_E_NOT_IMPLEMENTED → 501, COFI_E_UNAVAILABLE and COFI_E_BUSY → 503,
+ * COFI_E_INTERNAL/COFI_E_NOMEM and anything unknown → 500. Thread-safe; can't fail. */
 int problem_http_status(int code);
 
 /* The stable `type` URI for an HTTP status ("https://cofi.dev/problems/not-found"), or the
