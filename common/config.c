@@ -14,6 +14,7 @@
 static void http_defaults(struct cofi_http_cfg *http);
 static void http_free(struct cofi_http_cfg *http);
 static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err);
+static int check_root_keys(json_t *root, const char *const *known, struct cofi_err *err);
 
 void config_defaults(struct cofi_config *cfg)
 {
@@ -331,12 +332,21 @@ static int parse_auth(json_t *auth, struct cofi_config *cfg, struct cofi_err *er
 
 static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *err)
 {
-    static const char *const known[] = {
-        "listen",    "database_url",    "input_root",   "max_body_bytes",
-        "nodes",     "mediator",        "llm",          "auth",
-        "log_level", "http_threads",    "db_pool_size", "shutdown_grace_ms",
-        "lease_ms",  "status_cache_ms", "http",         "tls",
-        NULL};
+    static const char *const known[] = {"listen",
+                                        "database_url",
+                                        "input_root",
+                                        "max_body_bytes",
+                                        "nodes",
+                                        "mediator",
+                                        "llm",
+                                        "auth",
+                                        "log_level",
+                                        "http_threads",
+                                        "db_pool_size",
+                                        "shutdown_grace_ms",
+                                        "lease_ms",
+                                        "status_cache_ms",
+                                        NULL};
     static const char *const med_known[] = {"timeout_ms",         "max_attempts",
                                             "backoff_base_ms",    "backoff_max_ms",
                                             "health_interval_ms", NULL};
@@ -346,7 +356,7 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
     if (!json_is_object(root)) {
         return cofi_err_set(err, COFI_E_INVALID, "the configuration must be a JSON object");
     }
-    int rc = check_keys(root, "", known, err);
+    int rc = check_root_keys(root, known, err);
     if (rc != 0) {
         return rc;
     }
@@ -500,7 +510,29 @@ static int finish(struct cofi_config *cfg, struct cofi_err *err)
     return 0;
 }
 
-/* ---- the "http" and "tls" objects: the HTTP server's defences ---------------------------- */
+/* ---- the "http", "tls" and "limits" objects: the HTTP server's defences ------------------ */
+
+/* check_keys for the top level: the keys in known, and the objects read by parse_http. */
+static int check_root_keys(json_t *root, const char *const *known, struct cofi_err *err)
+{
+    static const char *const http_keys[] = {"http", "tls", "limits", NULL};
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val)
+    {
+        bool ok = false;
+        for (size_t i = 0; !ok && known[i] != NULL; i++) {
+            ok = strcmp(key, known[i]) == 0;
+        }
+        for (size_t i = 0; !ok && http_keys[i] != NULL; i++) {
+            ok = strcmp(key, http_keys[i]) == 0;
+        }
+        if (!ok) {
+            return cofi_err_set(err, COFI_E_INVALID, "unknown configuration key \"%s\"", key);
+        }
+    }
+    return 0;
+}
 
 static void http_defaults(struct cofi_http_cfg *http)
 {
@@ -510,6 +542,8 @@ static void http_defaults(struct cofi_http_cfg *http)
     http->request_timeout_ms = 30000;
     http->tls_cert_file = NULL;
     http->tls_key_file = NULL;
+    http->metadata_max_bytes = 65536;
+    http->list_max_bytes = 1048576;
 }
 
 static void http_free(struct cofi_http_cfg *http)
@@ -520,8 +554,33 @@ static void http_free(struct cofi_http_cfg *http)
     http->tls_key_file = NULL;
 }
 
+/* Reads the optional "limits" {metadata_max_bytes, list_max_bytes} object of root. */
+static int parse_limits(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err)
+{
+    static const char *const known[] = {"metadata_max_bytes", "list_max_bytes", NULL};
+    json_t *l = json_object_get(root, "limits");
+    if (l == NULL) {
+        return 0;
+    }
+    if (!json_is_object(l)) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"limits\" must be an object");
+    }
+    long long meta = (long long)http->metadata_max_bytes;
+    long long list = (long long)http->list_max_bytes;
+    int rc = check_keys(l, "limits.", known, err);
+    if (rc == 0) {
+        rc = get_int(l, "limits.", "metadata_max_bytes", 2, 1LL << 30, &meta, err);
+    }
+    if (rc == 0) {
+        rc = get_int(l, "limits.", "list_max_bytes", 1024, 1LL << 30, &list, err);
+    }
+    http->metadata_max_bytes = (size_t)meta;
+    http->list_max_bytes = (size_t)list;
+    return rc;
+}
+
 /* Reads the optional "http" {max_connections, max_connections_per_client, idle_timeout_ms,
- * request_timeout_ms} and "tls" {cert_file, key_file} objects of root. */
+ * request_timeout_ms}, "tls" {cert_file, key_file} and "limits" objects of root. */
 static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err)
 {
     static const char *const known[] = {"max_connections", "max_connections_per_client",
@@ -550,6 +609,9 @@ static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err 
             rc = get_int32(h, "http.", "request_timeout_ms", 100, 3600000,
                            &http->request_timeout_ms, err);
         }
+    }
+    if (rc == 0) {
+        rc = parse_limits(root, http, err);
     }
     json_t *t = json_object_get(root, "tls");
     if (rc == 0 && t != NULL && !json_is_null(t)) {

@@ -36,6 +36,9 @@ struct cofi_http_cfg {
                                        end of the previous request on the connection) */
     char *tls_cert_file;            /* tls.cert_file: PEM; with tls_key_file turns HTTPS on */
     char *tls_key_file;             /* tls.key_file: PEM */
+    size_t metadata_max_bytes;      /* limits.metadata_max_bytes: 65536, a batch's metadata as
+                                       compact JSON */
+    size_t list_max_bytes;          /* limits.list_max_bytes: 1048576, a list page's items */
 };
 
 struct cofi_config {
@@ -68,7 +71,7 @@ struct cofi_config {
                               served again for this long (0: never; writes through this
                               instance's API always show at once) */
 
-    struct cofi_http_cfg http; /* "http" and "tls" */
+    struct cofi_http_cfg http; /* "http", "tls" and "limits" */
 };
 
 /* Fills cfg with the defaults of every optional key. Can't fail; cfg owns nothing yet. */

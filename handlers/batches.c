@@ -302,6 +302,48 @@ static int parse_create_body(const json_t *root, struct create_body *b, struct c
     return 0;
 }
 
+/* Characters (UTF-8 code points) of a valid UTF-8 string. */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+        n += (*p & 0xc0) != 0x80;
+    }
+    return n;
+}
+
+/* The limits per field of a new batch (openapi/openapi.json, CreateBatch): a name of at most
+ * BATCH_NAME_MAX_CHARS characters and at most BATCH_FILES_MAX files (422), metadata of at most
+ * metadata_max bytes as compact JSON (413). *metadata is set to that JSON text (a new string
+ * the caller frees) when the body has metadata. */
+static int check_limits(const struct create_body *b, size_t metadata_max, char **metadata,
+                        struct cofi_err *err)
+{
+    *metadata = NULL;
+    if (b->name != NULL && utf8_chars(b->name) > BATCH_NAME_MAX_CHARS) {
+        return cofi_err_set(err, COFI_E_INVALID, "name is longer than %d characters",
+                            BATCH_NAME_MAX_CHARS);
+    }
+    if (json_array_size(b->files) > BATCH_FILES_MAX) {
+        return cofi_err_set(err, COFI_E_INVALID, "more than %d files in one batch",
+                            BATCH_FILES_MAX);
+    }
+    if (b->metadata == NULL) {
+        return 0;
+    }
+    char *text = json_dumps(b->metadata, JSON_COMPACT);
+    if (text == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    if (strlen(text) > metadata_max) {
+        free(text);
+        return cofi_err_set(err, COFI_E_TOO_LARGE, "metadata is larger than %zu bytes as JSON",
+                            metadata_max);
+    }
+    *metadata = text;
+    return 0;
+}
+
 static void set_location(struct http_reply *rep, const json_t *batch)
 {
     snprintf(rep->location, sizeof rep->location, "/batches/%" JSON_INTEGER_FORMAT,
@@ -360,19 +402,15 @@ int handle_batches_create(const struct cofi_app *app, const struct http_req *req
     json_t *batch = NULL;
     char hash[65] = {0};
     rc = parse_create_body(root, &body, err);
+    if (rc == 0) {
+        rc = check_limits(&body, app->cfg->http.metadata_max_bytes, &metadata, err);
+    }
     if (rc != 0) {
         goto done;
     }
     if (key != NULL) {
         rc = find_repeat(app, key, root, hash, &batch, err);
         if (rc != 0 || batch != NULL) {
-            goto done;
-        }
-    }
-    if (body.metadata != NULL) {
-        metadata = json_dumps(body.metadata, JSON_COMPACT);
-        if (metadata == NULL) {
-            rc = cofi_err_set(err, COFI_E_NOMEM, "out of memory");
             goto done;
         }
     }
@@ -454,6 +492,7 @@ int handle_batches_list(const struct cofi_app *app, const struct http_req *req,
     rc = batches_db_list(conn, cursor, limit, state, &rep->body, err);
     db_release(app->db, conn);
     if (rc == 0) {
+        req_page_cap_bytes(rep->body, "batches", "id", 0, app->cfg->http.list_max_bytes);
         rep->status = 200;
     }
     return rc;
