@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/thread.h"
 #include "pipeline/engine_internal.h"
+#include "pipeline/input_file.h"
 #include "common/stages.h"
 #include "pipeline/worker_http.h"
 
@@ -286,13 +287,6 @@ static void start_job(struct mediator_lane *m, struct job *j)
     x->node = j->node;
     x->slot_us = clock_mono_us();
     if (j->stage == STAGE_DISTRIBUTE) {
-        char path[PATH_MAX + 2];
-        snprintf(path, sizeof path, "%s/%s", cfg->input_root, j->file);
-        if (access(path, R_OK) != 0) {
-            o.kind = OUTCOME_PERMANENT;
-            snprintf(o.error, sizeof o.error, "cannot read %s", j->file);
-            goto local_fail;
-        }
         snprintf(url, sizeof url, "%s/upload", nd->url);
         if (exchange_prepare(x->easy, &x->x, url, j, rid, NULL, NULL, cfg->mediator.timeout_ms) !=
             0) {
@@ -306,7 +300,11 @@ static void start_job(struct mediator_lane *m, struct job *j)
         curl_mimepart *part = curl_mime_addpart(x->mime);
         /* Streamed from disk by curl as it sends: the file is never read whole. */
         curl_mime_name(part, "file");
-        curl_mime_filedata(part, path);
+        int in = input_file_attach(part, cfg->input_root, j->file, o.error, sizeof o.error);
+        if (in != 0) {
+            o.kind = in == -1 ? OUTCOME_PERMANENT : OUTCOME_RETRY;
+            goto local_fail;
+        }
         curl_mime_filename(part, base);
         curl_mime_type(part, "application/octet-stream");
         part = curl_mime_addpart(x->mime);
