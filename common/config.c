@@ -540,6 +540,10 @@ static void http_defaults(struct cofi_http_cfg *http)
     http->max_connections_per_client = 64;
     http->idle_timeout_ms = 30000;
     http->request_timeout_ms = 30000;
+    http->handler_threads = 8;
+    http->handler_queue = 256;
+    http->db_wait_ms = 5000;
+    http->statement_timeout_ms = 30000;
     http->tls_cert_file = NULL;
     http->tls_key_file = NULL;
     http->metadata_max_bytes = 65536;
@@ -557,7 +561,8 @@ static void http_free(struct cofi_http_cfg *http)
 /* Reads the optional "limits" {metadata_max_bytes, list_max_bytes} object of root. */
 static int parse_limits(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err)
 {
-    static const char *const known[] = {"metadata_max_bytes", "list_max_bytes", NULL};
+    static const char *const known[] = {"metadata_max_bytes", "list_max_bytes", "db_wait_ms",
+                                        "statement_timeout_ms", NULL};
     json_t *l = json_object_get(root, "limits");
     if (l == NULL) {
         return 0;
@@ -576,6 +581,13 @@ static int parse_limits(json_t *root, struct cofi_http_cfg *http, struct cofi_er
     }
     http->metadata_max_bytes = (size_t)meta;
     http->list_max_bytes = (size_t)list;
+    if (rc == 0) {
+        rc = get_int32(l, "limits.", "db_wait_ms", 1, 3600000, &http->db_wait_ms, err);
+    }
+    if (rc == 0) {
+        rc = get_int32(l, "limits.", "statement_timeout_ms", 0, 86400000,
+                       &http->statement_timeout_ms, err);
+    }
     return rc;
 }
 
@@ -583,8 +595,13 @@ static int parse_limits(json_t *root, struct cofi_http_cfg *http, struct cofi_er
  * request_timeout_ms}, "tls" {cert_file, key_file} and "limits" objects of root. */
 static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err)
 {
-    static const char *const known[] = {"max_connections", "max_connections_per_client",
-                                        "idle_timeout_ms", "request_timeout_ms", NULL};
+    static const char *const known[] = {"max_connections",
+                                        "max_connections_per_client",
+                                        "idle_timeout_ms",
+                                        "request_timeout_ms",
+                                        "handler_threads",
+                                        "handler_queue",
+                                        NULL};
     static const char *const tls_known[] = {"cert_file", "key_file", NULL};
     int rc = 0;
     json_t *h = json_object_get(root, "http");
@@ -608,6 +625,12 @@ static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err 
         if (rc == 0) {
             rc = get_int32(h, "http.", "request_timeout_ms", 100, 3600000,
                            &http->request_timeout_ms, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "handler_threads", 1, 1024, &http->handler_threads, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "handler_queue", 1, 100000, &http->handler_queue, err);
         }
     }
     if (rc == 0) {

@@ -34,6 +34,12 @@ struct cofi_http_cfg {
     int request_timeout_ms;         /* 30000: a request's line, headers and body must all
                                        arrive within this long of its first byte (or of the
                                        end of the previous request on the connection) */
+    int handler_threads;            /* 8: threads running request handlers */
+    int handler_queue;              /* 256: requests waiting for one (503 beyond) */
+    int db_wait_ms;                 /* limits.db_wait_ms: 5000, wait for a pooled connection
+                                       (503 beyond) */
+    int statement_timeout_ms;       /* limits.statement_timeout_ms: 30000, an API statement's
+                                       longest run (503 beyond; 0: none) */
     char *tls_cert_file;            /* tls.cert_file: PEM; with tls_key_file turns HTTPS on */
     char *tls_key_file;             /* tls.key_file: PEM */
     size_t metadata_max_bytes;      /* limits.metadata_max_bytes: 65536, a batch's metadata as

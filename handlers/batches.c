@@ -176,9 +176,15 @@ int batches_check_file(const char *root, int root_fd, const char *file, size_t f
     return 0;
 }
 
-/* Checks every file of the batch on disk. Returns 0, or COFI_E_INVALID with *ext
+/* Files checked before the database is touched: a batch whose first files are bad (say,
+ * hundreds of thousands of missing ones) is refused without inserting anything. The rest are
+ * checked while the calls are inserted (the insert is cancelled when one is bad). */
+#define FILES_PRECHECK 1000
+
+/* Checks the first `limit` files of the batch on disk. Returns 0, or COFI_E_INVALID with *ext
  * {"errors": [{"file", "reason"}, ...]} (the first MAX_FILE_ERRORS bad files). */
-static int check_files(const char *root, const json_t *files, json_t **ext, struct cofi_err *err)
+static int check_files(const char *root, const json_t *files, size_t limit, json_t **ext,
+                       struct cofi_err *err)
 {
     json_t *errors = NULL;
     size_t bad = 0;
@@ -187,6 +193,9 @@ static int check_files(const char *root, const json_t *files, json_t **ext, stru
     const json_t *f;
     json_array_foreach(files, i, f)
     {
+        if (i == limit) {
+            break;
+        }
         const char *reason;
         if (batches_check_file(root, root_fd, json_string_value(f), json_string_length(f),
                                &reason) == 0) {
@@ -227,7 +236,7 @@ struct files_check {
 static int check_files_cb(void *ctx, struct cofi_err *err)
 {
     const struct files_check *fc = ctx;
-    return check_files(fc->root, fc->files, fc->ext, err);
+    return check_files(fc->root, fc->files, SIZE_MAX, fc->ext, err);
 }
 
 /* The request body of POST /batches, checked for shape and types; values borrowed from
@@ -413,6 +422,10 @@ int handle_batches_create(const struct cofi_app *app, const struct http_req *req
         if (rc != 0 || batch != NULL) {
             goto done;
         }
+    }
+    rc = check_files(app->cfg->input_root, body.files, FILES_PRECHECK, &rep->problem_ext, err);
+    if (rc != 0) {
+        goto done;
     }
     /* The files are checked while the database inserts the calls (all rolled back if one is
      * bad): for a big batch the two take about as long. */

@@ -219,7 +219,7 @@ bool req_json_has_nul(const json_t *v)
 PGconn *req_db_acquire(const struct cofi_app *app, struct cofi_err *err)
 {
     PGconn *conn = db_acquire(app->db, err);
-    if (conn == NULL && err->code != COFI_E_UNAVAILABLE) {
+    if (conn == NULL && err->code != COFI_E_UNAVAILABLE && err->code != COFI_E_BUSY) {
         cofi_err_set(err, COFI_E_UNAVAILABLE, "no database connection");
     }
     return conn;

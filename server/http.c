@@ -26,6 +26,7 @@
 #include "handlers/handlers.h"
 #include "server/auth.h"
 #include "server/conn_guard.h"
+#include "server/handler_pool.h"
 #include "server/http_strict.h"
 #include "server/problem.h"
 #include "server/router.h"
@@ -37,6 +38,9 @@
  * connection limits and timeouts come from the configuration's "http" object. */
 #define HTTP_CONNECTION_MEMORY (16u * 1024u)
 #define HTTP_BACKLOG           4096
+
+/* After a request body at least this large, free heap pages go back to the system. */
+#define TRIM_AFTER_BODY_BYTES ((size_t)1 << 20)
 
 /* Query arguments a background re-rendering keeps (more: the poll re-renders itself). */
 #define REFRESH_QUERY_MAX 4
@@ -74,12 +78,13 @@ struct http_server {
     struct cofi_app *app;
     MHD_socket listen_fd;
     int port;
-    atomic_int active;          /* requests between their headers and their completion */
-    struct status_cache *cache; /* owned; NULL when status_cache_ms is 0 */
-    struct refresher refresh;   /* started with the cache */
-    struct conn_guard *guard;   /* owned: the deadline of every request */
-    struct auth_keys *keys;     /* owned: the tokens, replaced on SIGHUP */
-    atomic_bool draining;       /* shutting down: writes and /readyz answer 503 */
+    atomic_int active;             /* requests between their headers and their completion */
+    struct status_cache *cache;    /* owned; NULL when status_cache_ms is 0 */
+    struct refresher refresh;      /* started with the cache */
+    struct conn_guard *guard;      /* owned: the deadline of every request */
+    struct auth_keys *keys;        /* owned: the tokens, replaced on SIGHUP */
+    struct handler_pool *handlers; /* owned: where handlers run */
+    atomic_bool draining;          /* shutting down: writes and /readyz answer 503 */
 };
 
 /* One request, from its headers to its completion (MHD's per-request context). */
@@ -93,7 +98,19 @@ struct request {
     bool too_large;          /* the body passed the limit: drop the rest and answer 413 */
     bool malformed;          /* refused by the strict checks: answered at once, then closed */
     bool started;            /* its headers have been seen */
-    size_t dropped;          /* body bytes of a refused request read and dropped */
+    /* Handled on a handler thread (server/handler_pool.h) while the connection is suspended:
+     * the answer waits in ready_* until an I/O thread queues it. */
+    struct MHD_Connection *conn;
+    struct http_server *srv;
+    const char *url, *method; /* MHD's, valid until the request completes */
+    bool deferred;
+    struct MHD_Response *ready_resp;          /* owned unless ready_answer holds it */
+    struct status_cache_answer *ready_answer; /* a cached answer kept alive until queued */
+    int ready_status;
+    char key[STATUS_CACHE_KEY_MAX]; /* the status cache key of a cached GET, key_len bytes */
+    size_t key_len;
+    struct status_cache_ticket ticket;
+    size_t dropped; /* body bytes of a refused request read and dropped */
     int64_t start_us;
     struct conn_guard_entry *guarded; /* the connection's deadline (borrowed; may be NULL) */
     char who[64];  /* the caller: its token's environment variable, or "anonymous" */
@@ -142,20 +159,26 @@ static void add_final_headers(struct MHD_Response *resp)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 }
 
-/* Queues resp (stolen: the caller's reference is dropped, MHD holds its own until the answer
- * is sent). Returns MHD_NO when resp is NULL. */
-static enum MHD_Result queue(struct MHD_Connection *conn, int status, struct MHD_Response *resp)
+/* Answers resp (stolen: the caller's reference is dropped, MHD holds its own until the answer
+ * is sent): queued at once, or, for a request handled on a handler thread, kept until an I/O
+ * thread queues it. Returns MHD_NO when resp is NULL. */
+static enum MHD_Result queue(struct request *rq, int status, struct MHD_Response *resp)
 {
     if (resp == NULL) {
         return MHD_NO;
     }
-    enum MHD_Result ret = MHD_queue_response(conn, (unsigned int)status, resp);
+    if (rq->deferred) {
+        rq->ready_resp = resp;
+        rq->ready_status = status;
+        return MHD_YES;
+    }
+    enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned int)status, resp);
     MHD_destroy_response(resp);
     return ret;
 }
 
 /* Answers with the problem for err; ext (stolen) adds members; allow adds an Allow header. */
-static enum MHD_Result answer_problem_ex(struct MHD_Connection *conn, const struct cofi_err *err,
+static enum MHD_Result answer_problem_ex(struct request *rq, const struct cofi_err *err,
                                          json_t *ext, const char *allow, bool close)
 {
     int status = problem_http_status(err->code);
@@ -191,13 +214,13 @@ static enum MHD_Result answer_problem_ex(struct MHD_Connection *conn, const stru
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     }
     add_final_headers(resp);
-    return queue(conn, status, resp);
+    return queue(rq, status, resp);
 }
 
-static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct cofi_err *err,
-                                      json_t *ext, const char *allow)
+static enum MHD_Result answer_problem(struct request *rq, const struct cofi_err *err, json_t *ext,
+                                      const char *allow)
 {
-    return answer_problem_ex(conn, err, ext, allow, /* close= */ false);
+    return answer_problem_ex(rq, err, ext, allow, /* close= */ false);
 }
 
 /* A finished response (a new reference) of a JSON success body: text (length len, stolen:
@@ -220,10 +243,10 @@ static struct MHD_Response *json_response(char *text, size_t len, const char *lo
 
 /* Answers a JSON success body: text (length len, stolen) with location as the Location
  * header when not empty. */
-static enum MHD_Result answer_json(struct MHD_Connection *conn, int status, char *text, size_t len,
+static enum MHD_Result answer_json(struct request *rq, int status, char *text, size_t len,
                                    const char *location)
 {
-    return queue(conn, status, json_response(text, len, location));
+    return queue(rq, status, json_response(text, len, location));
 }
 
 /* The JSON text of a reply's body (not of a raw one): a new string the caller frees, or
@@ -235,14 +258,14 @@ static char *reply_text(const struct http_reply *rep)
                       JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
 }
 
-static enum MHD_Result answer_out_of_memory(struct MHD_Connection *conn)
+static enum MHD_Result answer_out_of_memory(struct request *rq)
 {
     struct cofi_err err;
     cofi_err_set(&err, COFI_E_NOMEM, "out of memory while encoding a reply");
-    return answer_problem(conn, &err, NULL, NULL);
+    return answer_problem(rq, &err, NULL, NULL);
 }
 
-static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_reply *rep)
+static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
 {
     int status = rep->status != 0 ? rep->status : 200;
     if (rep->raw != NULL) {
@@ -253,13 +276,13 @@ static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_rep
         }
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
         add_final_headers(resp);
-        return queue(conn, status, resp);
+        return queue(rq, status, resp);
     }
     char *text = reply_text(rep);
     if (text == NULL) {
-        return answer_out_of_memory(conn);
+        return answer_out_of_memory(rq);
     }
-    return answer_json(conn, status, text, strlen(text), rep->location);
+    return answer_json(rq, status, text, strlen(text), rep->location);
 }
 
 /* The status cache's value_free: a cached answer is a finished MHD response. */
@@ -273,7 +296,7 @@ static void cached_response_free(void *value)
  * (body and headers), which hits then queue as is: MHD counts the references of a response
  * under its own mutex, so one response may be queued on several connections, from several
  * threads, at once. Its size in the cache is its body's. */
-static enum MHD_Result answer_and_store(struct status_cache *cache, struct MHD_Connection *conn,
+static enum MHD_Result answer_and_store(struct status_cache *cache, struct request *rq,
                                         const char *key, size_t key_len,
                                         const struct status_cache_ticket *ticket,
                                         struct http_reply *rep)
@@ -282,7 +305,7 @@ static enum MHD_Result answer_and_store(struct status_cache *cache, struct MHD_C
     char *text = storable ? reply_text(rep) : NULL;
     if (text == NULL) {
         status_cache_drop(cache, key, key_len, ticket);
-        return answer_reply(conn, rep);
+        return answer_reply(rq, rep);
     }
     size_t len = strlen(text);
     struct MHD_Response *resp = json_response(text, len, rep->location);
@@ -290,10 +313,17 @@ static enum MHD_Result answer_and_store(struct status_cache *cache, struct MHD_C
         resp != NULL ? status_cache_answer_new(resp, len, cached_response_free) : NULL;
     if (answer == NULL) {
         status_cache_drop(cache, key, key_len, ticket);
-        return queue(conn, 200, resp);
+        return queue(rq, 200, resp);
     }
     status_cache_put(cache, key, key_len, ticket, answer);
-    enum MHD_Result ret = MHD_queue_response(conn, 200, resp);
+    if (rq->deferred) {
+        /* Our reference to the answer keeps resp alive until it is queued. */
+        rq->ready_resp = resp;
+        rq->ready_answer = answer;
+        rq->ready_status = 200;
+        return MHD_YES;
+    }
+    enum MHD_Result ret = MHD_queue_response(rq->conn, 200, resp);
     status_cache_answer_release(answer);
     return ret;
 }
@@ -651,7 +681,7 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
         rq->refused = true;
         rq->answered = true;
         rq->status = problem_http_status(err->code);
-        return answer_problem_ex(conn, err, NULL, NULL, /* close= */ true);
+        return answer_problem_ex(rq, err, NULL, NULL, /* close= */ true);
     }
     rq->result = router_match(method, url, &rq->match);
     bool public_route = rq->result != ROUTE_NOT_FOUND && rq->match.public_path;
@@ -691,25 +721,19 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
     }
     rq->answered = true;
     rq->status = problem_http_status(err->code);
-    return answer_problem(conn, err, NULL, refusal_allow(rq));
+    return answer_problem(rq, err, NULL, refusal_allow(rq));
 }
 
-/* The last call, with the whole body: run the handler and answer. */
-static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connection *conn,
-                                   struct request *rq, const char *url, const char *method)
+/* Runs the handler of rq (a route found, its whole body read) and answers: on the I/O thread
+ * for the routes that never wait (runs_inline), on a handler thread otherwise. */
+static enum MHD_Result render(struct request *rq)
 {
-    if (rq->refused) {
-        rq->status = problem_http_status(rq->refusal.code);
-        return answer_problem(conn, &rq->refusal, NULL, refusal_allow(rq));
-    }
+    struct http_server *srv = rq->srv;
+    struct MHD_Connection *conn = rq->conn;
+    const char *method = rq->method;
+    const char *url = rq->url;
     struct cofi_err err;
     cofi_err_clear(&err);
-    if (rq->too_large) {
-        cofi_err_set(&err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
-                     srv->app->cfg->max_body_bytes);
-        rq->status = 413;
-        return answer_problem(conn, &err, NULL, NULL);
-    }
     struct http_req req = {
         .method = strcmp(method, "HEAD") == 0 ? "GET" : method,
         .path = url,
@@ -726,30 +750,6 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         req.params[i] = rq->match.params[i];
     }
     const struct route *route = rq->match.route;
-    char key[STATUS_CACHE_KEY_MAX];
-    size_t key_len = 0;
-    int nargs = 0;
-    struct status_cache_ticket ticket;
-    if (srv->cache != NULL && route->cached) {
-        key_len = cache_key(conn, url, key, sizeof key, &nargs);
-    }
-    if (key_len > 0) {
-        struct status_cache_answer *hit;
-        bool background = srv->refresh.started && nargs <= REFRESH_QUERY_MAX;
-        bool served = background ? status_cache_get_stale(srv->cache, key, key_len, &hit, &ticket)
-                                 : status_cache_get(srv->cache, key, key_len, &hit, &ticket);
-        if (served) {
-            if (ticket.refresher) {
-                refresh_enqueue(srv, conn, url, key, key_len, &ticket);
-            }
-            /* Our own reference keeps the response alive even if another thread evicts the
-             * entry now; MHD takes its own while queueing. */
-            rq->status = 200;
-            enum MHD_Result ret = MHD_queue_response(conn, 200, status_cache_answer_value(hit));
-            status_cache_answer_release(hit);
-            return ret;
-        }
-    }
     struct http_reply rep = HTTP_REPLY_INIT;
     int rc = route->handler(srv->app, &req, &rep, &err);
     if (strcmp(route->method, "GET") != 0) {
@@ -759,8 +759,8 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
     }
     enum MHD_Result ret;
     if (rc != 0) {
-        if (key_len > 0) {
-            status_cache_drop(srv->cache, key, key_len, &ticket);
+        if (rq->key_len > 0) {
+            status_cache_drop(srv->cache, rq->key, rq->key_len, &rq->ticket);
         }
         if (err.code == COFI_OK) {
             cofi_err_set(&err, COFI_E_INTERNAL, "handler of %s %s failed without a reason", method,
@@ -769,17 +769,127 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         json_t *ext = rep.problem_ext;
         rep.problem_ext = NULL;
         rq->status = problem_http_status(err.code);
-        ret = answer_problem(conn, &err, ext, NULL);
+        ret = answer_problem(rq, &err, ext, NULL);
     } else {
         rq->status = rep.status != 0 ? rep.status : 200;
-        if (key_len > 0) {
-            ret = answer_and_store(srv->cache, conn, key, key_len, &ticket, &rep);
+        if (rq->key_len > 0) {
+            ret = answer_and_store(srv->cache, rq, rq->key, rq->key_len, &rq->ticket, &rep);
         } else {
-            ret = answer_reply(conn, &rep);
+            ret = answer_reply(rq, &rep);
         }
     }
     http_reply_free(&rep);
     return ret;
+}
+
+/* A handler thread's job: render the request, then hand the connection back to MHD, which
+ * calls on_request again to queue the answer. */
+static void render_deferred(void *arg)
+{
+    struct request *rq = arg;
+    if (render(rq) != MHD_YES && rq->ready_resp == NULL) {
+        log_warn("http: no answer could be made for %s", rq->line);
+    }
+    size_t body_bytes = rq->body.len;
+    buf_free(&rq->body);
+#if defined(__GLIBC__)
+    /* A large body (POST /batches of many files: its text and its parsed tree, 20 MiB for
+     * 200,000 files) leaves free pages in the heap that glibc keeps; give them back, so the
+     * resident set during the run is what the run holds. Milliseconds, once per such body,
+     * here on a handler thread rather than on an I/O thread that serves other connections. */
+    if (body_bytes >= TRIM_AFTER_BODY_BYTES) {
+        (void)malloc_trim(0);
+    }
+#else
+    (void)body_bytes;
+#endif
+    MHD_resume_connection(rq->conn);
+}
+
+/* True for the routes answered on the I/O thread: they neither read the database nor wait. */
+static bool runs_inline(const struct route *route)
+{
+    return route->handler == handle_healthz || route->handler == handle_openapi;
+}
+
+/* Queues the answer a handler thread made (on_request, after MHD_resume_connection). */
+static enum MHD_Result queue_ready(struct request *rq)
+{
+    if (rq->ready_resp == NULL) {
+        return MHD_NO; /* nothing could be made: MHD closes the connection */
+    }
+    enum MHD_Result ret =
+        MHD_queue_response(rq->conn, (unsigned int)rq->ready_status, rq->ready_resp);
+    if (rq->ready_answer != NULL) {
+        status_cache_answer_release(rq->ready_answer);
+    } else {
+        MHD_destroy_response(rq->ready_resp);
+    }
+    rq->ready_resp = NULL;
+    rq->ready_answer = NULL;
+    return ret;
+}
+
+/* The last call, with the whole body: answer refusals and cached answers at once, hand the
+ * handler to a handler thread. */
+static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connection *conn,
+                                   struct request *rq, const char *url, const char *method)
+{
+    if (rq->refused) {
+        rq->status = problem_http_status(rq->refusal.code);
+        return answer_problem(rq, &rq->refusal, NULL, refusal_allow(rq));
+    }
+    struct cofi_err err;
+    cofi_err_clear(&err);
+    if (rq->too_large) {
+        cofi_err_set(&err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
+                     srv->app->cfg->max_body_bytes);
+        rq->status = 413;
+        return answer_problem(rq, &err, NULL, NULL);
+    }
+    rq->url = url;
+    rq->method = method;
+    const struct route *route = rq->match.route;
+    int nargs = 0;
+    if (srv->cache != NULL && route->cached) {
+        rq->key_len = cache_key(conn, url, rq->key, sizeof rq->key, &nargs);
+    }
+    if (rq->key_len > 0) {
+        struct status_cache_answer *hit;
+        bool background = srv->refresh.started && nargs <= REFRESH_QUERY_MAX;
+        bool served =
+            background ? status_cache_get_stale(srv->cache, rq->key, rq->key_len, &hit, &rq->ticket)
+                       : status_cache_get(srv->cache, rq->key, rq->key_len, &hit, &rq->ticket);
+        if (served) {
+            if (rq->ticket.refresher) {
+                refresh_enqueue(srv, conn, url, rq->key, rq->key_len, &rq->ticket);
+            }
+            /* Our own reference keeps the response alive even if another thread evicts the
+             * entry now; MHD takes its own while queueing. */
+            rq->status = 200;
+            enum MHD_Result ret = MHD_queue_response(conn, 200, status_cache_answer_value(hit));
+            status_cache_answer_release(hit);
+            return ret;
+        }
+    }
+    if (runs_inline(route) || srv->handlers == NULL) {
+        return render(rq);
+    }
+    /* Suspended before it is queued: the job may resume it at once. */
+    rq->deferred = true;
+    MHD_suspend_connection(conn);
+    if (handler_pool_submit(srv->handlers, render_deferred, rq) != 0) {
+        if (rq->key_len > 0) {
+            status_cache_drop(srv->cache, rq->key, rq->key_len, &rq->ticket);
+        }
+        cofi_err_set(&err, COFI_E_BUSY,
+                     "every request handler is busy and %d requests wait already; try again",
+                     srv->app->cfg->http.handler_queue);
+        rq->status = 503;
+        answer_problem(rq, &err, NULL, NULL);
+        MHD_resume_connection(conn);
+    }
+    return MHD_YES;
 }
 
 /* Writes "METHOD /path", cut to fit cap bytes, into out: the access log's request line. Copies
@@ -805,6 +915,7 @@ static struct request *request_new(struct http_server *srv)
     }
     buf_init(&rq->body, srv->app->cfg->max_body_bytes);
     rq->start_us = clock_mono_us();
+    rq->srv = srv;
     return rq;
 }
 
@@ -849,6 +960,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         *con_cls = rq;
     }
+    rq->conn = conn;
     if (!rq->started) {
         rq->started = true;
         request_line(rq->line, sizeof rq->line, method, url);
@@ -886,12 +998,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (rq->answered) {
         return MHD_YES;
     }
+    if (rq->deferred) {
+        return queue_ready(rq);
+    }
     conn_guard_request_received(rq->guarded);
     return on_complete(srv, conn, rq, url, method);
 }
-
-/* After a request body at least this large, free heap pages go back to the system. */
-#define TRIM_AFTER_BODY_BYTES ((size_t)1 << 20)
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
@@ -910,6 +1022,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     size_t body_bytes = rq->body.len;
     bool started = rq->started;
+    if (rq->ready_answer != NULL) {
+        status_cache_answer_release(rq->ready_answer);
+    } else if (rq->ready_resp != NULL) {
+        MHD_destroy_response(rq->ready_resp);
+    }
     conn_guard_request_done(srv->guard, rq->guarded);
     buf_free(&rq->body);
     free(rq);
@@ -918,9 +1035,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         atomic_fetch_sub(&srv->active, 1);
     }
 #if defined(__GLIBC__)
-    /* A large body (POST /batches of many files: its text and its parsed tree, 20 MiB for
-     * 200,000 files) leaves free pages in the heap that glibc keeps; give them back, so the
-     * resident set during the run is what the run holds. Milliseconds, once per such body. */
+    /* A large body answered on this I/O thread (a handler thread trims after its own). */
     if (body_bytes >= TRIM_AFTER_BODY_BYTES) {
         (void)malloc_trim(0);
     }
@@ -1028,6 +1143,17 @@ static struct MHD_Daemon *start_daemon(struct http_server *srv, unsigned int fla
         MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_END);
 }
 
+/* Frees what http_start made, the daemon excepted (stopped already, or never started). */
+static void server_free(struct http_server *srv)
+{
+    handler_pool_free(srv->handlers);
+    conn_guard_free(srv->guard);
+    refresher_stop(srv);
+    status_cache_free(srv->cache);
+    auth_keys_free(srv->keys);
+    free(srv);
+}
+
 int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *err)
 {
     *out = NULL;
@@ -1054,21 +1180,21 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
         free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "can't start the connection guard");
     }
+    if (handler_pool_new(&srv->handlers, cfg->http.handler_threads, cfg->http.handler_queue) != 0) {
+        log_warn("http: no handler threads: handlers run on the I/O threads");
+    }
     if (srv->cache != NULL) {
         refresher_start(srv);
     }
     int family = AF_INET;
     int fd = open_listener(cfg->listen_host, cfg->listen_port, &family, &srv->port, err);
     if (fd < 0) {
-        conn_guard_free(srv->guard);
-        refresher_stop(srv);
-        status_cache_free(srv->cache);
-        auth_keys_free(srv->keys);
-        free(srv);
+        server_free(srv);
         return err->code;
     }
     srv->listen_fd = fd;
-    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG |
+                         MHD_ALLOW_SUSPEND_RESUME;
     if (family == AF_INET6) {
         flags |= MHD_USE_IPv6;
     }
@@ -1079,11 +1205,7 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     }
     if (srv->daemon == NULL) {
         close(fd);
-        conn_guard_free(srv->guard);
-        refresher_stop(srv);
-        status_cache_free(srv->cache);
-        auth_keys_free(srv->keys);
-        free(srv);
+        server_free(srv);
         return cofi_err_set(err, COFI_E_INTERNAL, "can't start the HTTP server on %s:%d",
                             cfg->listen_host, cfg->listen_port);
     }
@@ -1112,15 +1234,14 @@ void http_stop(struct http_server *srv)
     if (left > 0) {
         log_warn("http: stopping with %d requests still in progress", left);
     }
+    /* Every handler job runs to its end and resumes its connection: MHD stops only with no
+     * connection suspended. */
+    handler_pool_stop(srv->handlers);
     MHD_stop_daemon(srv->daemon);
     if (fd != MHD_INVALID_SOCKET) {
         close(fd);
     }
-    conn_guard_free(srv->guard);
-    refresher_stop(srv);
-    status_cache_free(srv->cache);
-    auth_keys_free(srv->keys);
-    free(srv);
+    server_free(srv);
 }
 
 void http_begin_drain(struct http_server *srv)

@@ -221,6 +221,7 @@ int main(int argc, char **argv)
         log_error("%s", err.msg);
         goto out;
     }
+    db_pool_set_limits(pool, cfg.http.db_wait_ms, cfg.http.statement_timeout_ms);
     char instance[200];
     const char *env_id = getenv("COFI_INSTANCE_ID");
     if (env_id != NULL && env_id[0] != '\0') {

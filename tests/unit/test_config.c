@@ -158,6 +158,10 @@ static void test_http_defences(void **state)
     assert_int_equal(cfg.http.request_timeout_ms, 30000);
     assert_int_equal(cfg.http.metadata_max_bytes, 65536);
     assert_int_equal(cfg.http.list_max_bytes, 1048576);
+    assert_int_equal(cfg.http.handler_threads, 8);
+    assert_int_equal(cfg.http.handler_queue, 256);
+    assert_int_equal(cfg.http.db_wait_ms, 5000);
+    assert_int_equal(cfg.http.statement_timeout_ms, 30000);
     assert_null(cfg.http.tls_cert_file);
     config_free(&cfg);
     assert_int_equal(parse(", \"http\": {\"max_connections\": 10, \"max_connections_per_client\": "
