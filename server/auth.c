@@ -17,8 +17,9 @@ bool auth_equal_ct(const char *a, size_t alen, const char *b, size_t blen)
     return diff == 0;
 }
 
-/* Checks authorization against tokens[0..n); *found is the index of the token used, or -1
- * when none was needed. */
+/* Checks authorization against tokens[0..n); *found is the index of the token presented (also
+ * when it may only read and a write was asked: 403), or -1 when none was needed or none
+ * matched. */
 static int check_tokens(const struct cofi_token_cfg *tokens, size_t n, const char *authorization,
                         bool public_route, bool needs_write, int *found_out, struct cofi_err *err)
 {
@@ -63,10 +64,10 @@ static int check_tokens(const struct cofi_token_cfg *tokens, size_t n, const cha
     if (found < 0) {
         return cofi_err_set(err, COFI_E_UNAUTHORIZED, "the bearer token is not valid");
     }
+    *found_out = found;
     if (needs_write && !tokens[found].write) {
         return cofi_err_set(err, COFI_E_FORBIDDEN, "this token may only read");
     }
-    *found_out = found;
     return 0;
 }
 

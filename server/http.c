@@ -113,9 +113,10 @@ struct request {
     size_t dropped; /* body bytes of a refused request read and dropped */
     int64_t start_us;
     struct conn_guard_entry *guarded; /* the connection's deadline (borrowed; may be NULL) */
-    char who[64];  /* the caller: its token's environment variable, or "anonymous" */
-    int status;    /* the status answered, for the access log */
-    char line[96]; /* "METHOD /path" (cut), for the access log */
+    char created[64]; /* the Location a write answered (the resource it made), or "" */
+    char who[64];     /* the caller: its token's environment variable, or "anonymous" */
+    int status;       /* the status answered, for the access log */
+    char line[96];    /* "METHOD /path" (cut), for the access log */
 };
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
@@ -772,6 +773,7 @@ static enum MHD_Result render(struct request *rq)
         ret = answer_problem(rq, &err, ext, NULL);
     } else {
         rq->status = rep.status != 0 ? rep.status : 200;
+        snprintf(rq->created, sizeof rq->created, "%s", rep.location);
         if (rq->key_len > 0) {
             ret = answer_and_store(srv->cache, rq, rq->key, rq->key_len, &rq->ticket, &rep);
         } else {
@@ -1005,10 +1007,47 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return on_complete(srv, conn, rq, url, method);
 }
 
+/* The client's address as text ("127.0.0.1", "::1"), or "?" when unknown. */
+static void client_address(struct MHD_Connection *conn, char *out, size_t cap)
+{
+    snprintf(out, cap, "?");
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci == NULL || ci->client_addr == NULL) {
+        return;
+    }
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+                  (socklen_t)cap);
+    } else if (sa->sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                  (socklen_t)cap);
+    }
+}
+
+/* The audit trail: one line for every write, answered or refused: who (the environment
+ * variable of the token used, never the token; "anonymous" when the API is open,
+ * "unauthenticated" when no valid token came), what (the request line, its answer and the
+ * resource it made) and from where (the client's address). */
+static void audit(struct MHD_Connection *conn, const struct request *rq,
+                  enum MHD_RequestTerminationCode toe)
+{
+    if (strncmp(rq->line, "GET ", 4) == 0 || strncmp(rq->line, "HEAD ", 5) == 0) {
+        return;
+    }
+    char from[INET6_ADDRSTRLEN + 1];
+    client_address(conn, from, sizeof from);
+    const char *who =
+        rq->who[0] != '\0' && rq->refusal.code != COFI_E_UNAUTHORIZED ? rq->who : "unauthenticated";
+    log_info("audit: %s by %s from %s: %d%s%s%s", rq->line, who, from, rq->status,
+             rq->created[0] != '\0' ? " " : "", rq->created,
+             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     struct http_server *srv = cls;
     struct request *rq = *con_cls;
     if (rq == NULL) {
@@ -1019,6 +1058,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         log_debug("%s %d %" PRId64 ".%03d ms", rq->line, rq->status, us / 1000, (int)(us % 1000));
     } else {
         log_debug("%s ended early (%d) after %" PRId64 " us", rq->line, (int)toe, us);
+    }
+    if (rq->started) {
+        audit(conn, rq, toe);
     }
     size_t body_bytes = rq->body.len;
     bool started = rq->started;
