@@ -1,6 +1,7 @@
 /* The stage table and the state model that turns (stage, status) counts into API counts. */
 #include "common/stages.h"
 
+#include <stdint.h>
 #include <string.h>
 
 static const char *const stage_names[STAGE_COUNT] = {"distribute", "denoise", "ivr", "lid",
@@ -49,6 +50,17 @@ int call_status_from_name(const char *name)
     return -1;
 }
 
+/* *c += n, saturating at the ends of int64_t: counts from the database are trusted to be
+ * sane, but a sum never wraps into a negative count. */
+static void add_saturating(int64_t *c, int64_t n)
+{
+    int64_t sum;
+    if (__builtin_add_overflow(*c, n, &sum)) {
+        sum = n > 0 ? INT64_MAX : INT64_MIN;
+    }
+    *c = sum;
+}
+
 void stage_counts_add(struct stage_counts out[STAGE_COUNT], int cs, int st, int64_t n)
 {
     if (cs < 0 || cs > STAGE_COUNT || st < 0 || st >= CALL_STATUS_COUNT) {
@@ -57,15 +69,15 @@ void stage_counts_add(struct stage_counts out[STAGE_COUNT], int cs, int st, int6
     for (int s = 0; s < STAGE_COUNT; s++) {
         struct stage_counts *c = &out[s];
         if (cs > s) {
-            c->done += n;
+            add_saturating(&c->done, n);
         } else if (cs == s && st == CALL_RUNNING) {
-            c->running += n;
+            add_saturating(&c->running, n);
         } else if (cs == s && st == CALL_FAILED) {
-            c->failed += n;
+            add_saturating(&c->failed, n);
         } else if (st == CALL_PENDING || (cs < s && st == CALL_RUNNING)) {
-            c->pending += n;
+            add_saturating(&c->pending, n);
         } else {
-            c->skipped += n;
+            add_saturating(&c->skipped, n);
         }
     }
 }

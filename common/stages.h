@@ -54,7 +54,8 @@ struct stage_counts {
  *   failed  if cs == s and st is failed;
  *   pending if (cs == s and st is pending) or (cs < s and st is pending or running);
  *   skipped otherwise (cancelled at or before s, failed before s).
- * Can't fail; ignores out-of-range input. */
+ * Sums saturate at the ends of int64_t instead of wrapping. Can't fail; ignores out-of-range
+ * input. */
 void stage_counts_add(struct stage_counts out[STAGE_COUNT], int call_stage, int status, int64_t n);
 
 #endif

@@ -95,9 +95,23 @@ static void test_backoff_grows_and_is_capped(void **state)
     }
 }
 
+static void test_stage_counts_saturate(void **state)
+{
+    (void)state;
+    struct stage_counts c[STAGE_COUNT];
+    memset(c, 0, sizeof c);
+    stage_counts_add(c, STAGE_COUNT, CALL_DONE, INT64_MAX);
+    stage_counts_add(c, STAGE_COUNT, CALL_DONE, INT64_MAX);
+    assert_true(c[0].done == INT64_MAX);
+    stage_counts_add(c, 0, CALL_PENDING, INT64_MIN);
+    stage_counts_add(c, 0, CALL_PENDING, INT64_MIN);
+    assert_true(c[0].pending == INT64_MIN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stage_counts_saturate),
         cmocka_unit_test(test_counts_add_up_for_every_position),
         cmocka_unit_test(test_failed_call_skips_later_stages),
         cmocka_unit_test(test_running_call_is_pending_downstream),
