@@ -84,6 +84,7 @@ struct http_server {
     struct conn_guard *guard;      /* owned: the deadline of every request */
     struct auth_keys *keys;        /* owned: the tokens, replaced on SIGHUP */
     struct handler_pool *handlers; /* owned: where handlers run */
+    char *tls_cert, *tls_key;      /* owned: the PEM texts of tls.cert_file and tls.key_file */
     atomic_bool draining;          /* shutting down: writes and /readyz answer 503 */
 };
 
@@ -1171,6 +1172,17 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 static struct MHD_Daemon *start_daemon(struct http_server *srv, unsigned int flags)
 {
     const struct cofi_config *cfg = srv->app->cfg;
+    /* HTTPS when tls.cert_file and tls.key_file are set (libmicrohttpd with GnuTLS). */
+    struct MHD_OptionItem tls[] = {
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, srv->tls_key},
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, srv->tls_cert},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    if (srv->tls_cert != NULL) {
+        flags |= MHD_USE_TLS;
+    } else {
+        tls[0].option = MHD_OPTION_END;
+    }
     unsigned int threads = cfg->http_threads > 0 ? (unsigned)cfg->http_threads : 1u;
     unsigned int idle_s = (unsigned)((cfg->http.idle_timeout_ms + 999) / 1000);
     /* The logger comes first so that MHD's messages about the other options reach it. */
@@ -1181,13 +1193,42 @@ static struct MHD_Daemon *start_daemon(struct http_server *srv, unsigned int fla
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections_per_client,
         MHD_OPTION_CONNECTION_TIMEOUT, idle_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv,
-        MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_ARRAY, tls,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv, MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
+        MHD_OPTION_END);
+}
+
+/* Reads a PEM file (at most 1 MiB) into a new string. Returns it, or NULL with err filled. */
+static char *read_pem(const char *path, const char *key, struct cofi_err *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        char reason[128];
+        errno_text(errno, reason, sizeof reason);
+        cofi_err_set(err, COFI_E_INVALID, "tls.%s %s: %s", key, path, reason);
+        return NULL;
+    }
+    size_t cap = 1u << 20;
+    char *text = malloc(cap + 1);
+    size_t n = text != NULL ? fread(text, 1, cap + 1, f) : 0;
+    fclose(f);
+    if (text == NULL || n == 0 || n > cap) {
+        free(text);
+        cofi_err_set(err, COFI_E_INVALID, "tls.%s %s is empty or larger than 1 MiB", key, path);
+        return NULL;
+    }
+    text[n] = '\0';
+    return text;
 }
 
 /* Frees what http_start made, the daemon excepted (stopped already, or never started). */
 static void server_free(struct http_server *srv)
 {
+    if (srv->tls_key != NULL) {
+        memset(srv->tls_key, 0, strlen(srv->tls_key));
+    }
+    free(srv->tls_key);
+    free(srv->tls_cert);
     handler_pool_free(srv->handlers);
     conn_guard_free(srv->guard);
     refresher_stop(srv);
@@ -1211,15 +1252,21 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
         free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
+    if (cfg->http.tls_cert_file != NULL) {
+        srv->tls_cert = read_pem(cfg->http.tls_cert_file, "cert_file", err);
+        srv->tls_key =
+            srv->tls_cert != NULL ? read_pem(cfg->http.tls_key_file, "key_file", err) : NULL;
+        if (srv->tls_key == NULL) {
+            server_free(srv);
+            return err->code;
+        }
+    }
     if (cfg->status_cache_ms > 0 && status_cache_new(&srv->cache, cfg->status_cache_ms) != 0) {
-        auth_keys_free(srv->keys);
-        free(srv);
+        server_free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
     if (conn_guard_new(&srv->guard, cfg->http.request_timeout_ms) != 0) {
-        status_cache_free(srv->cache);
-        auth_keys_free(srv->keys);
-        free(srv);
+        server_free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "can't start the connection guard");
     }
     if (handler_pool_new(&srv->handlers, cfg->http.handler_threads, cfg->http.handler_queue) != 0) {
@@ -1251,8 +1298,8 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
         return cofi_err_set(err, COFI_E_INTERNAL, "can't start the HTTP server on %s:%d",
                             cfg->listen_host, cfg->listen_port);
     }
-    log_info("listening on %s%s%s:%d", family == AF_INET6 ? "[" : "", cfg->listen_host,
-             family == AF_INET6 ? "]" : "", srv->port);
+    log_info("listening on %s%s%s:%d%s", family == AF_INET6 ? "[" : "", cfg->listen_host,
+             family == AF_INET6 ? "]" : "", srv->port, srv->tls_cert != NULL ? " (HTTPS)" : "");
     *out = srv;
     return 0;
 }
