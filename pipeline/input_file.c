@@ -1,5 +1,4 @@
-/* Opens submitted files beneath input_root with no symbolic link on the path, and streams them to
- * curl. */
+/* Opens submitted files beneath input_root, no symbolic link on the path; streams them to curl. */
 /* for O_PATH */
 #define _GNU_SOURCE
 

@@ -1,5 +1,4 @@
-/* Submitted audio files, opened safely beneath input_root and streamed to curl from that
- * descriptor. */
+/* Submitted files, opened safely beneath input_root and streamed to curl from that descriptor. */
 #ifndef COFI_INPUT_FILE_H
 #define COFI_INPUT_FILE_H
 

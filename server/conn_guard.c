@@ -1,5 +1,4 @@
-/* Per-connection request deadlines: shuts down connections whose request does not arrive in time.
- */
+/* Per-connection request deadlines: shuts down connections whose request arrives too late. */
 #include "server/conn_guard.h"
 
 #include <pthread.h>

@@ -1,4 +1,4 @@
-/* The HTTP server of cofid: libmicrohttpd, capped request bodies, routing, auth, replies. */
+/* The HTTP server of cofid: set-up, limits, and each request from headers to answer. */
 #include "server/http.h"
 
 #include <arpa/inet.h>
@@ -9,7 +9,6 @@
 #endif
 #include <microhttpd.h>
 #include <netdb.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -22,11 +21,11 @@
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/log.h"
-#include "common/thread.h"
 #include "handlers/handlers.h"
 #include "server/auth.h"
 #include "server/conn_guard.h"
 #include "server/handler_pool.h"
+#include "server/http_internal.h"
 #include "server/http_strict.h"
 #include "server/problem.h"
 #include "server/router.h"
@@ -42,37 +41,6 @@
 /* After a request body at least this large, free heap pages go back to the system. */
 #define TRIM_AFTER_BODY_BYTES ((size_t)1 << 20)
 
-/* Query arguments a background re-rendering keeps (more: the poll re-renders itself). */
-#define REFRESH_QUERY_MAX 4
-/* Re-renderings waiting for the refresher thread (more: the entry is dropped instead). */
-#define REFRESH_QUEUE 16
-
-/* A cached answer to re-render in the background: the request, copied. */
-struct refresh_job {
-    struct status_cache_ticket ticket;
-    char key[STATUS_CACHE_KEY_MAX];
-    size_t key_len;
-    char path[ROUTE_PATH_MAX];
-    size_t nquery;
-    const char *qname[REFRESH_QUERY_MAX]; /* into qbuf */
-    const char *qvalue[REFRESH_QUERY_MAX];
-    char qbuf[STATUS_CACHE_KEY_MAX];
-    size_t qlen;
-};
-
-/* One thread that re-renders cached answers that aged out while polls are served the previous
- * answer: a steady poll never waits for the database. */
-struct refresher {
-    pthread_t thread;
-    bool inited; /* mu and cv are */
-    bool started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stop;
-    struct refresh_job jobs[REFRESH_QUEUE]; /* a ring: len jobs from head */
-    size_t head, len;
-};
-
 struct http_server {
     struct MHD_Daemon *daemon;
     struct cofi_app *app;
@@ -80,7 +48,7 @@ struct http_server {
     int port;
     atomic_int active;             /* requests between their headers and their completion */
     struct status_cache *cache;    /* owned; NULL when status_cache_ms is 0 */
-    struct refresher refresh;      /* started with the cache */
+    struct refresher *refresh;     /* started with the cache; NULL without */
     struct conn_guard *guard;      /* owned: the deadline of every request */
     struct auth_keys *keys;        /* owned: the tokens, replaced on SIGHUP */
     struct handler_pool *handlers; /* owned: where handlers run */
@@ -154,13 +122,6 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_warn("http: %s", line);
 }
 
-/* Adds the header every answer ends with, after the builder's own: nothing we answer may be
- * kept by a client or a proxy. */
-static void add_final_headers(struct MHD_Response *resp)
-{
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-}
-
 /* Answers resp (stolen: the caller's reference is dropped, MHD holds its own until the answer
  * is sent): queued at once, or, for a request handled on a handler thread, kept until an I/O
  * thread queues it. Returns MHD_NO when resp is NULL. */
@@ -215,7 +176,7 @@ static enum MHD_Result answer_problem_ex(struct request *rq, const struct cofi_e
     if (close) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     }
-    add_final_headers(resp);
+    http__final_headers(resp);
     return queue(rq, status, resp);
 }
 
@@ -225,39 +186,12 @@ static enum MHD_Result answer_problem(struct request *rq, const struct cofi_err 
     return answer_problem_ex(rq, err, ext, allow, /* close= */ false);
 }
 
-/* A finished response (a new reference) of a JSON success body: text (length len, stolen:
- * freed with the response) with location as the Location header when not empty. Returns
- * NULL when out of memory (text is freed). */
-static struct MHD_Response *json_response(char *text, size_t len, const char *location)
-{
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-    if (resp == NULL) {
-        free(text);
-        return NULL;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
-    if (location != NULL && location[0] != '\0') {
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
-    }
-    add_final_headers(resp);
-    return resp;
-}
-
 /* Answers a JSON success body: text (length len, stolen) with location as the Location
  * header when not empty. */
 static enum MHD_Result answer_json(struct request *rq, int status, char *text, size_t len,
                                    const char *location)
 {
-    return queue(rq, status, json_response(text, len, location));
-}
-
-/* The JSON text of a reply's body (not of a raw one): a new string the caller frees, or
- * NULL when out of memory. */
-static char *reply_text(const struct http_reply *rep)
-{
-    /* 15 significant digits print 4.1 as "4.1", not "4.0999999999999996". */
-    return json_dumps(rep->body != NULL ? rep->body : json_null(),
-                      JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+    return queue(rq, status, http__json_response(text, len, location));
 }
 
 static enum MHD_Result answer_out_of_memory(struct request *rq)
@@ -277,20 +211,14 @@ static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
             return MHD_NO;
         }
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
-        add_final_headers(resp);
+        http__final_headers(resp);
         return queue(rq, status, resp);
     }
-    char *text = reply_text(rep);
+    char *text = http__reply_text(rep);
     if (text == NULL) {
         return answer_out_of_memory(rq);
     }
     return answer_json(rq, status, text, strlen(text), rep->location);
-}
-
-/* The status cache's value_free: a cached answer is a finished MHD response. */
-static void cached_response_free(void *value)
-{
-    MHD_destroy_response(value);
 }
 
 /* Answers a successful reply of a cached route and gives the ticket back: a 200 is stored
@@ -304,15 +232,15 @@ static enum MHD_Result answer_and_store(struct status_cache *cache, struct reque
                                         struct http_reply *rep)
 {
     bool storable = (rep->status == 0 || rep->status == 200) && rep->raw == NULL;
-    char *text = storable ? reply_text(rep) : NULL;
+    char *text = storable ? http__reply_text(rep) : NULL;
     if (text == NULL) {
         status_cache_drop(cache, key, key_len, ticket);
         return answer_reply(rq, rep);
     }
     size_t len = strlen(text);
-    struct MHD_Response *resp = json_response(text, len, rep->location);
+    struct MHD_Response *resp = http__json_response(text, len, rep->location);
     struct status_cache_answer *answer =
-        resp != NULL ? status_cache_answer_new(resp, len, cached_response_free) : NULL;
+        resp != NULL ? status_cache_answer_new(resp, len, http__cached_response_free) : NULL;
     if (answer == NULL) {
         status_cache_drop(cache, key, key_len, ticket);
         return queue(rq, 200, resp);
@@ -376,194 +304,6 @@ static size_t cache_key(struct MHD_Connection *conn, const char *path, char *out
     return kb.full ? 0 : kb.len;
 }
 
-/* ---- background re-rendering of cached answers ------------------------------------------ */
-
-static enum MHD_Result add_query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-                                     const char *value)
-{
-    (void)kind;
-    struct refresh_job *job = cls;
-    size_t kl = strlen(key) + 1;
-    size_t vl = value != NULL ? strlen(value) + 1 : 0;
-    if (job->nquery == REFRESH_QUERY_MAX || job->qlen + kl + vl > sizeof job->qbuf) {
-        job->nquery = REFRESH_QUERY_MAX + 1; /* does not fit */
-        return MHD_NO;
-    }
-    char *name = job->qbuf + job->qlen;
-    memcpy(name, key, kl);
-    job->qlen += kl;
-    const char *val = NULL;
-    if (value != NULL) {
-        char *v = job->qbuf + job->qlen;
-        memcpy(v, value, vl);
-        job->qlen += vl;
-        val = v;
-    }
-    job->qname[job->nquery] = name;
-    job->qvalue[job->nquery] = val;
-    job->nquery++;
-    return MHD_YES;
-}
-
-/* The job's copy of the request's query, for http_req.query. */
-static const char *job_query(const struct http_req *req, const char *name)
-{
-    const struct refresh_job *job = req->query_ctx;
-    for (size_t i = 0; i < job->nquery; i++) {
-        if (strcmp(job->qname[i], name) == 0) {
-            return job->qvalue[i];
-        }
-    }
-    return NULL;
-}
-
-/* Hands the re-rendering of key (a poll of url on conn was just served the previous answer)
- * to the refresher thread; when it can't take it, the entry goes, and the next poll renders
- * its own answer. */
-static void refresh_enqueue(struct http_server *srv, struct MHD_Connection *conn, const char *url,
-                            const char *key, size_t key_len,
-                            const struct status_cache_ticket *ticket)
-{
-    struct refresher *r = &srv->refresh;
-    size_t path_len = strlen(url);
-    bool queued = false;
-    pthread_mutex_lock(&r->mu);
-    if (!r->stop && r->len < REFRESH_QUEUE && path_len < sizeof r->jobs[0].path &&
-        key_len <= sizeof r->jobs[0].key) {
-        struct refresh_job *job = &r->jobs[(r->head + r->len) % REFRESH_QUEUE];
-        job->ticket = *ticket;
-        memcpy(job->key, key, key_len);
-        job->key_len = key_len;
-        memcpy(job->path, url, path_len + 1);
-        job->nquery = 0;
-        job->qlen = 0;
-        MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_arg, job);
-        if (job->nquery <= REFRESH_QUERY_MAX) {
-            r->len++;
-            queued = true;
-            pthread_cond_signal(&r->cv);
-        }
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (!queued) {
-        status_cache_drop(srv->cache, key, key_len, ticket);
-    }
-}
-
-/* Runs the handler of job's request and stores its answer when it is a 200 (as a poll that
- * rendered it would); anything else removes the entry, so the next poll gets the error. */
-static void refresh_one(struct http_server *srv, struct refresh_job *job)
-{
-    struct route_match m;
-    if (router_match("GET", job->path, &m) != ROUTE_FOUND || !m.route->cached) {
-        status_cache_drop(srv->cache, job->key, job->key_len, &job->ticket);
-        return;
-    }
-    struct http_req req = {
-        .method = "GET",
-        .path = job->path,
-        .param_count = m.param_count,
-        .query = job_query,
-        .query_ctx = job,
-    };
-    for (size_t i = 0; i < m.param_count; i++) {
-        req.params[i] = m.params[i];
-    }
-    struct http_reply rep = HTTP_REPLY_INIT;
-    struct cofi_err err;
-    cofi_err_clear(&err);
-    /* The answer is as old as the moment its handler starts (the generation stays the one of
-     * the lookup: a write since then keeps this answer out of the cache). */
-    job->ticket.start_us = clock_mono_us();
-    int rc = m.route->handler(srv->app, &req, &rep, &err);
-    char *text = NULL;
-    if (rc == 0 && (rep.status == 0 || rep.status == 200) && rep.raw == NULL) {
-        text = reply_text(&rep);
-    }
-    struct MHD_Response *resp = NULL;
-    struct status_cache_answer *answer = NULL;
-    if (text != NULL) {
-        size_t len = strlen(text);
-        resp = json_response(text, len, rep.location);
-        answer = resp != NULL ? status_cache_answer_new(resp, len, cached_response_free) : NULL;
-        if (answer == NULL && resp != NULL) {
-            MHD_destroy_response(resp);
-        }
-    }
-    if (answer != NULL) {
-        status_cache_put(srv->cache, job->key, job->key_len, &job->ticket, answer);
-        status_cache_answer_release(answer);
-    } else {
-        if (rc != 0) {
-            log_debug("status cache: re-rendering %s failed: %s", job->path, err.msg);
-        }
-        status_cache_drop(srv->cache, job->key, job->key_len, &job->ticket);
-    }
-    http_reply_free(&rep);
-}
-
-static void *refresher_main(void *arg)
-{
-    struct http_server *srv = arg;
-    struct refresher *r = &srv->refresh;
-    thread_set_name("cofi-refresh");
-    struct refresh_job *job = malloc(sizeof *job);
-    for (;;) {
-        pthread_mutex_lock(&r->mu);
-        while (r->len == 0 && !r->stop) {
-            pthread_cond_wait(&r->cv, &r->mu);
-        }
-        if (r->stop) {
-            pthread_mutex_unlock(&r->mu);
-            break;
-        }
-        bool have = job != NULL;
-        if (have) {
-            *job = r->jobs[r->head];
-        }
-        r->head = (r->head + 1) % REFRESH_QUEUE;
-        r->len--;
-        pthread_mutex_unlock(&r->mu);
-        if (have) {
-            refresh_one(srv, job);
-        }
-    }
-    free(job);
-    return NULL;
-}
-
-static void refresher_start(struct http_server *srv)
-{
-    struct refresher *r = &srv->refresh;
-    pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
-    r->inited = true;
-    r->started = pthread_create(&r->thread, NULL, refresher_main, srv) == 0;
-    if (!r->started) {
-        log_warn("http: no refresher thread: polls re-render cached answers themselves");
-    }
-}
-
-/* Stops the refresher thread (jobs still queued are dropped with the cache). Call once no
- * request can be in progress any more. */
-static void refresher_stop(struct http_server *srv)
-{
-    struct refresher *r = &srv->refresh;
-    if (r->started) {
-        pthread_mutex_lock(&r->mu);
-        r->stop = true;
-        pthread_cond_signal(&r->cv);
-        pthread_mutex_unlock(&r->mu);
-        pthread_join(r->thread, NULL);
-        r->started = false;
-    }
-    if (r->inited) {
-        pthread_cond_destroy(&r->cv);
-        pthread_mutex_destroy(&r->mu);
-        r->inited = false;
-    }
-}
-
 /* The Allow header of a refusal: only for 405. */
 static const char *refusal_allow(const struct request *rq)
 {
@@ -599,72 +339,6 @@ static bool expects_continue(struct MHD_Connection *conn)
     return e != NULL && strcasecmp(e, "100-continue") == 0;
 }
 
-/* What the strict checks gather from a request's headers. */
-struct strict_scan {
-    struct cofi_err *err;
-    int rc;
-    int cl_count, te_count;
-    const char *cl, *te;
-};
-
-static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   size_t key_size, const char *value, size_t value_size)
-{
-    (void)kind;
-    struct strict_scan *sc = cls;
-    sc->rc = http_strict_header(key, key_size, value, value_size, sc->err);
-    if (sc->rc != 0) {
-        return MHD_NO;
-    }
-    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
-        sc->cl = sc->cl_count++ == 0 ? value : sc->cl;
-    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
-        sc->te = sc->te_count++ == 0 ? value : sc->te;
-    }
-    return MHD_YES;
-}
-
-/* The strict checks of a request's headers and framing (server/http_strict.h). Returns 0 or
- * a negative cofi_status with err filled. */
-static int check_strict(struct MHD_Connection *conn, struct cofi_err *err)
-{
-    struct strict_scan sc = {err, 0, 0, 0, NULL, NULL};
-    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, &sc);
-    if (sc.rc != 0) {
-        return sc.rc;
-    }
-    return http_strict_framing(sc.cl_count, sc.cl, sc.te_count, sc.te, err);
-}
-
-struct query_scan {
-    const struct route *route;
-    struct cofi_err *err;
-    int rc;
-};
-
-static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char *key,
-                                  const char *value)
-{
-    (void)kind;
-    (void)value;
-    struct query_scan *qs = cls;
-    if (router_takes_query(qs->route, key)) {
-        return MHD_YES;
-    }
-    char shown[64];
-    log_escape(key, shown, sizeof shown);
-    qs->rc = cofi_err_set(qs->err, COFI_E_BAD_REQUEST, "unknown query parameter \"%s\"", shown);
-    return MHD_NO;
-}
-
-/* Refuses a query parameter the route does not take (it would be ignored silently). */
-static int check_query(struct MHD_Connection *conn, const struct route *route, struct cofi_err *err)
-{
-    struct query_scan qs = {route, err, 0};
-    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, scan_query, &qs);
-    return qs.rc;
-}
-
 /* The first call, with the headers: route, authenticate and check the announced length, so
  * that a request that will be refused never has its body stored. The refusal is answered:
  * - at once when the client waits for 100 Continue (it then sends no body) or announces
@@ -678,7 +352,7 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
 
     /* A malformed request is answered at once and its connection closed: what follows its
      * headers can't be trusted to be its body. */
-    if (rq->malformed || check_strict(conn, err) != 0) {
+    if (rq->malformed || http__check_headers(conn, err) != 0) {
         rq->malformed = true;
         rq->refused = true;
         rq->answered = true;
@@ -698,7 +372,7 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
                           "another instance");
     }
     if (rc == 0 && rq->result == ROUTE_FOUND) {
-        rc = check_query(conn, rq->match.route, err);
+        rc = http__check_query(conn, rq->match.route, err);
     }
     if (rc == 0 && rq->result == ROUTE_NOT_FOUND) {
         rc = cofi_err_set(err, COFI_E_NOT_FOUND, "no such resource");
@@ -859,13 +533,13 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
     }
     if (rq->key_len > 0) {
         struct status_cache_answer *hit;
-        bool background = srv->refresh.started && nargs <= REFRESH_QUERY_MAX;
+        bool background = srv->refresh != NULL && nargs <= REFRESH_QUERY_MAX;
         bool served =
             background ? status_cache_get_stale(srv->cache, rq->key, rq->key_len, &hit, &rq->ticket)
                        : status_cache_get(srv->cache, rq->key, rq->key_len, &hit, &rq->ticket);
         if (served) {
             if (rq->ticket.refresher) {
-                refresh_enqueue(srv, conn, url, rq->key, rq->key_len, &rq->ticket);
+                refresher_enqueue(srv->refresh, conn, url, rq->key, rq->key_len, &rq->ticket);
             }
             /* Our own reference keeps the response alive even if another thread evicts the
              * entry now; MHD takes its own while queueing. */
@@ -1008,44 +682,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return on_complete(srv, conn, rq, url, method);
 }
 
-/* The client's address as text ("127.0.0.1", "::1"), or "?" when unknown. */
-static void client_address(struct MHD_Connection *conn, char *out, size_t cap)
-{
-    snprintf(out, cap, "?");
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    if (ci == NULL || ci->client_addr == NULL) {
-        return;
-    }
-    const struct sockaddr *sa = ci->client_addr;
-    if (sa->sa_family == AF_INET) {
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
-                  (socklen_t)cap);
-    } else if (sa->sa_family == AF_INET6) {
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
-                  (socklen_t)cap);
-    }
-}
-
-/* The audit trail: one line for every write, answered or refused: who (the environment
- * variable of the token used, never the token; "anonymous" when the API is open,
- * "unauthenticated" when no valid token came), what (the request line, its answer and the
- * resource it made) and from where (the client's address). */
-static void audit(struct MHD_Connection *conn, const struct request *rq,
-                  enum MHD_RequestTerminationCode toe)
-{
-    if (strncmp(rq->line, "GET ", 4) == 0 || strncmp(rq->line, "HEAD ", 5) == 0) {
-        return;
-    }
-    char from[INET6_ADDRSTRLEN + 1];
-    client_address(conn, from, sizeof from);
-    const char *who =
-        rq->who[0] != '\0' && rq->refusal.code != COFI_E_UNAUTHORIZED ? rq->who : "unauthenticated";
-    log_info("audit: %s by %s from %s: %d%s%s%s", rq->line, who, from, rq->status,
-             rq->created[0] != '\0' ? " " : "", rq->created,
-             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
-}
-
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -1061,7 +697,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         log_debug("%s ended early (%d) after %" PRId64 " us", rq->line, (int)toe, us);
     }
     if (rq->started) {
-        audit(conn, rq, toe);
+        http__audit(conn, rq->line, rq->who, rq->refusal.code == COFI_E_UNAUTHORIZED, rq->status,
+                    rq->created, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     }
     size_t body_bytes = rq->body.len;
     bool started = rq->started;
@@ -1231,7 +868,7 @@ static void server_free(struct http_server *srv)
     free(srv->tls_cert);
     handler_pool_free(srv->handlers);
     conn_guard_free(srv->guard);
-    refresher_stop(srv);
+    refresher_stop(srv->refresh);
     status_cache_free(srv->cache);
     auth_keys_free(srv->keys);
     free(srv);
@@ -1272,8 +909,8 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     if (handler_pool_new(&srv->handlers, cfg->http.handler_threads, cfg->http.handler_queue) != 0) {
         log_warn("http: no handler threads: handlers run on the I/O threads");
     }
-    if (srv->cache != NULL) {
-        refresher_start(srv);
+    if (srv->cache != NULL && refresher_start(&srv->refresh, app, srv->cache) != 0) {
+        log_warn("http: no refresher thread: polls re-render cached answers themselves");
     }
     int family = AF_INET;
     int fd = open_listener(cfg->listen_host, cfg->listen_port, &family, &srv->port, err);
