@@ -515,7 +515,7 @@ static int finish(struct cofi_config *cfg, struct cofi_err *err)
 /* check_keys for the top level: the keys in known, and the objects read by parse_http. */
 static int check_root_keys(json_t *root, const char *const *known, struct cofi_err *err)
 {
-    static const char *const http_keys[] = {"http", "tls", "limits", NULL};
+    static const char *const http_keys[] = {"http", "tls", "limits", "log_file", NULL};
     const char *key;
     json_t *val;
     json_object_foreach(root, key, val)
@@ -552,6 +552,8 @@ static void http_defaults(struct cofi_http_cfg *http)
 
 static void http_free(struct cofi_http_cfg *http)
 {
+    free(http->log_file);
+    http->log_file = NULL;
     free(http->tls_cert_file);
     free(http->tls_key_file);
     http->tls_cert_file = NULL;
@@ -635,6 +637,9 @@ static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err 
     }
     if (rc == 0) {
         rc = parse_limits(root, http, err);
+    }
+    if (rc == 0) {
+        rc = get_str(root, "", "log_file", &http->log_file, err);
     }
     json_t *t = json_object_get(root, "tls");
     if (rc == 0 && t != NULL && !json_is_null(t)) {

@@ -40,11 +40,12 @@ struct cofi_http_cfg {
                                        (503 beyond) */
     int statement_timeout_ms;       /* limits.statement_timeout_ms: 30000, an API statement's
                                        longest run (503 beyond; 0: none) */
-    char *tls_cert_file;            /* tls.cert_file: PEM; with tls_key_file turns HTTPS on */
-    char *tls_key_file;             /* tls.key_file: PEM */
-    size_t metadata_max_bytes;      /* limits.metadata_max_bytes: 65536, a batch's metadata as
-                                       compact JSON */
-    size_t list_max_bytes;          /* limits.list_max_bytes: 1048576, a list page's items */
+    char *log_file;      /* log_file: the log goes there (reopened on SIGHUP) instead of stderr */
+    char *tls_cert_file; /* tls.cert_file: PEM; with tls_key_file turns HTTPS on */
+    char *tls_key_file;  /* tls.key_file: PEM */
+    size_t metadata_max_bytes; /* limits.metadata_max_bytes: 65536, a batch's metadata as
+                                  compact JSON */
+    size_t list_max_bytes;     /* limits.list_max_bytes: 1048576, a list page's items */
 };
 
 struct cofi_config {

@@ -1,11 +1,14 @@
 /* Levelled logging to stderr. */
 #include "common/log.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static atomic_int min_level = LOG_INFO;
 static const char *log_ident = "cofi";
@@ -25,6 +28,18 @@ int log_parse_level(const char *s, enum log_level *out)
         }
     }
     return -1;
+}
+
+int log_reopen(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        return -errno;
+    }
+    fflush(stderr);
+    int rc = dup2(fd, STDERR_FILENO) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
 }
 
 void log_set_ident(const char *ident)

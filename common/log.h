@@ -15,6 +15,11 @@ int log_parse_level(const char *s, enum log_level *out);
 /* Sets the program name shown on every line (a static string; default "cofi"). */
 void log_set_ident(const char *ident);
 
+/* Sends the log (stderr, fd 2) to the file at path from now on, opened for appending (created
+ * 0640 when missing): at start-up, and again on SIGHUP after the file was rotated. Returns 0,
+ * or a negative errno and the log goes on where it went. Thread-safe (one dup2). */
+int log_reopen(const char *path);
+
 /* Prints one line: "2026-11-27T01:02:03.456Z LEVEL ident: message", the message cut at about
  * 2 KiB, its control characters escaped (log_escape): a line is always exactly one line.
  * Thread-safe; can't fail. */

@@ -47,7 +47,7 @@ static void usage(FILE *out)
           "in-flight requests finish (up to shutdown_grace_ms), record them, release this\n"
           "instance's claims, exit 0.\n"
           "SIGHUP: read the configuration file's auth.tokens again (and the environment\n"
-          "variables they name); cofid goes on running.\n",
+          "variables they name) and reopen log_file; cofid goes on running.\n",
           out);
 }
 
@@ -101,6 +101,22 @@ static void reload_tokens(const char *config_path, struct http_server *http)
         log_info("SIGHUP: tokens reloaded from %s: %zu token(s)", config_path, fresh.token_count);
     }
     config_free(&fresh);
+}
+
+/* SIGHUP: the log file (log_file) is opened again, for a rotation. */
+static void reopen_log(const char *path)
+{
+    if (path == NULL) {
+        return;
+    }
+    int rc = log_reopen(path);
+    if (rc != 0) {
+        char msg[128];
+        log_error("SIGHUP: log %s not reopened: %s", path,
+                  strerror_r(-rc, msg, sizeof msg) == 0 ? msg : "error");
+    } else {
+        log_info("SIGHUP: log reopened at %s", path);
+    }
 }
 
 /* Connects and applies migrations, retrying with backoff until done or a signal arrives. */
@@ -179,6 +195,16 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(level);
+    if (cfg.http.log_file != NULL && !check_only) {
+        int lrc = log_reopen(cfg.http.log_file);
+        if (lrc != 0) {
+            char msg[128];
+            fprintf(stderr, "cofid: log_file %s: %s\n", cfg.http.log_file,
+                    strerror_r(-lrc, msg, sizeof msg) == 0 ? msg : "error");
+            config_free(&cfg);
+            return 2;
+        }
+    }
     if (check_only) {
         printf("%s: configuration is valid\n", config_path);
         config_free(&cfg);
@@ -254,6 +280,7 @@ int main(int argc, char **argv)
             break;
         }
         reload_tokens(config_path, http);
+        reopen_log(cfg.http.log_file);
     }
     log_info("received %s: shutting down (writes and GET /readyz now answer 503)",
              sig == SIGTERM ? "SIGTERM" : "SIGINT");

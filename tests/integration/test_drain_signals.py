@@ -1,7 +1,7 @@
 """Signals (README "Operating notes"): during a SIGTERM drain GET /readyz answers 503 (a load
 balancer takes the instance out) and every write answers 503 with Retry-After as a problem,
 changing nothing, while the status reads go on; SIGHUP does not end cofid, it reads the
-configuration's tokens again and says so in its log."""
+configuration's tokens again and reopens its log_file (a rotation), and says so in its log."""
 
 import json
 import signal
@@ -105,6 +105,29 @@ class DrainSignalsTest(CofiCase):
                       10, interval=0.05, what="the refused reload in the log")
         self.assertTrue(c.alive())
         self.assertStatus(self.http("GET", "/batches", headers=later), 200)
+
+
+    def test_sighup_reopens_the_log_file(self):
+        import os
+        path = os.path.join(self.workdir, "cofid-own.log")
+        c = self.start_cofid(sim=self.sim, owner=self, extra={"log_file": path})
+
+        def text(p):
+            try:
+                with open(p, encoding="utf-8", errors="replace") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return ""
+        self.assertIn("ready: instance", text(path))
+        os.rename(path, path + ".1")  # what logrotate does
+        c.proc.send_signal(signal.SIGHUP)
+        cofitest.poll(lambda: "SIGHUP: log reopened at %s" % path in text(path), 10,
+                      interval=0.05, what="the reopened log file")
+        self.assertTrue(c.alive())
+        self.assertNotIn("SIGHUP: log reopened", text(path + ".1"))
+        self.assertStatus(self.http("POST", "/batches", body={"files": self.files[:1]}), 201)
+        cofitest.poll(lambda: "audit: POST /batches" in text(path), 10, interval=0.05,
+                      what="later lines in the new file")
 
 
 if __name__ == "__main__":
