@@ -26,7 +26,7 @@ struct cofi_worker_cfg {
     int backoff_max_ms;  /* cap on one wait */
 };
 
-/* The HTTP server's defences (the optional "http" object of the configuration file). */
+/* The HTTP server's defences: the optional "http", "limits" and "tls" objects and "log_file". */
 struct cofi_http_cfg {
     int max_connections;            /* 1024: connections open at once, in all */
     int max_connections_per_client; /* 64: connections open at once from one client address */
