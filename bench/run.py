@@ -688,6 +688,8 @@ def write_config(path, port, db_url, base_port, nlp_port, body_bytes):
         "llm": {"url": "http://127.0.0.1:%d" % nlp_port, "concurrency": LLM_CONCURRENCY,
                 "timeout_ms": 600000, "max_attempts": 5},
         "shutdown_grace_ms": 10000,
+        # Every poller connection comes from 127.0.0.1 (200 of them): no per-client limit.
+        "http": {"max_connections_per_client": 0},
     }
     with open(path, "w") as f:
         json.dump(cfg, f, indent=2)

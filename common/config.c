@@ -14,6 +14,11 @@
 #include "common/log.h"
 #include "common/utf8.h"
 
+static void http_defaults(struct cofi_http_cfg *http);
+static void http_free(struct cofi_http_cfg *http);
+static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err);
+static int check_root_keys(json_t *root, const char *const *known, struct cofi_err *err);
+
 void config_defaults(struct cofi_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -36,6 +41,7 @@ void config_defaults(struct cofi_config *cfg)
     cfg->shutdown_grace_ms = 30000;
     cfg->lease_ms = 15000;
     cfg->status_cache_ms = 100;
+    http_defaults(&cfg->http);
 }
 
 void config_free(struct cofi_config *cfg)
@@ -62,6 +68,7 @@ void config_free(struct cofi_config *cfg)
     }
     free(cfg->tokens);
     free(cfg->log_level);
+    http_free(&cfg->http);
     config_defaults(cfg);
 }
 
@@ -461,7 +468,7 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
     if (!json_is_object(root)) {
         return cofi_err_set(err, COFI_E_INVALID, "the configuration must be a JSON object");
     }
-    int rc = check_keys(root, "", known, err);
+    int rc = check_root_keys(root, known, err);
     if (rc != 0) {
         return rc;
     }
@@ -538,6 +545,9 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
     if (rc == 0) {
         rc = get_int32(root, "", "status_cache_ms", 0, 10000, &cfg->status_cache_ms, err);
     }
+    if (rc == 0) {
+        rc = parse_http(root, &cfg->http, err);
+    }
     return rc;
 }
 
@@ -613,6 +623,158 @@ static int finish(struct cofi_config *cfg, struct cofi_err *err)
     }
     trim_slashes(cfg->llm_url);
     return 0;
+}
+
+/* ---- the "http", "tls" and "limits" objects: the HTTP server's defences ------------------ */
+
+/* check_keys for the top level: the keys in known, and the objects read by parse_http. */
+static int check_root_keys(json_t *root, const char *const *known, struct cofi_err *err)
+{
+    static const char *const http_keys[] = {"http", "tls", "limits", "log_file", NULL};
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val)
+    {
+        bool ok = false;
+        for (size_t i = 0; !ok && known[i] != NULL; i++) {
+            ok = strcmp(key, known[i]) == 0;
+        }
+        for (size_t i = 0; !ok && http_keys[i] != NULL; i++) {
+            ok = strcmp(key, http_keys[i]) == 0;
+        }
+        if (!ok) {
+            return cofi_err_set(err, COFI_E_INVALID, "unknown configuration key \"%s\"", key);
+        }
+    }
+    return 0;
+}
+
+static void http_defaults(struct cofi_http_cfg *http)
+{
+    http->max_connections = 1024;
+    http->max_connections_per_client = 64;
+    http->idle_timeout_ms = 30000;
+    http->request_timeout_ms = 30000;
+    http->handler_threads = 8;
+    http->handler_queue = 256;
+    http->db_wait_ms = 5000;
+    http->statement_timeout_ms = 30000;
+    http->tls_cert_file = NULL;
+    http->tls_key_file = NULL;
+    http->metadata_max_bytes = 65536;
+    http->list_max_bytes = 1048576;
+}
+
+static void http_free(struct cofi_http_cfg *http)
+{
+    free(http->log_file);
+    http->log_file = NULL;
+    free(http->tls_cert_file);
+    free(http->tls_key_file);
+    http->tls_cert_file = NULL;
+    http->tls_key_file = NULL;
+}
+
+/* Reads the optional "limits" {metadata_max_bytes, list_max_bytes} object of root. */
+static int parse_limits(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err)
+{
+    static const char *const known[] = {"metadata_max_bytes", "list_max_bytes", "db_wait_ms",
+                                        "statement_timeout_ms", NULL};
+    json_t *l = json_object_get(root, "limits");
+    if (l == NULL) {
+        return 0;
+    }
+    if (!json_is_object(l)) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"limits\" must be an object");
+    }
+    long long meta = (long long)http->metadata_max_bytes;
+    long long list = (long long)http->list_max_bytes;
+    int rc = check_keys(l, "limits.", known, err);
+    if (rc == 0) {
+        rc = get_int(l, "limits.", "metadata_max_bytes", 2, 1LL << 30, &meta, err);
+    }
+    if (rc == 0) {
+        rc = get_int(l, "limits.", "list_max_bytes", 1024, 1LL << 30, &list, err);
+    }
+    http->metadata_max_bytes = (size_t)meta;
+    http->list_max_bytes = (size_t)list;
+    if (rc == 0) {
+        rc = get_int32(l, "limits.", "db_wait_ms", 1, 3600000, &http->db_wait_ms, err);
+    }
+    if (rc == 0) {
+        rc = get_int32(l, "limits.", "statement_timeout_ms", 0, 86400000,
+                       &http->statement_timeout_ms, err);
+    }
+    return rc;
+}
+
+/* Reads the optional "http" {max_connections, max_connections_per_client, idle_timeout_ms,
+ * request_timeout_ms}, "tls" {cert_file, key_file} and "limits" objects of root. */
+static int parse_http(json_t *root, struct cofi_http_cfg *http, struct cofi_err *err)
+{
+    static const char *const known[] = {"max_connections",
+                                        "max_connections_per_client",
+                                        "idle_timeout_ms",
+                                        "request_timeout_ms",
+                                        "handler_threads",
+                                        "handler_queue",
+                                        NULL};
+    static const char *const tls_known[] = {"cert_file", "key_file", NULL};
+    int rc = 0;
+    json_t *h = json_object_get(root, "http");
+    if (h != NULL) {
+        if (!json_is_object(h)) {
+            return cofi_err_set(err, COFI_E_INVALID,
+                                "configuration key \"http\" must be an object");
+        }
+        rc = check_keys(h, "http.", known, err);
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "max_connections", 1, 65536, &http->max_connections, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "max_connections_per_client", 0, 65536,
+                           &http->max_connections_per_client, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "idle_timeout_ms", 1000, 3600000, &http->idle_timeout_ms,
+                           err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "request_timeout_ms", 100, 3600000,
+                           &http->request_timeout_ms, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "handler_threads", 1, 1024, &http->handler_threads, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(h, "http.", "handler_queue", 1, 100000, &http->handler_queue, err);
+        }
+    }
+    if (rc == 0) {
+        rc = parse_limits(root, http, err);
+    }
+    if (rc == 0) {
+        rc = get_str(root, "", "log_file", &http->log_file, err);
+    }
+    json_t *t = json_object_get(root, "tls");
+    if (rc == 0 && t != NULL && !json_is_null(t)) {
+        if (!json_is_object(t)) {
+            return cofi_err_set(err, COFI_E_INVALID, "configuration key \"tls\" must be an object");
+        }
+        rc = check_keys(t, "tls.", tls_known, err);
+        if (rc == 0) {
+            rc = get_str(t, "tls.", "cert_file", &http->tls_cert_file, err);
+        }
+        if (rc == 0) {
+            rc = get_str(t, "tls.", "key_file", &http->tls_key_file, err);
+        }
+        if (rc == 0 && (http->tls_cert_file == NULL || http->tls_key_file == NULL)) {
+            rc =
+                cofi_err_set(err, COFI_E_INVALID,
+                             "configuration key \"tls\" needs both \"cert_file\" and \"key_file\"");
+        }
+    }
+    return rc;
 }
 
 int config_parse(const char *text, struct cofi_config *cfg, struct cofi_err *err)

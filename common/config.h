@@ -32,6 +32,28 @@ struct cofi_worker_cfg {
     int retry_after_max_ms;
 };
 
+/* The HTTP server's defences: the optional "http", "limits" and "tls" objects and "log_file". */
+struct cofi_http_cfg {
+    int max_connections;            /* 1024: connections open at once, in all */
+    int max_connections_per_client; /* 64: connections open at once from one client address */
+    int idle_timeout_ms;            /* 30000: a connection with no traffic this long is closed */
+    int request_timeout_ms;         /* 30000: a request's line, headers and body must all
+                                       arrive within this long of its first byte (or of the
+                                       end of the previous request on the connection) */
+    int handler_threads;            /* 8: threads running request handlers */
+    int handler_queue;              /* 256: requests waiting for one (503 beyond) */
+    int db_wait_ms;                 /* limits.db_wait_ms: 5000, wait for a pooled connection
+                                       (503 beyond) */
+    int statement_timeout_ms;       /* limits.statement_timeout_ms: 30000, an API statement's
+                                       longest run (503 beyond; 0: none) */
+    char *log_file;      /* log_file: the log goes there (reopened on SIGHUP) instead of stderr */
+    char *tls_cert_file; /* tls.cert_file: PEM; with tls_key_file turns HTTPS on */
+    char *tls_key_file;  /* tls.key_file: PEM */
+    size_t metadata_max_bytes; /* limits.metadata_max_bytes: 65536, a batch's metadata as
+                                  compact JSON */
+    size_t list_max_bytes;     /* limits.list_max_bytes: 1048576, a list page's items */
+};
+
 struct cofi_config {
     char *listen_host;
     int listen_port;
@@ -61,6 +83,8 @@ struct cofi_config {
     int status_cache_ms;   /* 100: GET /batches/{id} and /stages/{name}/status answers are
                               served again for this long (0: never; writes through this
                               instance's API always show at once) */
+
+    struct cofi_http_cfg http; /* "http", "tls" and "limits" */
 };
 
 /* Fills cfg with the defaults of every optional key. Can't fail; cfg owns nothing yet. */

@@ -345,6 +345,15 @@ static int insert_calls_checking(PGconn *conn, const char *id_text, const char *
     int64_t t0 = clock_mono_us();
     int check_rc = b->check != NULL ? b->check(b->check_ctx, err) : 0;
     int64_t t_checked = clock_mono_us();
+    if (check_rc != 0) {
+        /* The batch is refused: stop the insert now rather than let it run to its end. */
+        PGcancel *cancel = PQgetCancel(conn);
+        if (cancel != NULL) {
+            char why[256];
+            (void)PQcancel(cancel, why, (int)sizeof why);
+            PQfreeCancel(cancel);
+        }
+    }
     struct cofi_err db_err;
     cofi_err_clear(&db_err);
     int db_rc = 0;

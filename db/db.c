@@ -1,10 +1,13 @@
 /* PostgreSQL connection pool and parameterised-query helpers. */
 #include "db/db.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 struct db_pool {
@@ -14,6 +17,8 @@ struct db_pool {
     int size;
     PGconn **conns; /* size slots; NULL = not connected yet */
     bool *busy;
+    int wait_ms;              /* longest wait for a free connection; 0: for ever */
+    int statement_timeout_ms; /* set on every new connection; 0: none */
 };
 
 /* Keeps libpq's notices (e.g. "relation already exists, skipping") out of stderr. */
@@ -57,9 +62,31 @@ int db_pool_open(struct db_pool **out, const char *conninfo, int size, struct co
     }
     p->size = size;
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
+    clock_cond_init(&p->cv);
     *out = p;
     return 0;
+}
+
+void db_pool_set_limits(struct db_pool *p, int wait_ms, int statement_timeout_ms)
+{
+    pthread_mutex_lock(&p->mu);
+    p->wait_ms = wait_ms;
+    p->statement_timeout_ms = statement_timeout_ms;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Applies the pool's statement timeout to a new connection. Returns 0 or -1 (c is unusable). */
+static int set_statement_timeout(PGconn *c, int ms)
+{
+    if (ms <= 0) {
+        return 0;
+    }
+    char sql[64];
+    snprintf(sql, sizeof sql, "SET statement_timeout = %d", ms);
+    PGresult *r = PQexec(c, sql);
+    int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
+    PQclear(r);
+    return rc;
 }
 
 void db_pool_close(struct db_pool *p)
@@ -82,6 +109,8 @@ PGconn *db_acquire(struct db_pool *p, struct cofi_err *err)
 {
     pthread_mutex_lock(&p->mu);
     int slot = -1;
+    struct timespec until = clock_deadline_ms(p->wait_ms);
+    int statement_timeout_ms = p->statement_timeout_ms;
     for (;;) {
         for (int i = 0; i < p->size; i++) {
             if (!p->busy[i]) {
@@ -92,7 +121,16 @@ PGconn *db_acquire(struct db_pool *p, struct cofi_err *err)
         if (slot >= 0) {
             break;
         }
-        pthread_cond_wait(&p->cv, &p->mu);
+        if (p->wait_ms <= 0) {
+            pthread_cond_wait(&p->cv, &p->mu);
+        } else if (pthread_cond_timedwait(&p->cv, &p->mu, &until) == ETIMEDOUT) {
+            int size = p->size;
+            int waited = p->wait_ms;
+            pthread_mutex_unlock(&p->mu);
+            cofi_err_set(err, COFI_E_BUSY, "all %d database connections stayed busy for %d ms",
+                         size, waited);
+            return NULL;
+        }
     }
     p->busy[slot] = true;
     PGconn *c = p->conns[slot];
@@ -106,6 +144,11 @@ PGconn *db_acquire(struct db_pool *p, struct cofi_err *err)
     }
     if (c == NULL) {
         c = db_connect(p->conninfo, err);
+        if (c != NULL && set_statement_timeout(c, statement_timeout_ms) != 0) {
+            cofi_err_set(err, COFI_E_UNAVAILABLE, "database: can't set statement_timeout");
+            PQfinish(c);
+            c = NULL;
+        }
     }
     if (c == NULL) {
         pthread_mutex_lock(&p->mu);
@@ -154,6 +197,9 @@ int db_result_error(PGconn *c, const PGresult *r, struct cofi_err *err)
         code = COFI_E_UNAVAILABLE;
     } else if (state != NULL && strcmp(state, "23505") == 0) {
         code = COFI_E_CONFLICT;
+    } else if (state != NULL && strcmp(state, "57014") == 0) {
+        /* statement_timeout (or a cancel): the database is too slow right now. */
+        code = COFI_E_BUSY;
     }
     cofi_err_set(err, code, "database: %s", line);
     if (err != NULL && state != NULL) {

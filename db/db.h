@@ -18,8 +18,14 @@ int db_pool_open(struct db_pool **out, const char *conninfo, int size, struct co
  * been released. */
 void db_pool_close(struct db_pool *pool);
 
+/* Limits the pool's waits: db_acquire waits at most wait_ms for a free connection (0: for
+ * ever), and every connection the pool opens from now on gets statement_timeout_ms (0: none).
+ * Thread-safe. */
+void db_pool_set_limits(struct db_pool *pool, int wait_ms, int statement_timeout_ms);
+
 /* Borrows a healthy connection, waiting while all are in use, (re)connecting when needed.
- * Returns NULL with err COFI_E_UNAVAILABLE when the database can't be reached. The caller
+ * Returns NULL with err COFI_E_UNAVAILABLE when the database can't be reached, or
+ * COFI_E_BUSY when no connection came free within the pool's wait_ms. The caller
  * must give it back with db_release. Thread-safe. */
 PGconn *db_acquire(struct db_pool *pool, struct cofi_err *err);
 
@@ -34,7 +40,8 @@ PGconn *db_connect(const char *conninfo, struct cofi_err *err);
 /* Runs one parameterised statement (text parameters, NULL for SQL NULL; text results).
  * Returns a new PGresult (PGRES_TUPLES_OK or PGRES_COMMAND_OK) the caller must PQclear, or
  * NULL with err filled: COFI_E_UNAVAILABLE when the connection is lost, COFI_E_CONFLICT
- * for a unique violation (sqlstate 23505), COFI_E_INTERNAL otherwise; err->sqlstate holds
+ * for a unique violation (sqlstate 23505), COFI_E_BUSY for a statement cancelled by
+ * statement_timeout (57014), COFI_E_INTERNAL otherwise; err->sqlstate holds
  * the server's code. */
 PGresult *db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                   struct cofi_err *err);

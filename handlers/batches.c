@@ -176,9 +176,15 @@ int batches_check_file(const char *root, int root_fd, const char *file, size_t f
     return 0;
 }
 
-/* Checks every file of the batch on disk. Returns 0, or COFI_E_INVALID with *ext
+/* Files checked before the database is touched: a batch whose first files are bad (say,
+ * hundreds of thousands of missing ones) is refused without inserting anything. The rest are
+ * checked while the calls are inserted (the insert is cancelled when one is bad). */
+#define FILES_PRECHECK 1000
+
+/* Checks the first `limit` files of the batch on disk. Returns 0, or COFI_E_INVALID with *ext
  * {"errors": [{"file", "reason"}, ...]} (the first MAX_FILE_ERRORS bad files). */
-static int check_files(const char *root, const json_t *files, json_t **ext, struct cofi_err *err)
+static int check_files(const char *root, const json_t *files, size_t limit, json_t **ext,
+                       struct cofi_err *err)
 {
     json_t *errors = NULL;
     size_t bad = 0;
@@ -187,6 +193,9 @@ static int check_files(const char *root, const json_t *files, json_t **ext, stru
     const json_t *f;
     json_array_foreach(files, i, f)
     {
+        if (i == limit) {
+            break;
+        }
         const char *reason;
         if (batches_check_file(root, root_fd, json_string_value(f), json_string_length(f),
                                &reason) == 0) {
@@ -227,7 +236,7 @@ struct files_check {
 static int check_files_cb(void *ctx, struct cofi_err *err)
 {
     const struct files_check *fc = ctx;
-    return check_files(fc->root, fc->files, fc->ext, err);
+    return check_files(fc->root, fc->files, SIZE_MAX, fc->ext, err);
 }
 
 /* The request body of POST /batches, checked for shape and types; values borrowed from
@@ -302,6 +311,48 @@ static int parse_create_body(const json_t *root, struct create_body *b, struct c
     return 0;
 }
 
+/* Characters (UTF-8 code points) of a valid UTF-8 string. */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+        n += (*p & 0xc0) != 0x80;
+    }
+    return n;
+}
+
+/* The limits per field of a new batch (openapi/openapi.json, CreateBatch): a name of at most
+ * BATCH_NAME_MAX_CHARS characters and at most BATCH_FILES_MAX files (422), metadata of at most
+ * metadata_max bytes as compact JSON (413). *metadata is set to that JSON text (a new string
+ * the caller frees) when the body has metadata. */
+static int check_limits(const struct create_body *b, size_t metadata_max, char **metadata,
+                        struct cofi_err *err)
+{
+    *metadata = NULL;
+    if (b->name != NULL && utf8_chars(b->name) > BATCH_NAME_MAX_CHARS) {
+        return cofi_err_set(err, COFI_E_INVALID, "name is longer than %d characters",
+                            BATCH_NAME_MAX_CHARS);
+    }
+    if (json_array_size(b->files) > BATCH_FILES_MAX) {
+        return cofi_err_set(err, COFI_E_INVALID, "more than %d files in one batch",
+                            BATCH_FILES_MAX);
+    }
+    if (b->metadata == NULL) {
+        return 0;
+    }
+    char *text = json_dumps(b->metadata, JSON_COMPACT);
+    if (text == NULL) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    if (strlen(text) > metadata_max) {
+        free(text);
+        return cofi_err_set(err, COFI_E_TOO_LARGE, "metadata is larger than %zu bytes as JSON",
+                            metadata_max);
+    }
+    *metadata = text;
+    return 0;
+}
+
 static void set_location(struct http_reply *rep, const json_t *batch)
 {
     snprintf(rep->location, sizeof rep->location, "/batches/%" JSON_INTEGER_FORMAT,
@@ -331,11 +382,21 @@ static int find_repeat(const struct cofi_app *app, const char *key, const json_t
 int handle_batches_create(const struct cofi_app *app, const struct http_req *req,
                           struct http_reply *rep, struct cofi_err *err)
 {
+    /* With tokens, a key belongs to the token that used it: stored as "<token env>\n<key>"
+     * (a key holds no newline), so two callers never share a batch through a key. */
+    char scoped[512];
     const char *key = req->idempotency_key;
     if (key != NULL) {
         int rc = req_check_idempotency_key(key, err);
         if (rc != 0) {
             return rc;
+        }
+        if (req->caller != NULL) {
+            int n = snprintf(scoped, sizeof scoped, "%s\n%s", req->caller, key);
+            if (n < 0 || (size_t)n >= sizeof scoped) {
+                return cofi_err_set(err, COFI_E_INTERNAL, "idempotency key too long to scope");
+            }
+            key = scoped;
         }
     }
     int64_t t0 = clock_mono_us();
@@ -350,6 +411,9 @@ int handle_batches_create(const struct cofi_app *app, const struct http_req *req
     json_t *batch = NULL;
     char hash[65] = {0};
     rc = parse_create_body(root, &body, err);
+    if (rc == 0) {
+        rc = check_limits(&body, app->cfg->http.metadata_max_bytes, &metadata, err);
+    }
     if (rc != 0) {
         goto done;
     }
@@ -359,12 +423,9 @@ int handle_batches_create(const struct cofi_app *app, const struct http_req *req
             goto done;
         }
     }
-    if (body.metadata != NULL) {
-        metadata = json_dumps(body.metadata, JSON_COMPACT);
-        if (metadata == NULL) {
-            rc = cofi_err_set(err, COFI_E_NOMEM, "out of memory");
-            goto done;
-        }
+    rc = check_files(app->cfg->input_root, body.files, FILES_PRECHECK, &rep->problem_ext, err);
+    if (rc != 0) {
+        goto done;
     }
     /* The files are checked while the database inserts the calls (all rolled back if one is
      * bad): for a big batch the two take about as long. */
@@ -444,6 +505,7 @@ int handle_batches_list(const struct cofi_app *app, const struct http_req *req,
     rc = batches_db_list(conn, cursor, limit, state, &rep->body, err);
     db_release(app->db, conn);
     if (rc == 0) {
+        req_page_cap_bytes(rep->body, "batches", "id", 0, app->cfg->http.list_max_bytes);
         rep->status = 200;
     }
     return rc;

@@ -33,6 +33,7 @@ int handle_calls_list(const struct cofi_app *app, const struct http_req *req,
     rc = calls_db_list(conn, batch_id, cursor, limit, state, &rep->body, err);
     db_release(app->db, conn);
     if (rc == 0) {
+        req_page_cap_bytes(rep->body, "calls", "seq", 1, app->cfg->http.list_max_bytes);
         rep->status = 200;
     }
     return rc;

@@ -29,6 +29,8 @@ struct http_req {
     size_t body_len;                     /* 0 when there is no body */
     const char *content_type;            /* the Content-Type header, or NULL */
     const char *idempotency_key;         /* the Idempotency-Key header, or NULL */
+    const char *caller; /* the environment variable of the token used; NULL when the API is
+                           open (names the caller in logs, scopes idempotency keys) */
     /* Returns the value of query parameter `name` (borrowed), or NULL when absent. */
     const char *(*query)(const struct http_req *req, const char *name);
     void *query_ctx; /* for `query` only */
@@ -96,6 +98,18 @@ int handle_openapi(const struct cofi_app *app, const struct http_req *req, struc
 #define PAGE_LIMIT_DEFAULT 50
 #define PAGE_LIMIT_MAX     1000
 
+/* Limits per field of POST /batches (openapi/openapi.json, CreateBatch). */
+#define BATCH_NAME_MAX_CHARS 256
+#define BATCH_FILES_MAX      1000000
+
+/* Bounds a list page in bytes as well as rows: page is {"<key>": [items...], "next_cursor"}.
+ * When the items, as compact JSON, pass max_bytes, the page stops after the last one that
+ * fits (the first always stays) and next_cursor becomes that item's integer member
+ * cursor_field plus step, as text (batches: "id", 0; calls: "seq", 1). Out of memory leaves
+ * the page whole. Can't fail. */
+void req_page_cap_bytes(json_t *page, const char *key, const char *cursor_field, int64_t step,
+                        size_t max_bytes);
+
 /* Parses a resource id: decimal digits only, 1 ≤ id ≤ 2^63-1. Returns 0 with *out set, or
  * -1 (NULL, empty, sign, space, other characters, 0, overflow) leaving *out unchanged. */
 int req_parse_id(const char *s, int64_t *out);
@@ -131,7 +145,8 @@ int req_check_mode(const json_t *v, const char **mode, struct cofi_err *err);
  * or NULL when none was given; or 400/415/422 with err filled. */
 int req_parse_action_body(const struct http_req *req, const char **mode, struct cofi_err *err);
 
-/* Checks an Idempotency-Key header value: 1 to 200 printable ASCII characters.
+/* Checks an Idempotency-Key header value: 1 to 255 characters, visible ASCII or spaces,
+ * neither starting nor ending with a space (so "k" and "k " never name two batches).
  * Returns 0 or COFI_E_BAD_REQUEST with err filled. */
 int req_check_idempotency_key(const char *key, struct cofi_err *err);
 

@@ -1,6 +1,9 @@
 /* Parsing shared by the handlers: ids, paging parameters, JSON bodies, headers. */
 #include "handlers/handlers.h"
 
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -165,16 +168,15 @@ int req_parse_action_body(const struct http_req *req, const char **mode, struct 
 int req_check_idempotency_key(const char *key, struct cofi_err *err)
 {
     size_t n = strlen(key);
-    if (n == 0 || n > 200) {
-        return cofi_err_set(err, COFI_E_BAD_REQUEST,
-                            "Idempotency-Key must be 1 to 200 printable ASCII characters");
-    }
-    for (size_t i = 0; i < n; i++) {
+    bool ok = n >= 1 && n <= 255 && key[0] != ' ' && key[n - 1] != ' ';
+    for (size_t i = 0; i < n && ok; i++) {
         unsigned char c = (unsigned char)key[i];
-        if (c < 0x20 || c > 0x7e) {
-            return cofi_err_set(err, COFI_E_BAD_REQUEST,
-                                "Idempotency-Key must be 1 to 200 printable ASCII characters");
-        }
+        ok = c >= 0x20 && c <= 0x7e;
+    }
+    if (!ok) {
+        return cofi_err_set(err, COFI_E_BAD_REQUEST,
+                            "Idempotency-Key must be 1 to 255 visible ASCII characters, spaces "
+                            "only between them");
     }
     return 0;
 }
@@ -217,7 +219,7 @@ bool req_json_has_nul(const json_t *v)
 PGconn *req_db_acquire(const struct cofi_app *app, struct cofi_err *err)
 {
     PGconn *conn = db_acquire(app->db, err);
-    if (conn == NULL && err->code != COFI_E_UNAVAILABLE) {
+    if (conn == NULL && err->code != COFI_E_UNAVAILABLE && err->code != COFI_E_BUSY) {
         cofi_err_set(err, COFI_E_UNAVAILABLE, "no database connection");
     }
     return conn;
@@ -236,4 +238,49 @@ int req_parse_page(const struct http_req *req, int *limit, int64_t *cursor, stru
         *cursor = c;
     }
     return rc;
+}
+
+/* jansson's dump callback that only counts. */
+static int count_bytes(const char *buffer, size_t size, void *data)
+{
+    (void)buffer;
+    *(size_t *)data += size;
+    return 0;
+}
+
+void req_page_cap_bytes(json_t *page, const char *key, const char *cursor_field, int64_t step,
+                        size_t max_bytes)
+{
+    json_t *items = json_object_get(page, key);
+    size_t n = json_array_size(items);
+    size_t total = 0;
+    size_t keep = n;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = 0;
+        if (json_dump_callback(json_array_get(items, i), count_bytes, &len, JSON_COMPACT) != 0) {
+            return;
+        }
+        total += len + 1;
+        if (total > max_bytes && i > 0) {
+            keep = i;
+            break;
+        }
+    }
+    if (keep == n) {
+        return;
+    }
+    json_t *last = json_object_get(json_array_get(items, keep - 1), cursor_field);
+    if (!json_is_integer(last)) {
+        return;
+    }
+    char text[32];
+    snprintf(text, sizeof text, "%" JSON_INTEGER_FORMAT, json_integer_value(last) + step);
+    json_t *next = json_string(text);
+    if (next == NULL) {
+        return;
+    }
+    while (json_array_size(items) > keep) {
+        json_array_remove(items, json_array_size(items) - 1);
+    }
+    json_object_set_new(page, "next_cursor", next);
 }

@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "common/stages.h"
 #include "common/utf8.h"
+#include "pipeline/input_file.h"
 #include "pipeline/mediator_state.h"
 
 static void active_add(struct mediator_lane *m, struct xfer *x)
@@ -164,15 +165,6 @@ void med__start_job(struct mediator_lane *m, struct job *j)
     x->node = j->node;
     x->slot_us = clock_mono_us();
     if (j->stage == STAGE_DISTRIBUTE) {
-        char path[PATH_MAX + 2];
-        snprintf(path, sizeof path, "%s/%s", cfg->input_root, j->file);
-        if (access(path, R_OK) != 0) {
-            o.kind = OUTCOME_PERMANENT;
-            char name[160];
-            utf8_sanitize(name, sizeof name, j->file, strlen(j->file));
-            utf8_snprintf(o.error, sizeof o.error, "cannot read %s", name);
-            goto local_fail;
-        }
         snprintf(url, sizeof url, "%s/upload", nd->url);
         if (exchange_prepare(x->easy, &x->x, url, j, rid, NULL, NULL, cfg->mediator.timeout_ms) !=
             0) {
@@ -184,9 +176,13 @@ void med__start_job(struct mediator_lane *m, struct job *j)
         base = base != NULL ? base + 1 : j->file;
         x->mime = curl_mime_init(x->easy);
         curl_mimepart *part = curl_mime_addpart(x->mime);
-        /* Streamed from disk by curl as it sends: the file is never read whole. */
+        /* Streamed by curl from the descriptor opened beneath input_root: never read whole. */
         curl_mime_name(part, "file");
-        curl_mime_filedata(part, path);
+        int in = input_file_attach(part, cfg->input_root, j->file, o.error, sizeof o.error);
+        if (in != 0) {
+            o.kind = in == -1 ? OUTCOME_PERMANENT : OUTCOME_RETRY;
+            goto local_fail;
+        }
         curl_mime_filename(part, base);
         curl_mime_type(part, "application/octet-stream");
         part = curl_mime_addpart(x->mime);

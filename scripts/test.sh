@@ -2,7 +2,8 @@
 # Everything CI checks, in one command (.ci/run calls only this): installs what is missing,
 # builds with warnings as errors, starts a private PostgreSQL, runs every test with ctest,
 # again under AddressSanitizer + UndefinedBehaviorSanitizer, the concurrency tests under
-# ThreadSanitizer, then cppcheck, clang-format and shellcheck. Ends with a summary whose last line is
+# ThreadSanitizer, the libFuzzer targets for a bounded time, then cppcheck, clang-format, and
+# the shell scripts checked. Ends with a summary whose last line is
 # "N passed, N failed" (ctest's counts over all passes); exits non-zero if any step failed.
 set -euo pipefail
 
@@ -20,11 +21,13 @@ Steps: scripts/deps.sh; scripts/build.sh --werror; scripts/pg.sh start --fast (d
 --sanitize --werror and ctest on build-asan/ (ASAN_OPTIONS=detect_leaks=1:abort_on_error=1,
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1); scripts/build.sh --tsan --werror and the
 tests labelled `concurrency` on build-tsan/ (TSAN_OPTIONS=halt_on_error=1: a race ends cofid,
-so the test fails); cppcheck; clang-format --dry-run; shellcheck of the shell scripts.
+so the test fails); scripts/fuzz.sh (every libFuzzer target of tests/fuzz over its seed
+corpus, $COFI_FUZZ_SECONDS seconds each, default 20; scripts/fuzz.sh --seconds N runs them
+longer on demand); cppcheck; clang-format --dry-run; shellcheck of the shell scripts.
 The cluster is stopped at the end, and any cofid/cofi-sim of this repo's build folders
 that the tests left running is killed. Logs: .cofi/test/.
 
-  --quick     skip the sanitizer passes (ASan+UBSan and TSan)
+  --quick     skip the sanitizer passes (ASan+UBSan and TSan) and the fuzzers
   --no-tsan   skip the ThreadSanitizer pass
   -R REGEX    passed to ctest: run only the tests whose name matches
   --help      show this help
@@ -219,6 +222,11 @@ if [ "$quick" -eq 0 ]; then
             record ctest-tsan "skipped (tsan build or postgres failed)"
         fi
     fi
+fi
+
+# 5b. The fuzzers, for a bounded time.
+if [ "$quick" -eq 0 ]; then
+    step fuzz bash "$COFI_ROOT/scripts/fuzz.sh" --seconds "${COFI_FUZZ_SECONDS:-20}" || true
 fi
 
 # 6. Static analysis.

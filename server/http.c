@@ -1,4 +1,4 @@
-/* The HTTP server of cofid: libmicrohttpd, capped request bodies, routing, auth, replies. */
+/* The HTTP server of cofid: set-up, limits, and each request from headers to answer. */
 #include "server/http.h"
 
 #include <arpa/inet.h>
@@ -9,7 +9,6 @@
 #endif
 #include <microhttpd.h>
 #include <netdb.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -22,60 +21,39 @@
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/log.h"
-#include "common/thread.h"
 #include "handlers/handlers.h"
 #include "server/auth.h"
+#include "server/conn_guard.h"
+#include "server/handler_pool.h"
+#include "server/http_internal.h"
+#include "server/http_strict.h"
 #include "server/problem.h"
 #include "server/router.h"
 #include "server/status_cache.h"
 
 /* HTTP_CONNECTION_MEMORY is MHD's memory per connection, for the request line, the headers
  * (up to about 14 KiB pass) and the body's read buffer. MHD zeroes all of it after every
- * request: at 64 KiB that was a fifth of the CPU of a cached GET (about 10 of 46 us). */
-#define HTTP_CONNECTION_LIMIT  4096u
-#define HTTP_IDLE_TIMEOUT_S    60u
+ * request: at 64 KiB that was a fifth of the CPU of a cached GET (about 10 of 46 us). The
+ * connection limits and timeouts come from the configuration's "http" object. */
 #define HTTP_CONNECTION_MEMORY (16u * 1024u)
 #define HTTP_BACKLOG           4096
 
-/* Query arguments a background re-rendering keeps (more: the poll re-renders itself). */
-#define REFRESH_QUERY_MAX 4
-/* Re-renderings waiting for the refresher thread (more: the entry is dropped instead). */
-#define REFRESH_QUEUE 16
-
-/* A cached answer to re-render in the background: the request, copied. */
-struct refresh_job {
-    struct status_cache_ticket ticket;
-    char key[STATUS_CACHE_KEY_MAX];
-    size_t key_len;
-    char path[ROUTE_PATH_MAX];
-    size_t nquery;
-    const char *qname[REFRESH_QUERY_MAX]; /* into qbuf */
-    const char *qvalue[REFRESH_QUERY_MAX];
-    char qbuf[STATUS_CACHE_KEY_MAX];
-    size_t qlen;
-};
-
-/* One thread that re-renders cached answers that aged out while polls are served the previous
- * answer: a steady poll never waits for the database. */
-struct refresher {
-    pthread_t thread;
-    bool inited; /* mu and cv are */
-    bool started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stop;
-    struct refresh_job jobs[REFRESH_QUEUE]; /* a ring: len jobs from head */
-    size_t head, len;
-};
+/* After a request body at least this large, free heap pages go back to the system. */
+#define TRIM_AFTER_BODY_BYTES ((size_t)1 << 20)
 
 struct http_server {
     struct MHD_Daemon *daemon;
     struct cofi_app *app;
     MHD_socket listen_fd;
     int port;
-    atomic_int active;          /* requests between their headers and their completion */
-    struct status_cache *cache; /* owned; NULL when status_cache_ms is 0 */
-    struct refresher refresh;   /* started with the cache */
+    atomic_int active;             /* requests between their headers and their completion */
+    struct status_cache *cache;    /* owned; NULL when status_cache_ms is 0 */
+    struct refresher *refresh;     /* started with the cache; NULL without */
+    struct conn_guard *guard;      /* owned: the deadline of every request */
+    struct auth_keys *keys;        /* owned: the tokens, replaced on SIGHUP */
+    struct handler_pool *handlers; /* owned: where handlers run */
+    char *tls_cert, *tls_key;      /* owned: the PEM texts of tls.cert_file and tls.key_file */
+    atomic_bool draining;          /* shutting down: writes and /readyz answer 503 */
 };
 
 /* One request, from its headers to its completion (MHD's per-request context). */
@@ -87,17 +65,54 @@ struct request {
     bool refused;            /* refused from its headers alone */
     bool answered;           /* an answer was queued before the body was read */
     bool too_large;          /* the body passed the limit: drop the rest and answer 413 */
-    size_t dropped;          /* body bytes of a refused request read and dropped */
+    bool malformed;          /* refused by the strict checks: answered at once, then closed */
+    bool started;            /* its headers have been seen */
+    /* Handled on a handler thread (server/handler_pool.h) while the connection is suspended:
+     * the answer waits in ready_* until an I/O thread queues it. */
+    struct MHD_Connection *conn;
+    struct http_server *srv;
+    const char *url, *method; /* MHD's, valid until the request completes */
+    bool deferred;
+    struct MHD_Response *ready_resp;          /* owned unless ready_answer holds it */
+    struct status_cache_answer *ready_answer; /* a cached answer kept alive until queued */
+    int ready_status;
+    char key[STATUS_CACHE_KEY_MAX]; /* the status cache key of a cached GET, key_len bytes */
+    size_t key_len;
+    struct status_cache_ticket ticket;
+    size_t dropped; /* body bytes of a refused request read and dropped */
     int64_t start_us;
-    int status;    /* the status answered, for the access log */
-    char line[96]; /* "METHOD /path" (cut), for the access log */
+    struct conn_guard_entry *guarded; /* the connection's deadline (borrowed; may be NULL) */
+    char created[64]; /* the Location a write answered (the resource it made), or "" */
+    char who[64];     /* the caller: its token's environment variable, or "anonymous" */
+    int status;       /* the status answered, for the access log */
+    char line[96];    /* "METHOD /path" (cut), for the access log */
 };
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
+/* MHD's messages kept per second at most: one line per refused connection would let a
+ * flood of connections flood the log too. */
+#define MHD_LOG_PER_SECOND 20
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
+    static _Atomic int64_t window_s;
+    static atomic_int in_window;
+    static atomic_int suppressed;
+    int64_t now_s = clock_mono_ms() / 1000;
+    int64_t w = atomic_load(&window_s);
+    if (w != now_s && atomic_compare_exchange_strong(&window_s, &w, now_s)) {
+        atomic_store(&in_window, 0);
+        int lost = atomic_exchange(&suppressed, 0);
+        if (lost > 0) {
+            log_warn("http: %d more message(s) of the HTTP library were not logged", lost);
+        }
+    }
+    if (atomic_fetch_add(&in_window, 1) >= MHD_LOG_PER_SECOND) {
+        atomic_fetch_add(&suppressed, 1);
+        return;
+    }
     char line[512];
     vsnprintf(line, sizeof line, fmt, ap);
     size_t n = strlen(line);
@@ -107,28 +122,27 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_warn("http: %s", line);
 }
 
-/* Adds the header every answer ends with, after the builder's own: nothing we answer may be
- * kept by a client or a proxy. */
-static void add_final_headers(struct MHD_Response *resp)
-{
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-}
-
-/* Queues resp (stolen: the caller's reference is dropped, MHD holds its own until the answer
- * is sent). Returns MHD_NO when resp is NULL. */
-static enum MHD_Result queue(struct MHD_Connection *conn, int status, struct MHD_Response *resp)
+/* Answers resp (stolen: the caller's reference is dropped, MHD holds its own until the answer
+ * is sent): queued at once, or, for a request handled on a handler thread, kept until an I/O
+ * thread queues it. Returns MHD_NO when resp is NULL. */
+static enum MHD_Result queue(struct request *rq, int status, struct MHD_Response *resp)
 {
     if (resp == NULL) {
         return MHD_NO;
     }
-    enum MHD_Result ret = MHD_queue_response(conn, (unsigned int)status, resp);
+    if (rq->deferred) {
+        rq->ready_resp = resp;
+        rq->ready_status = status;
+        return MHD_YES;
+    }
+    enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned int)status, resp);
     MHD_destroy_response(resp);
     return ret;
 }
 
 /* Answers with the problem for err; ext (stolen) adds members; allow adds an Allow header. */
-static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct cofi_err *err,
-                                      json_t *ext, const char *allow)
+static enum MHD_Result answer_problem_ex(struct request *rq, const struct cofi_err *err,
+                                         json_t *ext, const char *allow, bool close)
 {
     int status = problem_http_status(err->code);
     json_t *p = problem_new(err, ext);
@@ -156,53 +170,38 @@ static enum MHD_Result answer_problem(struct MHD_Connection *conn, const struct 
     if (allow != NULL) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
     }
-    add_final_headers(resp);
-    return queue(conn, status, resp);
+    if (status == 503) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, PROBLEM_RETRY_AFTER_S);
+    }
+    if (close) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    }
+    http__final_headers(resp);
+    return queue(rq, status, resp);
 }
 
-/* A finished response (a new reference) of a JSON success body: text (length len, stolen:
- * freed with the response) with location as the Location header when not empty. Returns
- * NULL when out of memory (text is freed). */
-static struct MHD_Response *json_response(char *text, size_t len, const char *location)
+static enum MHD_Result answer_problem(struct request *rq, const struct cofi_err *err, json_t *ext,
+                                      const char *allow)
 {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-    if (resp == NULL) {
-        free(text);
-        return NULL;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
-    if (location != NULL && location[0] != '\0') {
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
-    }
-    add_final_headers(resp);
-    return resp;
+    return answer_problem_ex(rq, err, ext, allow, /* close= */ false);
 }
 
 /* Answers a JSON success body: text (length len, stolen) with location as the Location
  * header when not empty. */
-static enum MHD_Result answer_json(struct MHD_Connection *conn, int status, char *text, size_t len,
+static enum MHD_Result answer_json(struct request *rq, int status, char *text, size_t len,
                                    const char *location)
 {
-    return queue(conn, status, json_response(text, len, location));
+    return queue(rq, status, http__json_response(text, len, location));
 }
 
-/* The JSON text of a reply's body (not of a raw one): a new string the caller frees, or
- * NULL when out of memory. */
-static char *reply_text(const struct http_reply *rep)
-{
-    /* 15 significant digits print 4.1 as "4.1", not "4.0999999999999996". */
-    return json_dumps(rep->body != NULL ? rep->body : json_null(),
-                      JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
-}
-
-static enum MHD_Result answer_out_of_memory(struct MHD_Connection *conn)
+static enum MHD_Result answer_out_of_memory(struct request *rq)
 {
     struct cofi_err err;
     cofi_err_set(&err, COFI_E_NOMEM, "out of memory while encoding a reply");
-    return answer_problem(conn, &err, NULL, NULL);
+    return answer_problem(rq, &err, NULL, NULL);
 }
 
-static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_reply *rep)
+static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
 {
     int status = rep->status != 0 ? rep->status : 200;
     if (rep->raw != NULL) {
@@ -212,20 +211,14 @@ static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_rep
             return MHD_NO;
         }
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
-        add_final_headers(resp);
-        return queue(conn, status, resp);
+        http__final_headers(resp);
+        return queue(rq, status, resp);
     }
-    char *text = reply_text(rep);
+    char *text = http__reply_text(rep);
     if (text == NULL) {
-        return answer_out_of_memory(conn);
+        return answer_out_of_memory(rq);
     }
-    return answer_json(conn, status, text, strlen(text), rep->location);
-}
-
-/* The status cache's value_free: a cached answer is a finished MHD response. */
-static void cached_response_free(void *value)
-{
-    MHD_destroy_response(value);
+    return answer_json(rq, status, text, strlen(text), rep->location);
 }
 
 /* Answers a successful reply of a cached route and gives the ticket back: a 200 is stored
@@ -233,27 +226,34 @@ static void cached_response_free(void *value)
  * (body and headers), which hits then queue as is: MHD counts the references of a response
  * under its own mutex, so one response may be queued on several connections, from several
  * threads, at once. Its size in the cache is its body's. */
-static enum MHD_Result answer_and_store(struct status_cache *cache, struct MHD_Connection *conn,
+static enum MHD_Result answer_and_store(struct status_cache *cache, struct request *rq,
                                         const char *key, size_t key_len,
                                         const struct status_cache_ticket *ticket,
                                         struct http_reply *rep)
 {
     bool storable = (rep->status == 0 || rep->status == 200) && rep->raw == NULL;
-    char *text = storable ? reply_text(rep) : NULL;
+    char *text = storable ? http__reply_text(rep) : NULL;
     if (text == NULL) {
         status_cache_drop(cache, key, key_len, ticket);
-        return answer_reply(conn, rep);
+        return answer_reply(rq, rep);
     }
     size_t len = strlen(text);
-    struct MHD_Response *resp = json_response(text, len, rep->location);
+    struct MHD_Response *resp = http__json_response(text, len, rep->location);
     struct status_cache_answer *answer =
-        resp != NULL ? status_cache_answer_new(resp, len, cached_response_free) : NULL;
+        resp != NULL ? status_cache_answer_new(resp, len, http__cached_response_free) : NULL;
     if (answer == NULL) {
         status_cache_drop(cache, key, key_len, ticket);
-        return queue(conn, 200, resp);
+        return queue(rq, 200, resp);
     }
     status_cache_put(cache, key, key_len, ticket, answer);
-    enum MHD_Result ret = MHD_queue_response(conn, 200, resp);
+    if (rq->deferred) {
+        /* Our reference to the answer keeps resp alive until it is queued. */
+        rq->ready_resp = resp;
+        rq->ready_answer = answer;
+        rq->ready_status = 200;
+        return MHD_YES;
+    }
+    enum MHD_Result ret = MHD_queue_response(rq->conn, 200, resp);
     status_cache_answer_release(answer);
     return ret;
 }
@@ -304,194 +304,6 @@ static size_t cache_key(struct MHD_Connection *conn, const char *path, char *out
     return kb.full ? 0 : kb.len;
 }
 
-/* ---- background re-rendering of cached answers ------------------------------------------ */
-
-static enum MHD_Result add_query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-                                     const char *value)
-{
-    (void)kind;
-    struct refresh_job *job = cls;
-    size_t kl = strlen(key) + 1;
-    size_t vl = value != NULL ? strlen(value) + 1 : 0;
-    if (job->nquery == REFRESH_QUERY_MAX || job->qlen + kl + vl > sizeof job->qbuf) {
-        job->nquery = REFRESH_QUERY_MAX + 1; /* does not fit */
-        return MHD_NO;
-    }
-    char *name = job->qbuf + job->qlen;
-    memcpy(name, key, kl);
-    job->qlen += kl;
-    const char *val = NULL;
-    if (value != NULL) {
-        char *v = job->qbuf + job->qlen;
-        memcpy(v, value, vl);
-        job->qlen += vl;
-        val = v;
-    }
-    job->qname[job->nquery] = name;
-    job->qvalue[job->nquery] = val;
-    job->nquery++;
-    return MHD_YES;
-}
-
-/* The job's copy of the request's query, for http_req.query. */
-static const char *job_query(const struct http_req *req, const char *name)
-{
-    const struct refresh_job *job = req->query_ctx;
-    for (size_t i = 0; i < job->nquery; i++) {
-        if (strcmp(job->qname[i], name) == 0) {
-            return job->qvalue[i];
-        }
-    }
-    return NULL;
-}
-
-/* Hands the re-rendering of key (a poll of url on conn was just served the previous answer)
- * to the refresher thread; when it can't take it, the entry goes, and the next poll renders
- * its own answer. */
-static void refresh_enqueue(struct http_server *srv, struct MHD_Connection *conn, const char *url,
-                            const char *key, size_t key_len,
-                            const struct status_cache_ticket *ticket)
-{
-    struct refresher *r = &srv->refresh;
-    size_t path_len = strlen(url);
-    bool queued = false;
-    pthread_mutex_lock(&r->mu);
-    if (!r->stop && r->len < REFRESH_QUEUE && path_len < sizeof r->jobs[0].path &&
-        key_len <= sizeof r->jobs[0].key) {
-        struct refresh_job *job = &r->jobs[(r->head + r->len) % REFRESH_QUEUE];
-        job->ticket = *ticket;
-        memcpy(job->key, key, key_len);
-        job->key_len = key_len;
-        memcpy(job->path, url, path_len + 1);
-        job->nquery = 0;
-        job->qlen = 0;
-        MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_arg, job);
-        if (job->nquery <= REFRESH_QUERY_MAX) {
-            r->len++;
-            queued = true;
-            pthread_cond_signal(&r->cv);
-        }
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (!queued) {
-        status_cache_drop(srv->cache, key, key_len, ticket);
-    }
-}
-
-/* Runs the handler of job's request and stores its answer when it is a 200 (as a poll that
- * rendered it would); anything else removes the entry, so the next poll gets the error. */
-static void refresh_one(struct http_server *srv, struct refresh_job *job)
-{
-    struct route_match m;
-    if (router_match("GET", job->path, &m) != ROUTE_FOUND || !m.route->cached) {
-        status_cache_drop(srv->cache, job->key, job->key_len, &job->ticket);
-        return;
-    }
-    struct http_req req = {
-        .method = "GET",
-        .path = job->path,
-        .param_count = m.param_count,
-        .query = job_query,
-        .query_ctx = job,
-    };
-    for (size_t i = 0; i < m.param_count; i++) {
-        req.params[i] = m.params[i];
-    }
-    struct http_reply rep = HTTP_REPLY_INIT;
-    struct cofi_err err;
-    cofi_err_clear(&err);
-    /* The answer is as old as the moment its handler starts (the generation stays the one of
-     * the lookup: a write since then keeps this answer out of the cache). */
-    job->ticket.start_us = clock_mono_us();
-    int rc = m.route->handler(srv->app, &req, &rep, &err);
-    char *text = NULL;
-    if (rc == 0 && (rep.status == 0 || rep.status == 200) && rep.raw == NULL) {
-        text = reply_text(&rep);
-    }
-    struct MHD_Response *resp = NULL;
-    struct status_cache_answer *answer = NULL;
-    if (text != NULL) {
-        size_t len = strlen(text);
-        resp = json_response(text, len, rep.location);
-        answer = resp != NULL ? status_cache_answer_new(resp, len, cached_response_free) : NULL;
-        if (answer == NULL && resp != NULL) {
-            MHD_destroy_response(resp);
-        }
-    }
-    if (answer != NULL) {
-        status_cache_put(srv->cache, job->key, job->key_len, &job->ticket, answer);
-        status_cache_answer_release(answer);
-    } else {
-        if (rc != 0) {
-            log_debug("status cache: re-rendering %s failed: %s", job->path, err.msg);
-        }
-        status_cache_drop(srv->cache, job->key, job->key_len, &job->ticket);
-    }
-    http_reply_free(&rep);
-}
-
-static void *refresher_main(void *arg)
-{
-    struct http_server *srv = arg;
-    struct refresher *r = &srv->refresh;
-    thread_set_name("cofi-refresh");
-    struct refresh_job *job = malloc(sizeof *job);
-    for (;;) {
-        pthread_mutex_lock(&r->mu);
-        while (r->len == 0 && !r->stop) {
-            pthread_cond_wait(&r->cv, &r->mu);
-        }
-        if (r->stop) {
-            pthread_mutex_unlock(&r->mu);
-            break;
-        }
-        bool have = job != NULL;
-        if (have) {
-            *job = r->jobs[r->head];
-        }
-        r->head = (r->head + 1) % REFRESH_QUEUE;
-        r->len--;
-        pthread_mutex_unlock(&r->mu);
-        if (have) {
-            refresh_one(srv, job);
-        }
-    }
-    free(job);
-    return NULL;
-}
-
-static void refresher_start(struct http_server *srv)
-{
-    struct refresher *r = &srv->refresh;
-    pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
-    r->inited = true;
-    r->started = pthread_create(&r->thread, NULL, refresher_main, srv) == 0;
-    if (!r->started) {
-        log_warn("http: no refresher thread: polls re-render cached answers themselves");
-    }
-}
-
-/* Stops the refresher thread (jobs still queued are dropped with the cache). Call once no
- * request can be in progress any more. */
-static void refresher_stop(struct http_server *srv)
-{
-    struct refresher *r = &srv->refresh;
-    if (r->started) {
-        pthread_mutex_lock(&r->mu);
-        r->stop = true;
-        pthread_cond_signal(&r->cv);
-        pthread_mutex_unlock(&r->mu);
-        pthread_join(r->thread, NULL);
-        r->started = false;
-    }
-    if (r->inited) {
-        pthread_cond_destroy(&r->cv);
-        pthread_mutex_destroy(&r->mu);
-        r->inited = false;
-    }
-}
-
 /* The Allow header of a refusal: only for 405. */
 static const char *refusal_allow(const struct request *rq)
 {
@@ -538,11 +350,30 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
     const struct cofi_config *cfg = srv->app->cfg;
     struct cofi_err *err = &rq->refusal;
 
+    /* A malformed request is answered at once and its connection closed: what follows its
+     * headers can't be trusted to be its body. */
+    if (rq->malformed || http__check_headers(conn, err) != 0) {
+        rq->malformed = true;
+        rq->refused = true;
+        rq->answered = true;
+        rq->status = problem_http_status(err->code);
+        return answer_problem_ex(rq, err, NULL, NULL, /* close= */ true);
+    }
     rq->result = router_match(method, url, &rq->match);
     bool public_route = rq->result != ROUTE_NOT_FOUND && rq->match.public_path;
     bool needs_write = rq->result == ROUTE_FOUND && strcmp(rq->match.route->method, "POST") == 0;
-    int rc = auth_check(cfg, header(conn, MHD_HTTP_HEADER_AUTHORIZATION), public_route, needs_write,
-                        err);
+    int rc = auth_keys_check(srv->keys, header(conn, MHD_HTTP_HEADER_AUTHORIZATION), public_route,
+                             needs_write, rq->who, sizeof rq->who, err);
+    if (rc == 0 && rq->result == ROUTE_FOUND && atomic_load(&srv->draining) &&
+        (strcmp(rq->match.route->method, "GET") != 0 ||
+         rq->match.route->handler == handle_readyz)) {
+        rc = cofi_err_set(err, COFI_E_BUSY,
+                          "cofid is shutting down: it takes no new work; try again later, or "
+                          "another instance");
+    }
+    if (rc == 0 && rq->result == ROUTE_FOUND) {
+        rc = http__check_query(conn, rq->match.route, err);
+    }
     if (rc == 0 && rq->result == ROUTE_NOT_FOUND) {
         rc = cofi_err_set(err, COFI_E_NOT_FOUND, "no such resource");
     } else if (rc == 0 && rq->result == ROUTE_NO_METHOD) {
@@ -566,25 +397,19 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
     }
     rq->answered = true;
     rq->status = problem_http_status(err->code);
-    return answer_problem(conn, err, NULL, refusal_allow(rq));
+    return answer_problem(rq, err, NULL, refusal_allow(rq));
 }
 
-/* The last call, with the whole body: run the handler and answer. */
-static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connection *conn,
-                                   struct request *rq, const char *url, const char *method)
+/* Runs the handler of rq (a route found, its whole body read) and answers: on the I/O thread
+ * for the routes that never wait (runs_inline), on a handler thread otherwise. */
+static enum MHD_Result render(struct request *rq)
 {
-    if (rq->refused) {
-        rq->status = problem_http_status(rq->refusal.code);
-        return answer_problem(conn, &rq->refusal, NULL, refusal_allow(rq));
-    }
+    struct http_server *srv = rq->srv;
+    struct MHD_Connection *conn = rq->conn;
+    const char *method = rq->method;
+    const char *url = rq->url;
     struct cofi_err err;
     cofi_err_clear(&err);
-    if (rq->too_large) {
-        cofi_err_set(&err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
-                     srv->app->cfg->max_body_bytes);
-        rq->status = 413;
-        return answer_problem(conn, &err, NULL, NULL);
-    }
     struct http_req req = {
         .method = strcmp(method, "HEAD") == 0 ? "GET" : method,
         .path = url,
@@ -593,6 +418,7 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         .body_len = rq->body.len,
         .content_type = header(conn, MHD_HTTP_HEADER_CONTENT_TYPE),
         .idempotency_key = header(conn, "Idempotency-Key"),
+        .caller = strcmp(rq->who, "anonymous") != 0 ? rq->who : NULL,
         .query = query_value,
         .query_ctx = conn,
     };
@@ -600,30 +426,6 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         req.params[i] = rq->match.params[i];
     }
     const struct route *route = rq->match.route;
-    char key[STATUS_CACHE_KEY_MAX];
-    size_t key_len = 0;
-    int nargs = 0;
-    struct status_cache_ticket ticket;
-    if (srv->cache != NULL && route->cached) {
-        key_len = cache_key(conn, url, key, sizeof key, &nargs);
-    }
-    if (key_len > 0) {
-        struct status_cache_answer *hit;
-        bool background = srv->refresh.started && nargs <= REFRESH_QUERY_MAX;
-        bool served = background ? status_cache_get_stale(srv->cache, key, key_len, &hit, &ticket)
-                                 : status_cache_get(srv->cache, key, key_len, &hit, &ticket);
-        if (served) {
-            if (ticket.refresher) {
-                refresh_enqueue(srv, conn, url, key, key_len, &ticket);
-            }
-            /* Our own reference keeps the response alive even if another thread evicts the
-             * entry now; MHD takes its own while queueing. */
-            rq->status = 200;
-            enum MHD_Result ret = MHD_queue_response(conn, 200, status_cache_answer_value(hit));
-            status_cache_answer_release(hit);
-            return ret;
-        }
-    }
     struct http_reply rep = HTTP_REPLY_INIT;
     int rc = route->handler(srv->app, &req, &rep, &err);
     if (strcmp(route->method, "GET") != 0) {
@@ -633,8 +435,8 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
     }
     enum MHD_Result ret;
     if (rc != 0) {
-        if (key_len > 0) {
-            status_cache_drop(srv->cache, key, key_len, &ticket);
+        if (rq->key_len > 0) {
+            status_cache_drop(srv->cache, rq->key, rq->key_len, &rq->ticket);
         }
         if (err.code == COFI_OK) {
             cofi_err_set(&err, COFI_E_INTERNAL, "handler of %s %s failed without a reason", method,
@@ -643,17 +445,128 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         json_t *ext = rep.problem_ext;
         rep.problem_ext = NULL;
         rq->status = problem_http_status(err.code);
-        ret = answer_problem(conn, &err, ext, NULL);
+        ret = answer_problem(rq, &err, ext, NULL);
     } else {
         rq->status = rep.status != 0 ? rep.status : 200;
-        if (key_len > 0) {
-            ret = answer_and_store(srv->cache, conn, key, key_len, &ticket, &rep);
+        snprintf(rq->created, sizeof rq->created, "%s", rep.location);
+        if (rq->key_len > 0) {
+            ret = answer_and_store(srv->cache, rq, rq->key, rq->key_len, &rq->ticket, &rep);
         } else {
-            ret = answer_reply(conn, &rep);
+            ret = answer_reply(rq, &rep);
         }
     }
     http_reply_free(&rep);
     return ret;
+}
+
+/* A handler thread's job: render the request, then hand the connection back to MHD, which
+ * calls on_request again to queue the answer. */
+static void render_deferred(void *arg)
+{
+    struct request *rq = arg;
+    if (render(rq) != MHD_YES && rq->ready_resp == NULL) {
+        log_warn("http: no answer could be made for %s", rq->line);
+    }
+    size_t body_bytes = rq->body.len;
+    buf_free(&rq->body);
+#if defined(__GLIBC__)
+    /* A large body (POST /batches of many files: its text and its parsed tree, 20 MiB for
+     * 200,000 files) leaves free pages in the heap that glibc keeps; give them back, so the
+     * resident set during the run is what the run holds. Milliseconds, once per such body,
+     * here on a handler thread rather than on an I/O thread that serves other connections. */
+    if (body_bytes >= TRIM_AFTER_BODY_BYTES) {
+        (void)malloc_trim(0);
+    }
+#else
+    (void)body_bytes;
+#endif
+    MHD_resume_connection(rq->conn);
+}
+
+/* True for the routes answered on the I/O thread: they neither read the database nor wait. */
+static bool runs_inline(const struct route *route)
+{
+    return route->handler == handle_healthz || route->handler == handle_openapi;
+}
+
+/* Queues the answer a handler thread made (on_request, after MHD_resume_connection). */
+static enum MHD_Result queue_ready(struct request *rq)
+{
+    if (rq->ready_resp == NULL) {
+        return MHD_NO; /* nothing could be made: MHD closes the connection */
+    }
+    enum MHD_Result ret =
+        MHD_queue_response(rq->conn, (unsigned int)rq->ready_status, rq->ready_resp);
+    if (rq->ready_answer != NULL) {
+        status_cache_answer_release(rq->ready_answer);
+    } else {
+        MHD_destroy_response(rq->ready_resp);
+    }
+    rq->ready_resp = NULL;
+    rq->ready_answer = NULL;
+    return ret;
+}
+
+/* The last call, with the whole body: answer refusals and cached answers at once, hand the
+ * handler to a handler thread. */
+static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connection *conn,
+                                   struct request *rq, const char *url, const char *method)
+{
+    if (rq->refused) {
+        rq->status = problem_http_status(rq->refusal.code);
+        return answer_problem(rq, &rq->refusal, NULL, refusal_allow(rq));
+    }
+    struct cofi_err err;
+    cofi_err_clear(&err);
+    if (rq->too_large) {
+        cofi_err_set(&err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
+                     srv->app->cfg->max_body_bytes);
+        rq->status = 413;
+        return answer_problem(rq, &err, NULL, NULL);
+    }
+    rq->url = url;
+    rq->method = method;
+    const struct route *route = rq->match.route;
+    int nargs = 0;
+    if (srv->cache != NULL && route->cached) {
+        rq->key_len = cache_key(conn, url, rq->key, sizeof rq->key, &nargs);
+    }
+    if (rq->key_len > 0) {
+        struct status_cache_answer *hit;
+        bool background = srv->refresh != NULL && nargs <= REFRESH_QUERY_MAX;
+        bool served =
+            background ? status_cache_get_stale(srv->cache, rq->key, rq->key_len, &hit, &rq->ticket)
+                       : status_cache_get(srv->cache, rq->key, rq->key_len, &hit, &rq->ticket);
+        if (served) {
+            if (rq->ticket.refresher) {
+                refresher_enqueue(srv->refresh, conn, url, rq->key, rq->key_len, &rq->ticket);
+            }
+            /* Our own reference keeps the response alive even if another thread evicts the
+             * entry now; MHD takes its own while queueing. */
+            rq->status = 200;
+            enum MHD_Result ret = MHD_queue_response(conn, 200, status_cache_answer_value(hit));
+            status_cache_answer_release(hit);
+            return ret;
+        }
+    }
+    if (runs_inline(route) || srv->handlers == NULL) {
+        return render(rq);
+    }
+    /* Suspended before it is queued: the job may resume it at once. */
+    rq->deferred = true;
+    MHD_suspend_connection(conn);
+    if (handler_pool_submit(srv->handlers, render_deferred, rq) != 0) {
+        if (rq->key_len > 0) {
+            status_cache_drop(srv->cache, rq->key, rq->key_len, &rq->ticket);
+        }
+        cofi_err_set(&err, COFI_E_BUSY,
+                     "every request handler is busy and %d requests wait already; try again",
+                     srv->app->cfg->http.handler_queue);
+        rq->status = 503;
+        answer_problem(rq, &err, NULL, NULL);
+        MHD_resume_connection(conn);
+    }
+    return MHD_YES;
 }
 
 /* Writes "METHOD /path", cut to fit cap bytes, into out: the access log's request line. Copies
@@ -670,6 +583,46 @@ static void request_line(char *out, size_t cap, const char *method, const char *
     out[n] = '\0';
 }
 
+/* A new request's context, or NULL when out of memory. */
+static struct request *request_new(struct http_server *srv)
+{
+    struct request *rq = calloc(1, sizeof *rq);
+    if (rq == NULL) {
+        return NULL;
+    }
+    buf_init(&rq->body, srv->app->cfg->max_body_bytes);
+    rq->start_us = clock_mono_us();
+    rq->srv = srv;
+    return rq;
+}
+
+/* The request line has arrived (uri as sent, before any decoding): the target is checked
+ * here, where its escapes can still be seen. Returns the request's context. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)conn;
+    struct http_server *srv = cls;
+    struct request *rq = request_new(srv);
+    if (rq == NULL) {
+        return NULL;
+    }
+    bool too_many_args = false;
+    if (http_strict_target(uri, &too_many_args, &rq->refusal) != 0) {
+        rq->malformed = true;
+    }
+    if (too_many_args) {
+        /* MHD stores every query argument in the connection's small memory pool before the
+         * request reaches on_request; hundreds of them exhaust it and MHD never answers. The
+         * request is refused anyway, so its query is cut here: uri lies in MHD's own writable
+         * read buffer, which MHD splits into arguments only after this callback. */
+        char *q = strchr((char *)(uintptr_t)uri, '?');
+        if (q != NULL) {
+            q[1] = '\0';
+        }
+    }
+    return rq;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -678,16 +631,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct http_server *srv = cls;
     struct request *rq = *con_cls;
     if (rq == NULL) {
-        rq = calloc(1, sizeof *rq);
+        rq = request_new(srv);
         if (rq == NULL) {
             return MHD_NO;
         }
-        buf_init(&rq->body, srv->app->cfg->max_body_bytes);
-        rq->start_us = clock_mono_us();
+        *con_cls = rq;
+    }
+    rq->conn = conn;
+    if (!rq->started) {
+        rq->started = true;
         request_line(rq->line, sizeof rq->line, method, url);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        rq->guarded = ci != NULL ? ci->socket_context : NULL;
         *con_cls = rq;
         atomic_fetch_add(&srv->active, 1);
-        return on_headers(srv, conn, rq, url, method);
+        enum MHD_Result ret = on_headers(srv, conn, rq, url, method);
+        if (rq->answered) {
+            conn_guard_request_received(rq->guarded);
+        }
+        return ret;
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
@@ -712,16 +675,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (rq->answered) {
         return MHD_YES;
     }
+    if (rq->deferred) {
+        return queue_ready(rq);
+    }
+    conn_guard_request_received(rq->guarded);
     return on_complete(srv, conn, rq, url, method);
 }
-
-/* After a request body at least this large, free heap pages go back to the system. */
-#define TRIM_AFTER_BODY_BYTES ((size_t)1 << 20)
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     struct http_server *srv = cls;
     struct request *rq = *con_cls;
     if (rq == NULL) {
@@ -733,15 +696,26 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     } else {
         log_debug("%s ended early (%d) after %" PRId64 " us", rq->line, (int)toe, us);
     }
+    if (rq->started) {
+        http__audit(conn, rq->line, rq->who, rq->refusal.code == COFI_E_UNAUTHORIZED, rq->status,
+                    rq->created, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    }
     size_t body_bytes = rq->body.len;
+    bool started = rq->started;
+    if (rq->ready_answer != NULL) {
+        status_cache_answer_release(rq->ready_answer);
+    } else if (rq->ready_resp != NULL) {
+        MHD_destroy_response(rq->ready_resp);
+    }
+    conn_guard_request_done(srv->guard, rq->guarded);
     buf_free(&rq->body);
     free(rq);
     *con_cls = NULL;
-    atomic_fetch_sub(&srv->active, 1);
+    if (started) {
+        atomic_fetch_sub(&srv->active, 1);
+    }
 #if defined(__GLIBC__)
-    /* A large body (POST /batches of many files: its text and its parsed tree, 20 MiB for
-     * 200,000 files) leaves free pages in the heap that glibc keeps; give them back, so the
-     * resident set during the run is what the run holds. Milliseconds, once per such body. */
+    /* A large body answered on this I/O thread (a handler thread trims after its own). */
     if (body_bytes >= TRIM_AFTER_BODY_BYTES) {
         (void)malloc_trim(0);
     }
@@ -817,17 +791,87 @@ static int open_listener(const char *host, int port, int *family, int *bound_por
     return fd;
 }
 
+/* A connection opens or closes: its request deadline is tracked from its first moment. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct http_server *srv = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = ci != NULL ? conn_guard_opened(srv->guard, ci->connect_fd) : NULL;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        conn_guard_closed(srv->guard, *socket_context);
+        *socket_context = NULL;
+    }
+}
+
 static struct MHD_Daemon *start_daemon(struct http_server *srv, unsigned int flags)
 {
-    unsigned int threads =
-        srv->app->cfg->http_threads > 0 ? (unsigned)srv->app->cfg->http_threads : 1u;
+    const struct cofi_config *cfg = srv->app->cfg;
+    /* HTTPS when tls.cert_file and tls.key_file are set (libmicrohttpd with GnuTLS). */
+    struct MHD_OptionItem tls[] = {
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, srv->tls_key},
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, srv->tls_cert},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    if (srv->tls_cert != NULL) {
+        flags |= MHD_USE_TLS;
+    } else {
+        tls[0].option = MHD_OPTION_END;
+    }
+    unsigned int threads = cfg->http_threads > 0 ? (unsigned)cfg->http_threads : 1u;
+    unsigned int idle_s = (unsigned)((cfg->http.idle_timeout_ms + 999) / 1000);
     /* The logger comes first so that MHD's messages about the other options reach it. */
     return MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         MHD_OPTION_LISTEN_SOCKET, srv->listen_fd, MHD_OPTION_THREAD_POOL_SIZE, threads,
-        MHD_OPTION_CONNECTION_LIMIT, HTTP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
-        HTTP_IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections_per_client,
+        MHD_OPTION_CONNECTION_TIMEOUT, idle_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_ARRAY, tls,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv, MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
+        MHD_OPTION_END);
+}
+
+/* Reads a PEM file (at most 1 MiB) into a new string. Returns it, or NULL with err filled. */
+static char *read_pem(const char *path, const char *key, struct cofi_err *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        char reason[128];
+        errno_text(errno, reason, sizeof reason);
+        cofi_err_set(err, COFI_E_INVALID, "tls.%s %s: %s", key, path, reason);
+        return NULL;
+    }
+    size_t cap = 1u << 20;
+    char *text = malloc(cap + 1);
+    size_t n = text != NULL ? fread(text, 1, cap + 1, f) : 0;
+    fclose(f);
+    if (text == NULL || n == 0 || n > cap) {
+        free(text);
+        cofi_err_set(err, COFI_E_INVALID, "tls.%s %s is empty or larger than 1 MiB", key, path);
+        return NULL;
+    }
+    text[n] = '\0';
+    return text;
+}
+
+/* Frees what http_start made, the daemon excepted (stopped already, or never started). */
+static void server_free(struct http_server *srv)
+{
+    if (srv->tls_key != NULL) {
+        memset(srv->tls_key, 0, strlen(srv->tls_key));
+    }
+    free(srv->tls_key);
+    free(srv->tls_cert);
+    handler_pool_free(srv->handlers);
+    conn_guard_free(srv->guard);
+    refresher_stop(srv->refresh);
+    status_cache_free(srv->cache);
+    auth_keys_free(srv->keys);
+    free(srv);
 }
 
 int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *err)
@@ -840,23 +884,43 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     }
     srv->app = app;
     atomic_init(&srv->active, 0);
-    if (cfg->status_cache_ms > 0 && status_cache_new(&srv->cache, cfg->status_cache_ms) != 0) {
+    atomic_init(&srv->draining, false);
+    if (auth_keys_new(&srv->keys, cfg->tokens, cfg->token_count) != 0) {
         free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
-    if (srv->cache != NULL) {
-        refresher_start(srv);
+    if (cfg->http.tls_cert_file != NULL) {
+        srv->tls_cert = read_pem(cfg->http.tls_cert_file, "cert_file", err);
+        srv->tls_key =
+            srv->tls_cert != NULL ? read_pem(cfg->http.tls_key_file, "key_file", err) : NULL;
+        if (srv->tls_key == NULL) {
+            server_free(srv);
+            return err->code;
+        }
+    }
+    if (cfg->status_cache_ms > 0 && status_cache_new(&srv->cache, cfg->status_cache_ms) != 0) {
+        server_free(srv);
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    if (conn_guard_new(&srv->guard, cfg->http.request_timeout_ms) != 0) {
+        server_free(srv);
+        return cofi_err_set(err, COFI_E_NOMEM, "can't start the connection guard");
+    }
+    if (handler_pool_new(&srv->handlers, cfg->http.handler_threads, cfg->http.handler_queue) != 0) {
+        log_warn("http: no handler threads: handlers run on the I/O threads");
+    }
+    if (srv->cache != NULL && refresher_start(&srv->refresh, app, srv->cache) != 0) {
+        log_warn("http: no refresher thread: polls re-render cached answers themselves");
     }
     int family = AF_INET;
     int fd = open_listener(cfg->listen_host, cfg->listen_port, &family, &srv->port, err);
     if (fd < 0) {
-        refresher_stop(srv);
-        status_cache_free(srv->cache);
-        free(srv);
+        server_free(srv);
         return err->code;
     }
     srv->listen_fd = fd;
-    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG |
+                         MHD_ALLOW_SUSPEND_RESUME;
     if (family == AF_INET6) {
         flags |= MHD_USE_IPv6;
     }
@@ -867,14 +931,12 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     }
     if (srv->daemon == NULL) {
         close(fd);
-        refresher_stop(srv);
-        status_cache_free(srv->cache);
-        free(srv);
+        server_free(srv);
         return cofi_err_set(err, COFI_E_INTERNAL, "can't start the HTTP server on %s:%d",
                             cfg->listen_host, cfg->listen_port);
     }
-    log_info("listening on %s%s%s:%d", family == AF_INET6 ? "[" : "", cfg->listen_host,
-             family == AF_INET6 ? "]" : "", srv->port);
+    log_info("listening on %s%s%s:%d%s", family == AF_INET6 ? "[" : "", cfg->listen_host,
+             family == AF_INET6 ? "]" : "", srv->port, srv->tls_cert != NULL ? " (HTTPS)" : "");
     *out = srv;
     return 0;
 }
@@ -898,11 +960,24 @@ void http_stop(struct http_server *srv)
     if (left > 0) {
         log_warn("http: stopping with %d requests still in progress", left);
     }
+    /* Every handler job runs to its end and resumes its connection: MHD stops only with no
+     * connection suspended. */
+    handler_pool_stop(srv->handlers);
     MHD_stop_daemon(srv->daemon);
     if (fd != MHD_INVALID_SOCKET) {
         close(fd);
     }
-    refresher_stop(srv);
-    status_cache_free(srv->cache);
-    free(srv);
+    server_free(srv);
+}
+
+void http_begin_drain(struct http_server *srv)
+{
+    if (srv != NULL) {
+        atomic_store(&srv->draining, true);
+    }
+}
+
+int http_replace_tokens(struct http_server *srv, const struct cofi_token_cfg *tokens, size_t n)
+{
+    return auth_keys_replace(srv->keys, tokens, n);
 }

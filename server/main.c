@@ -43,8 +43,11 @@ static void usage(FILE *out)
           "  COFI_NLP_API_KEY   sent to the NLP API as 'Authorization: Bearer'\n"
           "  COFI_INSTANCE_ID   this instance's name in the work queue (default host:port)\n"
           "\n"
-          "SIGTERM or SIGINT: stop taking work, let in-flight requests finish (up to\n"
-          "shutdown_grace_ms), record them, release this instance's claims, exit 0.\n",
+          "SIGTERM or SIGINT: stop taking work (writes and GET /readyz answer 503), let\n"
+          "in-flight requests finish (up to shutdown_grace_ms), record them, release this\n"
+          "instance's claims, exit 0.\n"
+          "SIGHUP: read the configuration file's auth.tokens again (and the environment\n"
+          "variables they name) and reopen log_file; cofid goes on running.\n",
           out);
 }
 
@@ -79,6 +82,43 @@ static int probe_listen(const struct cofi_config *cfg)
     return rc;
 }
 
+/* SIGHUP: the API takes the tokens of the configuration file as it is now. A file that is no
+ * longer valid changes nothing. */
+static void reload_tokens(const char *config_path, struct http_server *http)
+{
+    struct cofi_config fresh;
+    struct cofi_err err;
+    cofi_err_clear(&err);
+    if (config_load(config_path, &fresh, &err) != 0) {
+        log_error("SIGHUP: %s not reloaded, the tokens in use are kept: %s", config_path, err.msg);
+        return;
+    }
+    if (http_replace_tokens(http, fresh.tokens, fresh.token_count) != 0) {
+        log_error("SIGHUP: out of memory, the tokens in use are kept");
+    } else if (fresh.token_count == 0) {
+        log_warn("SIGHUP: tokens reloaded from %s: none, the API is open", config_path);
+    } else {
+        log_info("SIGHUP: tokens reloaded from %s: %zu token(s)", config_path, fresh.token_count);
+    }
+    config_free(&fresh);
+}
+
+/* SIGHUP: the log file (log_file) is opened again, for a rotation. */
+static void reopen_log(const char *path)
+{
+    if (path == NULL) {
+        return;
+    }
+    int rc = log_reopen(path);
+    if (rc != 0) {
+        char msg[128];
+        log_error("SIGHUP: log %s not reopened: %s", path,
+                  strerror_r(-rc, msg, sizeof msg) == 0 ? msg : "error");
+    } else {
+        log_info("SIGHUP: log reopened at %s", path);
+    }
+}
+
 /* Connects and applies migrations, retrying with backoff until done or a signal arrives. */
 static int migrate_until_done(const struct cofi_config *cfg, sigset_t *sigs)
 {
@@ -101,7 +141,8 @@ static int migrate_until_done(const struct cofi_config *cfg, sigset_t *sigs)
         log_warn("%s; retrying in %lld ms", err.msg, (long long)backoff);
         struct timespec ts = {.tv_sec = (time_t)(backoff / 1000),
                               .tv_nsec = (long)(backoff % 1000) * 1000000L};
-        if (sigtimedwait(sigs, NULL, &ts) > 0) {
+        int sig = sigtimedwait(sigs, NULL, &ts);
+        if (sig > 0 && sig != SIGHUP) {
             return -1;
         }
         backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
@@ -154,6 +195,16 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(level);
+    if (cfg.http.log_file != NULL && !check_only) {
+        int lrc = log_reopen(cfg.http.log_file);
+        if (lrc != 0) {
+            char msg[128];
+            fprintf(stderr, "cofid: log_file %s: %s\n", cfg.http.log_file,
+                    strerror_r(-lrc, msg, sizeof msg) == 0 ? msg : "error");
+            config_free(&cfg);
+            return 2;
+        }
+    }
     if (check_only) {
         printf("%s: configuration is valid\n", config_path);
         config_free(&cfg);
@@ -170,6 +221,7 @@ int main(int argc, char **argv)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_ALL);
@@ -195,6 +247,7 @@ int main(int argc, char **argv)
         log_error("%s", err.msg);
         goto out;
     }
+    db_pool_set_limits(pool, cfg.http.db_wait_ms, cfg.http.statement_timeout_ms);
     char instance[200];
     const char *env_id = getenv("COFI_INSTANCE_ID");
     if (env_id != NULL && env_id[0] != '\0') {
@@ -219,9 +272,19 @@ int main(int argc, char **argv)
     log_info("ready: instance %s", instance);
 
     int sig = 0;
-    while (sigwait(&sigs, &sig) != 0) {
+    for (;;) {
+        if (sigwait(&sigs, &sig) != 0) {
+            continue;
+        }
+        if (sig != SIGHUP) {
+            break;
+        }
+        reload_tokens(config_path, http);
+        reopen_log(cfg.http.log_file);
     }
-    log_info("received %s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    log_info("received %s: shutting down (writes and GET /readyz now answer 503)",
+             sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    http_begin_drain(http);
     exit_code = 0;
 
 out:

@@ -26,6 +26,7 @@ static const struct problem_kind kinds[] = {
     {415, TYPE_BASE "unsupported-media-type", "Unsupported Media Type"},
     {422, TYPE_BASE "validation", "Unprocessable Content"},
     {500, TYPE_BASE "internal", "Internal Server Error"},
+    {501, TYPE_BASE "not-implemented", "Not Implemented"},
     {503, TYPE_BASE "unavailable", "Service Unavailable"},
 };
 
@@ -64,7 +65,10 @@ int problem_http_status(int code)
         return 415;
     case COFI_E_INVALID:
         return 422;
+    case COFI_E_NOT_IMPLEMENTED:
+        return 501;
     case COFI_E_UNAVAILABLE:
+    case COFI_E_BUSY:
         return 503;
     default:
         return 500;
@@ -101,7 +105,7 @@ json_t *problem_new(const struct cofi_err *err, json_t *ext)
                   err != NULL && err->sqlstate[0] ? " sqlstate " : "",
                   err != NULL ? err->sqlstate : "");
         detail = "An internal error occurred; it has been logged.";
-    } else if (status == 503) {
+    } else if (status == 503 && code != COFI_E_BUSY) {
         log_warn("unavailable: %s", msg);
         detail = "The database is unavailable; try again later.";
     }

@@ -4,20 +4,23 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Every route of the API (CONTRACTS §2), in one table: method, pattern, handler, public,
- * cached (served from the status cache within status_cache_ms). */
+static const char *const page_query[] = {"limit", "cursor", "state", NULL};
+static const char *const stage_query[] = {"batch_id", NULL};
+
+/* Every route of the API (openapi/openapi.json), in one table: method, pattern, handler,
+ * public, cached (served from the status cache within status_cache_ms), query parameters. */
 static const struct route routes[] = {
-    {"POST", "/batches", handle_batches_create, false, false},
-    {"GET", "/batches", handle_batches_list, false, false},
-    {"GET", "/batches/{}", handle_batch_get, false, true},
-    {"POST", "/batches/{}/run", handle_batch_run, false, false},
-    {"POST", "/batches/{}/cancel", handle_batch_cancel, false, false},
-    {"GET", "/batches/{}/calls", handle_calls_list, false, false},
-    {"GET", "/batches/{}/calls/{}", handle_call_get, false, false},
-    {"GET", "/stages/{}/status", handle_stage_status, false, true},
-    {"GET", "/healthz", handle_healthz, true, false},
-    {"GET", "/readyz", handle_readyz, true, false},
-    {"GET", "/openapi.json", handle_openapi, true, false},
+    {"POST", "/batches", handle_batches_create, false, false, NULL},
+    {"GET", "/batches", handle_batches_list, false, false, page_query},
+    {"GET", "/batches/{}", handle_batch_get, false, true, NULL},
+    {"POST", "/batches/{}/run", handle_batch_run, false, false, NULL},
+    {"POST", "/batches/{}/cancel", handle_batch_cancel, false, false, NULL},
+    {"GET", "/batches/{}/calls", handle_calls_list, false, false, page_query},
+    {"GET", "/batches/{}/calls/{}", handle_call_get, false, false, NULL},
+    {"GET", "/stages/{}/status", handle_stage_status, false, true, stage_query},
+    {"GET", "/healthz", handle_healthz, true, false, NULL},
+    {"GET", "/readyz", handle_readyz, true, false, NULL},
+    {"GET", "/openapi.json", handle_openapi, true, false, NULL},
 };
 
 #define ROUTE_COUNT  (sizeof routes / sizeof routes[0])
@@ -130,4 +133,14 @@ enum route_result router_match(const char *method, const char *path, struct rout
     }
     m->param_count = 0;
     return ROUTE_NO_METHOD;
+}
+
+bool router_takes_query(const struct route *route, const char *name)
+{
+    for (size_t i = 0; route->query != NULL && route->query[i] != NULL; i++) {
+        if (strcmp(route->query[i], name) == 0) {
+            return true;
+        }
+    }
+    return false;
 }

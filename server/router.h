@@ -11,9 +11,13 @@ struct route {
     const char *method;  /* "GET" or "POST" */
     const char *pattern; /* "/batches/{}/calls/{}": "{}" matches one non-empty segment */
     handler_fn handler;
-    bool public_route; /* served without a token when auth is on */
-    bool cached;       /* a polled GET: answers may come from server/status_cache.h */
+    bool public_route;        /* served without a token when auth is on */
+    bool cached;              /* a polled GET: answers may come from server/status_cache.h */
+    const char *const *query; /* the query parameters it takes (NULL-terminated), or NULL */
 };
+
+/* True when route takes the query parameter name. Thread-safe; can't fail. */
+bool router_takes_query(const struct route *route, const char *name);
 
 enum route_result {
     ROUTE_FOUND = 0,

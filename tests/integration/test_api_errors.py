@@ -113,7 +113,7 @@ class ApiErrorsTest(CofiCase):
 
     def test_400_idempotency_key_too_long(self):
         self.rejected("POST", "/batches", 400, body={"files": self.files[:1]},
-                      headers={"Idempotency-Key": "k" * 201})
+                      headers={"Idempotency-Key": "k" * 256})
 
     def test_400_bad_list_parameters(self):
         b = self.created_batch()

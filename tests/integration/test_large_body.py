@@ -34,7 +34,8 @@ class LargeBodyTest(CofiCase):
     def prepare(cls):
         cls.files = cofitest.make_files(cls.input_root, 2, prefix="big")
         sim = cls.start_sim(nodes=1, node_capacity=2, nlp_capacity=4)
-        cls.start_cofid(sim=sim, max_body_bytes=MAX_BODY, llm_concurrency=2)
+        cls.start_cofid(sim=sim, max_body_bytes=MAX_BODY, llm_concurrency=2,
+                        extra={"limits": {"metadata_max_bytes": MAX_BODY}})
 
     def test_large_body_accepted_stored_and_memory_returned(self):
         metadata = {"k%06d" % i: "v" * 48 for i in range(KEYS)}

@@ -286,6 +286,50 @@ static void test_many_nodes_are_accepted(void **state)
     free(text);
 }
 
+static void test_http_defences(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    assert_int_equal(parse("", &cfg, &err), 0);
+    assert_int_equal(cfg.http.max_connections, 1024);
+    assert_int_equal(cfg.http.max_connections_per_client, 64);
+    assert_int_equal(cfg.http.idle_timeout_ms, 30000);
+    assert_int_equal(cfg.http.request_timeout_ms, 30000);
+    assert_int_equal(cfg.http.metadata_max_bytes, 65536);
+    assert_int_equal(cfg.http.list_max_bytes, 1048576);
+    assert_int_equal(cfg.http.handler_threads, 8);
+    assert_int_equal(cfg.http.handler_queue, 256);
+    assert_int_equal(cfg.http.db_wait_ms, 5000);
+    assert_int_equal(cfg.http.statement_timeout_ms, 30000);
+    assert_null(cfg.http.tls_cert_file);
+    config_free(&cfg);
+    assert_int_equal(parse(", \"http\": {\"max_connections\": 10, \"max_connections_per_client\": "
+                           "0, \"idle_timeout_ms\": 5000, \"request_timeout_ms\": 2000}, "
+                           "\"limits\": {\"metadata_max_bytes\": 100, \"list_max_bytes\": 4096}, "
+                           "\"tls\": {\"cert_file\": \"/c.pem\", \"key_file\": \"/k.pem\"}",
+                           &cfg, &err),
+                     0);
+    assert_int_equal(cfg.http.max_connections, 10);
+    assert_int_equal(cfg.http.max_connections_per_client, 0);
+    assert_int_equal(cfg.http.idle_timeout_ms, 5000);
+    assert_int_equal(cfg.http.request_timeout_ms, 2000);
+    assert_int_equal(cfg.http.metadata_max_bytes, 100);
+    assert_int_equal(cfg.http.list_max_bytes, 4096);
+    assert_string_equal(cfg.http.tls_cert_file, "/c.pem");
+    assert_string_equal(cfg.http.tls_key_file, "/k.pem");
+    config_free(&cfg);
+    assert_int_not_equal(parse(", \"http\": {\"max_conns\": 1}", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "http.max_conns"));
+    assert_int_not_equal(parse(", \"http\": {\"max_connections\": 0}", &cfg, &err), 0);
+    assert_int_not_equal(parse(", \"tls\": {\"cert_file\": \"/c.pem\"}", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "key_file"));
+    assert_int_not_equal(parse(", \"limits\": {\"list_max_bytes\": 1}", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "limits.list_max_bytes"));
+    assert_int_not_equal(parse(", \"bogus\": 1", &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "bogus"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -300,6 +344,7 @@ int main(void)
         cmocka_unit_test(test_node_ids_follow_the_rule),
         cmocka_unit_test(test_node_urls_are_http_base_urls),
         cmocka_unit_test(test_many_nodes_are_accepted),
+        cmocka_unit_test(test_http_defences),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

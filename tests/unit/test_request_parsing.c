@@ -149,17 +149,21 @@ static void test_idempotency_keys(void **state)
 {
     (void)state;
     struct cofi_err err;
-    char key[202];
+    char key[257];
     memset(key, 'k', sizeof key);
-    key[200] = '\0';
+    key[255] = '\0';
     assert_int_equal(req_check_idempotency_key(key, &err), 0);
-    key[200] = 'k';
-    key[201] = '\0';
+    key[255] = 'k';
+    key[256] = '\0';
     assert_int_equal(req_check_idempotency_key(key, &err), COFI_E_BAD_REQUEST);
     assert_int_equal(req_check_idempotency_key("", &err), COFI_E_BAD_REQUEST);
     assert_int_equal(req_check_idempotency_key("a b~!", &err), 0);
     assert_int_equal(req_check_idempotency_key("tab\there", &err), COFI_E_BAD_REQUEST);
     assert_int_equal(req_check_idempotency_key("caf\xc3\xa9", &err), COFI_E_BAD_REQUEST);
+    /* Surrounding spaces would make "k" and "k " two keys. */
+    assert_int_equal(req_check_idempotency_key("k ", &err), COFI_E_BAD_REQUEST);
+    assert_int_equal(req_check_idempotency_key(" k", &err), COFI_E_BAD_REQUEST);
+    assert_int_equal(req_check_idempotency_key(" ", &err), COFI_E_BAD_REQUEST);
 }
 
 static void test_nul_detection(void **state)
