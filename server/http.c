@@ -215,6 +215,15 @@ static enum MHD_Result answer_reply(struct MHD_Connection *conn, struct http_rep
         add_final_headers(resp);
         return queue(conn, status, resp);
     }
+    if (status == 204) {
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        if (resp == NULL) {
+            return MHD_NO;
+        }
+        add_final_headers(resp);
+        return queue(conn, status, resp);
+    }
     char *text = reply_text(rep);
     if (text == NULL) {
         return answer_out_of_memory(conn);
@@ -540,7 +549,7 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
 
     rq->result = router_match(method, url, &rq->match);
     bool public_route = rq->result != ROUTE_NOT_FOUND && rq->match.public_path;
-    bool needs_write = rq->result == ROUTE_FOUND && strcmp(rq->match.route->method, "POST") == 0;
+    bool needs_write = rq->result == ROUTE_FOUND && strcmp(rq->match.route->method, "GET") != 0;
     int rc = auth_check(cfg, header(conn, MHD_HTTP_HEADER_AUTHORIZATION), public_route, needs_write,
                         err);
     if (rc == 0 && rq->result == ROUTE_NOT_FOUND) {
