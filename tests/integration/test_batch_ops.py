@@ -29,12 +29,14 @@ class BatchOpsTest(CofiCase):
             self.assertEqual(total, batch["file_count"], s)
 
     def assert_progress_matches_calls(self, batch_id):
-        """batch_progress (kept by triggers) equals a count over calls."""
-        kept = self.db("SELECT stage, status, n FROM batch_progress WHERE batch_id = %d "
-                       "AND n <> 0 ORDER BY 1, 2" % batch_id)
-        real = self.db("SELECT stage, status, count(*) FROM calls WHERE batch_id = %d "
-                       "GROUP BY 1, 2 ORDER BY 1, 2" % batch_id)
-        self.assertEqual(kept, real)
+        """batch_progress (kept by triggers) equals a count over calls, in one snapshot."""
+        rows = self.db(
+            "SELECT k.stage, k.status, k.n, r.stage, r.status, r.n FROM "
+            "(SELECT stage, status, n FROM batch_progress WHERE batch_id = %d AND n <> 0) k "
+            "FULL JOIN (SELECT stage, status, count(*) AS n FROM calls WHERE batch_id = %d "
+            "GROUP BY 1, 2) r ON r.stage = k.stage AND r.status = k.status "
+            "WHERE k.n IS DISTINCT FROM r.n" % (batch_id, batch_id))
+        self.assertEqual(rows, [])
 
     # ---- priority and PATCH ----------------------------------------------------------------
 
@@ -77,7 +79,14 @@ class BatchOpsTest(CofiCase):
         path = "/batches/%d" % b["id"]
         self.assertProblem(self.http("POST", path + "/pause"), 409)  # created
         self.assertProblem(self.http("POST", path + "/resume"), 409)
+        last = self.list_all_calls(b["id"])[-1]["id"]
+        self.assertEqual(self.get_call(b["id"], last)["waiting_for"], {"reason": "not_started"})
         self.run_batch(b["id"])
+        # The last call waits at distribute behind (nearly) all the others.
+        wf = self.get_call(b["id"], last).get("waiting_for")
+        if wf is not None and wf["reason"] == "queued":
+            self.assertGreater(wf["ahead"], 0, wf)
+            self.assertLessEqual(wf["ahead"], n - 1, wf)
 
         def some_done():
             snap = self.get_batch(b["id"])
@@ -105,6 +114,10 @@ class BatchOpsTest(CofiCase):
         self.assertEqual(snap["state"], "paused")
         self.assert_counts_consistent(snap)
         self.assertLess(self.stage_counts(snap)["llm2"]["done"], n, "the pause stopped nothing")
+        waiting = [c for c in self.list_all_calls(b["id"]) if c["state"] == "pending"]
+        self.assertTrue(waiting)
+        for c in waiting:
+            self.assertEqual(c["waiting_for"], {"reason": "paused"}, c["id"])
 
         r = self.http("POST", path + "/resume")
         self.assertStatus(r, 202)
@@ -116,6 +129,31 @@ class BatchOpsTest(CofiCase):
         self.assertProblem(self.http("POST", path + "/pause"), 409)
         self.assertProblem(self.http("POST", path + "/resume"), 409)
         self.assertProblem(self.http("POST", "/batches/999999/pause"), 404)
+        self.assertNotIn("waiting_for", self.get_call(b["id"], last))
+
+    def test_waiting_for_while_running(self):
+        n = 60
+        b = self.create_batch(self.files(n, "wait"))
+        self.run_batch(b["id"])
+        seen = set()
+
+        def look():
+            for c in self.list_all_calls(b["id"]):
+                if c["state"] not in ("pending", "running"):
+                    self.assertNotIn("waiting_for", c)
+                    continue
+                wf = self.get_call(b["id"], c["id"]).get("waiting_for")
+                if wf is None:
+                    continue  # it ended between the two reads
+                seen.add(wf["reason"])
+                if wf["reason"] == "node":
+                    self.assertIsInstance(wf["node"], str)
+                if wf["reason"] in ("queued", "node", "nlp_limit"):
+                    self.assertGreaterEqual(wf["ahead"], 0)
+                break
+            return self.get_batch(b["id"])["finished_at"] is not None
+        cofitest.poll(look, scaled(60), interval=0.02, what="batch to end")
+        self.assertTrue(seen & {"in_flight", "queued", "node", "nlp_limit"}, seen)
 
     def test_cancel_a_paused_batch(self):
         b = self.create_batch(self.files(40, "pcancel"))
