@@ -23,8 +23,8 @@
                                                  "(SELECT string_agg(p.stage || ' ' || p.status "  \
                                                  "|| ' ' || p.n, ',') "                            \
                                                  "FROM batch_progress p WHERE p.batch_id = b.id "  \
-                                                 "AND p.n <> 0)"
-#define BATCH_NCOLS 11
+                                                 "AND p.n <> 0), b.priority"
+#define BATCH_NCOLS 12
 
 #define ID_TEXT_LEN 24
 
@@ -176,6 +176,8 @@ static json_t *batch_from_row(const PGresult *r, int row, int col)
     rc |= json_object_set_new(o, "name", text_or_null(r, row, col + 1));
     rc |= json_object_set_new(o, "state", json_string(state));
     rc |= json_object_set_new(o, "mode", json_string(PQgetvalue(r, row, col + 3)));
+    rc |= json_object_set_new(o, "priority",
+                              json_integer(strtoll(PQgetvalue(r, row, col + 11), NULL, 10)));
     rc |= json_object_set_new(o, "file_count", json_integer(file_count));
     rc |= json_object_set_new(o, "metadata", meta != NULL ? load_jsonb(meta) : json_null());
     rc |= json_object_set_new(o, "created_at", text_or_null(r, row, col + 6));
@@ -398,12 +400,15 @@ int batches_db_create(PGconn *conn, const struct batch_new *b, json_t **out, boo
         buf_free(&arr);
         return rc;
     }
-    const char *bp[6] = {b->name, b->mode, count, b->metadata, b->idempotency_key, b->request_hash};
+    char priority[16];
+    snprintf(priority, sizeof priority, "%d", b->priority > 0 ? b->priority : 1);
+    const char *bp[7] = {b->name,         b->mode, count, b->metadata, b->idempotency_key,
+                         b->request_hash, priority};
     r = db_exec(conn,
                 "INSERT INTO batches (name, mode, file_count, metadata, idempotency_key, "
-                "request_hash) VALUES ($1, $2, $3::integer, $4::jsonb, $5, $6) "
-                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-                6, bp, err);
+                "request_hash, priority) VALUES ($1, $2, $3::integer, $4::jsonb, $5, $6, "
+                "$7::integer) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+                7, bp, err);
     if (r == NULL) {
         rc = err->code;
         goto fail;
@@ -504,7 +509,7 @@ static int cancel_once(PGconn *conn, const char *id_text, json_t **out, struct c
     }
     PGresult *r = db_exec(conn,
                           "UPDATE batches SET state = 'cancelled' WHERE id = $1::bigint "
-                          "AND state IN ('created', 'running') RETURNING id",
+                          "AND state IN ('created', 'running', 'paused') RETURNING id",
                           1, params, err);
     if (r == NULL) {
         rc = err->code;
@@ -575,5 +580,215 @@ int batches_db_cancel(PGconn *conn, int64_t id, json_t **out, struct cofi_err *e
             break;
         }
     }
+    return rc;
+}
+
+/* Answers an UPDATE ... RETURNING BATCH_COLS: one row gives *out; none gives NOT_FOUND. */
+static int batch_returned(PGresult *r, const char *id_text, json_t **out, struct cofi_err *err)
+{
+    int rc = 0;
+    if (PQntuples(r) == 0) {
+        rc = cofi_err_set(err, COFI_E_NOT_FOUND, "no batch %s", id_text);
+    } else {
+        *out = batch_from_row(r, 0, 0);
+        rc = *out != NULL ? 0 : nomem(err);
+    }
+    PQclear(r);
+    return rc;
+}
+
+int batches_db_update(PGconn *conn, int64_t id, const struct batch_change *ch, json_t **out,
+                      struct cofi_err *err)
+{
+    *out = NULL;
+    char id_text[ID_TEXT_LEN];
+    char prio[16];
+    snprintf(id_text, sizeof id_text, "%" PRId64, id);
+    snprintf(prio, sizeof prio, "%d", ch->priority);
+    const char *params[4] = {id_text, ch->priority > 0 ? prio : NULL, ch->set_name ? "t" : "f",
+                             ch->name};
+    PGresult *r = db_exec(conn,
+                          "UPDATE batches AS b SET priority = coalesce($2::integer, b.priority), "
+                          "name = CASE WHEN $3::boolean THEN $4 ELSE b.name END "
+                          "WHERE b.id = $1::bigint RETURNING " BATCH_COLS,
+                          4, params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    return batch_returned(r, id_text, out, err);
+}
+
+int batches_db_transition(PGconn *conn, int64_t id, const char *from, const char *to, json_t **out,
+                          struct cofi_err *err)
+{
+    *out = NULL;
+    char id_text[ID_TEXT_LEN];
+    snprintf(id_text, sizeof id_text, "%" PRId64, id);
+    const char *params[3] = {id_text, from, to};
+    PGresult *r = db_exec(conn,
+                          "UPDATE batches AS b SET state = $3 "
+                          "WHERE b.id = $1::bigint AND b.state = $2 RETURNING " BATCH_COLS,
+                          3, params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    if (PQntuples(r) == 1) {
+        return batch_returned(r, id_text, out, err);
+    }
+    PQclear(r);
+    json_t *batch;
+    int rc = batch_select(conn, id_text, /* in_tx= */ false, &batch, err);
+    if (rc != 0) {
+        return rc;
+    }
+    cofi_err_set(err, COFI_E_CONFLICT, "batch %s is %s, not %s", id_text,
+                 json_string_value(json_object_get(batch, "state")), from);
+    json_decref(batch);
+    return err->code;
+}
+
+/* Locks batch id_text's row inside the open transaction and copies its state (and whether
+ * finished_at is set) out. Returns 0, COFI_E_NOT_FOUND or a database error. */
+static int lock_batch(PGconn *conn, const char *id_text, char state[32], bool *finished,
+                      struct cofi_err *err)
+{
+    const char *params[1] = {id_text};
+    PGresult *r = db_exec(conn,
+                          "SELECT state, finished_at IS NOT NULL FROM batches "
+                          "WHERE id = $1::bigint FOR UPDATE",
+                          1, params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    int rc = 0;
+    if (PQntuples(r) == 0) {
+        rc = cofi_err_set(err, COFI_E_NOT_FOUND, "no batch %s", id_text);
+    } else {
+        snprintf(state, 32, "%s", PQgetvalue(r, 0, 0));
+        *finished = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    }
+    PQclear(r);
+    return rc;
+}
+
+int batches_db_delete(PGconn *conn, int64_t id, struct cofi_err *err)
+{
+    char id_text[ID_TEXT_LEN];
+    snprintf(id_text, sizeof id_text, "%" PRId64, id);
+    const char *params[1] = {id_text};
+    int rc = db_command(conn, "BEGIN", 0, NULL, err);
+    if (rc != 0) {
+        return rc;
+    }
+    char state[32];
+    bool finished = false;
+    rc = lock_batch(conn, id_text, state, &finished, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    bool final = strcmp(state, "completed") == 0 || strcmp(state, "completed_with_errors") == 0 ||
+                 strcmp(state, "cancelled") == 0;
+    if (!final || !finished) {
+        rc = cofi_err_set(err, COFI_E_CONFLICT,
+                          "batch %s is %s%s: only a batch that has ended can be deleted", id_text,
+                          state, final ? " with work still in flight" : "");
+        goto fail;
+    }
+    static const char *const steps[] = {
+        "DELETE FROM call_stages s USING calls c "
+        "WHERE c.batch_id = $1::bigint AND s.call_id = c.id",
+        "DELETE FROM calls WHERE batch_id = $1::bigint",
+        "DELETE FROM batch_progress WHERE batch_id = $1::bigint",
+        "DELETE FROM batches WHERE id = $1::bigint",
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0] && rc == 0; i++) {
+        rc = db_command(conn, steps[i], 1, params, err);
+    }
+    if (rc == 0) {
+        rc = db_command(conn, "COMMIT", 0, NULL, err);
+    }
+    if (rc == 0) {
+        return 0;
+    }
+
+fail:
+    rollback(conn);
+    return rc;
+}
+
+/* The failed calls of batch id_text chosen by sel go back to pending at the stage they
+ * failed (inside the open transaction). Returns 0 with *n the number of calls, or an error. */
+static int retry_calls(PGconn *conn, const char *id_text, const struct retry_select *sel,
+                       int64_t *n, struct cofi_err *err)
+{
+    const char *params[3] = {id_text, sel->stages, sel->calls};
+    PGresult *r = db_exec(
+        conn,
+        "WITH f AS (SELECT c.id, c.stage FROM calls c WHERE c.batch_id = $1::bigint "
+        "  AND c.status = 'failed' AND ($2::smallint[] IS NULL OR c.stage = ANY($2::smallint[])) "
+        "  AND ($3::bigint[] IS NULL OR c.id = ANY($3::bigint[])) FOR UPDATE), "
+        "d AS (DELETE FROM call_stages s USING f WHERE s.call_id = f.id AND s.stage = f.stage "
+        "  AND s.state = 'failed') "
+        "UPDATE calls c SET status = 'pending', attempts = 0, last_error = NULL, "
+        "  not_before = NULL, lease_owner = NULL, claim_token = NULL, stage_started_at = NULL "
+        "FROM f WHERE c.id = f.id RETURNING c.id",
+        3, params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    *n = PQntuples(r);
+    PQclear(r);
+    return 0;
+}
+
+int batches_db_retry(PGconn *conn, int64_t id, const struct retry_select *sel, json_t **out,
+                     int64_t *retried, struct cofi_err *err)
+{
+    *out = NULL;
+    *retried = 0;
+    char id_text[ID_TEXT_LEN];
+    snprintf(id_text, sizeof id_text, "%" PRId64, id);
+    const char *params[1] = {id_text};
+    int rc = db_command(conn, "BEGIN", 0, NULL, err);
+    if (rc != 0) {
+        return rc;
+    }
+    char state[32];
+    bool finished = false;
+    rc = lock_batch(conn, id_text, state, &finished, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    if (strcmp(state, "running") != 0 && strcmp(state, "completed_with_errors") != 0 &&
+        strcmp(state, "completed") != 0) {
+        rc = cofi_err_set(err, COFI_E_CONFLICT,
+                          "batch %s is %s: only a running or completed batch can be retried",
+                          id_text, state);
+        goto fail;
+    }
+    rc = retry_calls(conn, id_text, sel, retried, err);
+    if (rc == 0 && *retried == 0) {
+        rc = cofi_err_set(err, COFI_E_INVALID, "batch %s has no failed call that matches", id_text);
+    }
+    if (rc == 0) {
+        rc = db_command(conn,
+                        "UPDATE batches SET state = 'running', finished_at = NULL, "
+                        "started_at = coalesce(started_at, now()) WHERE id = $1::bigint",
+                        1, params, err);
+    }
+    if (rc == 0) {
+        rc = batch_select(conn, id_text, /* in_tx= */ true, out, err);
+    }
+    if (rc == 0) {
+        rc = db_command(conn, "COMMIT", 0, NULL, err);
+    }
+    if (rc == 0) {
+        return 0;
+    }
+
+fail:
+    json_decref(*out);
+    *out = NULL;
+    rollback(conn);
     return rc;
 }

@@ -1,4 +1,5 @@
-/* The SQL of the batch resource: create, read, list, run, cancel. */
+/* The SQL of the batch resource: create, read, list, run, cancel, change, pause/resume,
+ * retry, delete. */
 #ifndef COFI_BATCHES_DB_H
 #define COFI_BATCHES_DB_H
 
@@ -21,6 +22,7 @@
 struct batch_new {
     const char *name;            /* NULL for none */
     const char *mode;            /* "pipelined" or "staged" */
+    int priority;                /* >= 1; 0 means the default, 1 */
     const char *metadata;        /* JSON text of an object, or NULL */
     const json_t *files;         /* array of strings (relative paths), at least one */
     const char *idempotency_key; /* NULL for none */
@@ -66,13 +68,54 @@ int batches_db_create(PGconn *conn, const struct batch_new *b, json_t **out, boo
  * error). */
 int batches_db_run(PGconn *conn, int64_t id, const char *mode, json_t **out, struct cofi_err *err);
 
-/* Cancels a created or running batch in one transaction: the batch becomes cancelled, its
+/* Cancels a created, running or paused batch in one transaction: the batch becomes cancelled, its
  * pending calls cancelled, and finished_at is set when none of its calls is running. An
  * already cancelled batch is left as it is; a completed one → COFI_E_CONFLICT; unknown →
  * COFI_E_NOT_FOUND. Retries a few times on deadlock or serialization failure.
  * Returns 0 with *out a new reference to the batch object (*out NULL on error, and then
  * nothing was changed). */
 int batches_db_cancel(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err);
+
+/* What PATCH /batches/{id} changes. */
+struct batch_change {
+    int priority;     /* >= 1, or 0 to leave it */
+    bool set_name;    /* change the name to `name` */
+    const char *name; /* borrowed; NULL clears the name */
+};
+
+/* Applies ch to the batch with one UPDATE. Returns 0 with *out a new reference to the batch
+ * object, COFI_E_NOT_FOUND, or another negative status (*out NULL, nothing changed). */
+int batches_db_update(PGconn *conn, int64_t id, const struct batch_change *ch, json_t **out,
+                      struct cofi_err *err);
+
+/* Moves the batch from state `from` to state `to` with one conditional UPDATE (pause:
+ * running → paused; resume: paused → running). Returns 0 with *out a new reference to the
+ * batch object; COFI_E_CONFLICT when the batch is in another state than `from`;
+ * COFI_E_NOT_FOUND; *out NULL and nothing changed on error. */
+int batches_db_transition(PGconn *conn, int64_t id, const char *from, const char *to, json_t **out,
+                          struct cofi_err *err);
+
+/* Deletes a batch that has ended (completed, completed_with_errors or cancelled, with
+ * finished_at set) with its call_stages, calls and batch_progress rows, in one transaction;
+ * its idempotency key is free again. Returns 0; COFI_E_CONFLICT for a batch that has not
+ * ended; COFI_E_NOT_FOUND; on error nothing is deleted. */
+int batches_db_delete(PGconn *conn, int64_t id, struct cofi_err *err);
+
+/* Which failed calls POST /batches/{id}/retry takes back. Both borrowed; NULL: no filter. */
+struct retry_select {
+    const char *stages; /* PostgreSQL array literal of stage numbers, e.g. "{1,4}" */
+    const char *calls;  /* PostgreSQL array literal of call ids, e.g. "{17,18}" */
+};
+
+/* In one transaction: the batch's failed calls chosen by sel go back to pending at the
+ * stage they failed (attempts 0, last_error, not_before and lease cleared, the failed
+ * call_stages row of that stage removed, earlier stages' results kept) and the batch
+ * becomes running with finished_at NULL. Allowed for a running, completed or
+ * completed_with_errors batch (else COFI_E_CONFLICT); COFI_E_INVALID when no failed call
+ * matches; COFI_E_NOT_FOUND. Returns 0 with *out a new reference to the batch object and
+ * *retried the number of calls; on error *out NULL and nothing changed. */
+int batches_db_retry(PGconn *conn, int64_t id, const struct retry_select *sel, json_t **out,
+                     int64_t *retried, struct cofi_err *err);
 
 /* ---- pure helpers, exposed for tests ---- */
 

@@ -21,18 +21,34 @@
         ") ORDER BY s.stage) "                                                                     \
         "FROM call_stages s WHERE s.call_id = c.id)"
 
+/* What a call that is not final waits for (calls_db_waiting_json reads them after CALL_COLS):
+ * its batch's state, and its retry time when that is still ahead. */
+#define WAIT_COLS                                                                                  \
+    ", (SELECT wb.state FROM batches wb WHERE wb.id = c.batch_id), "                               \
+    "CASE WHEN c.not_before > now() THEN " TS("c.not_before") " END"
+
+/* How many pending calls of running batches are ahead of a pending call (smaller id) for the
+ * same resource: stage 0 (no node yet), the same node at stages 1..4, or the NLP API at 5..6.
+ * Counting stops at 10000, so one call's read stays bounded; GET of one call only. */
+#define AHEAD_COL                                                                                  \
+    ", CASE WHEN c.status = 'pending' THEN (SELECT count(*) FROM (SELECT 1 FROM calls o "          \
+    "JOIN batches ob ON ob.id = o.batch_id WHERE ob.state = 'running' "                            \
+    "AND o.status = 'pending' AND o.id < c.id AND CASE WHEN c.stage >= 5 THEN o.stage >= 5 "       \
+    "WHEN c.stage = 0 OR c.node IS NULL THEN o.stage = 0 "                                         \
+    "ELSE o.stage BETWEEN 1 AND 4 AND o.node = c.node END LIMIT 10000) t) END"
+
 /* One page of a batch's calls, from seq $2 on, through the (batch_id, seq) index. A batch's
  * calls are inserted by one statement in seq order, so seq order is also id order. The batch
  * row makes an unknown batch (no row) differ from an empty page (one row of NULLs), in the
  * same statement. */
 #define SQL_CALL_LIST(FILTER)                                                                      \
-    "SELECT b.id, x.* FROM batches b LEFT JOIN LATERAL (SELECT " CALL_COLS(                        \
-        "") " FROM calls c WHERE c.batch_id = b.id AND c.seq >= $2::bigint " FILTER                \
-            "ORDER BY c.seq LIMIT $3::integer) x ON true WHERE b.id = $1::bigint"
+    "SELECT b.id, x.* FROM batches b LEFT JOIN LATERAL (SELECT " CALL_COLS("") WAIT_COLS           \
+        ", NULL::bigint FROM calls c WHERE c.batch_id = b.id AND c.seq >= $2::bigint " FILTER      \
+        "ORDER BY c.seq LIMIT $3::integer) x ON true WHERE b.id = $1::bigint"
 
 #define SQL_CALL_GET                                                                               \
-    "SELECT " CALL_COLS(                                                                           \
-        ", s.result") " FROM calls c WHERE c.id = $1::bigint AND c.batch_id = $2::bigint"
+    "SELECT " CALL_COLS(", s.result") WAIT_COLS AHEAD_COL                                          \
+        " FROM calls c WHERE c.id = $1::bigint AND c.batch_id = $2::bigint"
 
 #define ID_TEXT_LEN 24
 
@@ -127,6 +143,41 @@ json_t *calls_db_stages_json(int call_stage, int status, int64_t attempts, const
     return arr;
 }
 
+/* Adds "ahead" to a waiting_for object when it is known. */
+static int set_ahead(json_t *o, int64_t ahead)
+{
+    return ahead >= 0 ? json_object_set_new(o, "ahead", json_integer(ahead)) : 0;
+}
+
+json_t *calls_db_waiting_json(const struct call_wait *w)
+{
+    const char *batch = w->batch_state != NULL ? w->batch_state : "";
+    if (w->status == CALL_RUNNING) {
+        return json_pack("{s:s}", "reason", "in_flight");
+    }
+    if (strcmp(batch, "paused") == 0 || strcmp(batch, "created") == 0) {
+        return json_pack("{s:s}", "reason",
+                         strcmp(batch, "paused") == 0 ? "paused" : "not_started");
+    }
+    if (w->retry_at != NULL) {
+        return json_pack("{s:s, s:s, s:s?}", "reason", "retry", "at", w->retry_at, "why",
+                         w->last_error);
+    }
+    json_t *o;
+    if (stage_is_llm(w->stage)) {
+        o = json_pack("{s:s}", "reason", "nlp_limit");
+    } else if (w->stage == STAGE_DISTRIBUTE || w->node == NULL) {
+        o = json_pack("{s:s}", "reason", "queued");
+    } else {
+        o = json_pack("{s:s, s:s}", "reason", "node", "node", w->node);
+    }
+    if (o != NULL && set_ahead(o, w->ahead) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
 /* Builds a call object from the CALL_COLS starting at column col. Returns a new reference,
  * NULL when out of memory. */
 static json_t *call_from_row(const PGresult *r, int row, int col, bool with_result)
@@ -165,6 +216,20 @@ static json_t *call_from_row(const PGresult *r, int row, int col, bool with_resu
     rc |= json_object_set_new(o, "state", json_string(status_text));
     rc |= json_object_set_new(o, "stage", string_or_null(stage_name(stage)));
     rc |= json_object_set_new(o, "stages", stages);
+    if (status == CALL_PENDING || status == CALL_RUNNING) {
+        struct call_wait w = {
+            .status = status,
+            .stage = stage,
+            .node = value_or_null(r, row, col + 4),
+            .last_error = value_or_null(r, row, col + 8),
+            .batch_state = value_or_null(r, row, col + 11),
+            .retry_at = value_or_null(r, row, col + 12),
+            .ahead = PQgetisnull(r, row, col + 13)
+                         ? -1
+                         : strtoll(PQgetvalue(r, row, col + 13), NULL, 10),
+        };
+        rc |= json_object_set_new(o, "waiting_for", calls_db_waiting_json(&w));
+    }
     if (rc != 0) {
         json_decref(o);
         return NULL;

@@ -27,7 +27,25 @@ int calls_db_list(PGconn *conn, int64_t batch_id, int64_t cursor, int limit, con
 int calls_db_get(PGconn *conn, int64_t batch_id, int64_t call_id, json_t **out,
                  struct cofi_err *err);
 
-/* ---- pure helper, exposed for tests ---- */
+/* ---- pure helpers, exposed for tests ---- */
+
+/* What holds a call that is not final; strings borrowed. */
+struct call_wait {
+    int status;              /* CALL_PENDING or CALL_RUNNING */
+    int stage;               /* calls.stage */
+    const char *node;        /* NULL before distribute */
+    const char *last_error;  /* NULL for none */
+    const char *batch_state; /* the batch's state */
+    const char *retry_at;    /* RFC 3339 time of the next attempt while still ahead, or NULL */
+    int64_t ahead;           /* pending calls ahead for the same resource, or -1: not counted */
+};
+
+/* The "waiting_for" object of a call, first match wins: running → {"reason": "in_flight"};
+ * batch paused → "paused", created → "not_started"; a retry ahead → {"reason": "retry",
+ * "at", "why"}; at llm1/llm2 → "nlp_limit"; at distribute (or without a node) → "queued";
+ * else {"reason": "node", "node"}; the last three with "ahead" when w->ahead >= 0.
+ * Returns a new reference, NULL when out of memory. */
+json_t *calls_db_waiting_json(const struct call_wait *w);
 
 /* The 7-element "stages" array of a call object. call_stage and status are calls.stage and
  * calls.status (an enum call_status); attempts, last_error and stage_started_at the call's

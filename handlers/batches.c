@@ -1,4 +1,5 @@
-/* The batch resource: POST/GET /batches, GET /batches/{id}, POST /batches/{id}/run|cancel. */
+/* The batch resource: POST/GET /batches, GET /batches/{id}, POST /batches/{id}/run|cancel
+ * (the other operations on a batch are in handlers/batch_ops.c). */
 /* for O_PATH */
 #define _GNU_SOURCE
 
@@ -22,8 +23,8 @@
 
 #define MAX_FILE_ERRORS 20
 
-static const char *const batch_states[] = {"created", "running", "completed",
-                                           "completed_with_errors", "cancelled"};
+static const char *const batch_states[] = {
+    "created", "running", "paused", "completed", "completed_with_errors", "cancelled"};
 
 /* True when the relative path climbs above its starting directory ("a/../../b"). */
 static bool escapes_lexically(const char *file)
@@ -246,6 +247,7 @@ struct create_body {
     const json_t *files;
     const json_t *metadata; /* an object or NULL */
     const char *mode;
+    int priority;
 };
 
 static int parse_create_body(const json_t *root, struct create_body *b, struct cofi_err *err)
@@ -255,6 +257,7 @@ static int parse_create_body(const json_t *root, struct create_body *b, struct c
     }
     memset(b, 0, sizeof *b);
     b->mode = "pipelined";
+    b->priority = 1;
     const char *key;
     const json_t *v;
     json_object_foreach((json_t *)root, key, v)
@@ -284,6 +287,11 @@ static int parse_create_body(const json_t *root, struct create_body *b, struct c
             }
         } else if (strcmp(key, "mode") == 0) {
             int rc = req_check_mode(v, &b->mode, err);
+            if (rc != 0) {
+                return rc;
+            }
+        } else if (strcmp(key, "priority") == 0) {
+            int rc = req_check_priority(v, &b->priority, err);
             if (rc != 0) {
                 return rc;
             }
@@ -433,6 +441,7 @@ int handle_batches_create(const struct cofi_app *app, const struct http_req *req
     struct batch_new nb = {
         .name = body.name,
         .mode = body.mode,
+        .priority = body.priority,
         .metadata = metadata,
         .files = body.files,
         .idempotency_key = key,
@@ -493,7 +502,7 @@ int handle_batches_list(const struct cofi_app *app, const struct http_req *req,
         }
         if (found == NULL) {
             return cofi_err_set(err, COFI_E_BAD_REQUEST,
-                                "state must be one of created, running, completed, "
+                                "state must be one of created, running, paused, completed, "
                                 "completed_with_errors, cancelled");
         }
         state = found;
@@ -511,20 +520,11 @@ int handle_batches_list(const struct cofi_app *app, const struct http_req *req,
     return rc;
 }
 
-/* Reads the {id} path segment: a path that can't name a batch names an unknown one. */
-static int batch_id_param(const struct http_req *req, int64_t *id, struct cofi_err *err)
-{
-    if (req->param_count < 1 || req_parse_id(req->params[0], id) != 0) {
-        return cofi_err_set(err, COFI_E_NOT_FOUND, "no such batch");
-    }
-    return 0;
-}
-
 int handle_batch_get(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
                      struct cofi_err *err)
 {
     int64_t id;
-    int rc = batch_id_param(req, &id, err);
+    int rc = req_batch_id(req, &id, err);
     if (rc != 0) {
         return rc;
     }
@@ -556,7 +556,7 @@ static int batch_action(const struct cofi_app *app, const struct http_req *req,
                         struct cofi_err *err)
 {
     int64_t id;
-    int rc = batch_id_param(req, &id, err);
+    int rc = req_batch_id(req, &id, err);
     if (rc != 0) {
         return rc;
     }

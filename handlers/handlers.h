@@ -38,7 +38,7 @@ struct http_req {
 
 /* What a successful handler answers. Start from HTTP_REPLY_INIT; free with http_reply_free. */
 struct http_reply {
-    int status;          /* 200, 201 or 202 */
+    int status;          /* 200, 201, 202, or 204 (then the body is empty) */
     json_t *body;        /* owned: the reply holds this reference (NULL with `raw`) */
     const char *raw;     /* static body served as is instead of `body` (never freed) */
     size_t raw_len;      /* length of raw */
@@ -72,6 +72,18 @@ int handle_batch_run(const struct cofi_app *app, const struct http_req *req, str
                      struct cofi_err *err);
 int handle_batch_cancel(const struct cofi_app *app, const struct http_req *req,
                         struct http_reply *rep, struct cofi_err *err);
+
+/* handlers/batch_ops.c: PATCH and DELETE /batches/{id}, POST /batches/{id}/pause|resume|retry */
+int handle_batch_patch(const struct cofi_app *app, const struct http_req *req,
+                       struct http_reply *rep, struct cofi_err *err);
+int handle_batch_delete(const struct cofi_app *app, const struct http_req *req,
+                        struct http_reply *rep, struct cofi_err *err);
+int handle_batch_pause(const struct cofi_app *app, const struct http_req *req,
+                       struct http_reply *rep, struct cofi_err *err);
+int handle_batch_resume(const struct cofi_app *app, const struct http_req *req,
+                        struct http_reply *rep, struct cofi_err *err);
+int handle_batch_retry(const struct cofi_app *app, const struct http_req *req,
+                       struct http_reply *rep, struct cofi_err *err);
 
 /* handlers/calls.c */
 int handle_calls_list(const struct cofi_app *app, const struct http_req *req,
@@ -139,6 +151,14 @@ int req_json_body(const struct http_req *req, bool required, json_t **out, struc
 /* Checks a "mode" value: not a string → COFI_E_BAD_REQUEST; a string other than
  * "pipelined"/"staged" → COFI_E_INVALID. Returns 0 with *mode the static name. */
 int req_check_mode(const json_t *v, const char **mode, struct cofi_err *err);
+
+/* Checks a "priority" value: not an integer → COFI_E_BAD_REQUEST; outside 1..INT32_MAX →
+ * COFI_E_INVALID. Returns 0 with *priority set (unchanged on error). */
+int req_check_priority(const json_t *v, int *priority, struct cofi_err *err);
+
+/* Reads the {id} path segment of a batch route: a segment that can't name a batch names an
+ * unknown one (COFI_E_NOT_FOUND). Returns 0 with *id set. */
+int req_batch_id(const struct http_req *req, int64_t *id, struct cofi_err *err);
 
 /* The optional body of POST /batches/{id}/run and /cancel: empty, or a JSON object whose
  * only allowed key is "mode" (see req_check_mode). Returns 0 with *mode the static mode name

@@ -284,3 +284,24 @@ void req_page_cap_bytes(json_t *page, const char *key, const char *cursor_field,
     }
     json_object_set_new(page, "next_cursor", next);
 }
+
+int req_check_priority(const json_t *v, int *priority, struct cofi_err *err)
+{
+    if (!json_is_integer(v)) {
+        return cofi_err_set(err, COFI_E_BAD_REQUEST, "priority must be an integer");
+    }
+    json_int_t p = json_integer_value(v);
+    if (p < 1 || p > INT32_MAX) {
+        return cofi_err_set(err, COFI_E_INVALID, "priority must be between 1 and %d", INT32_MAX);
+    }
+    *priority = (int)p;
+    return 0;
+}
+
+int req_batch_id(const struct http_req *req, int64_t *id, struct cofi_err *err)
+{
+    if (req->param_count < 1 || req_parse_id(req->params[0], id) != 0) {
+        return cofi_err_set(err, COFI_E_NOT_FOUND, "no such batch");
+    }
+    return 0;
+}

@@ -214,6 +214,15 @@ static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
         http__final_headers(resp);
         return queue(rq, status, resp);
     }
+    if (status == 204) {
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        if (resp == NULL) {
+            return MHD_NO;
+        }
+        http__final_headers(resp);
+        return queue(rq, status, resp);
+    }
     char *text = http__reply_text(rep);
     if (text == NULL) {
         return answer_out_of_memory(rq);
@@ -361,7 +370,7 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
     }
     rq->result = router_match(method, url, &rq->match);
     bool public_route = rq->result != ROUTE_NOT_FOUND && rq->match.public_path;
-    bool needs_write = rq->result == ROUTE_FOUND && strcmp(rq->match.route->method, "POST") == 0;
+    bool needs_write = rq->result == ROUTE_FOUND && strcmp(rq->match.route->method, "GET") != 0;
     int rc = auth_keys_check(srv->keys, header(conn, MHD_HTTP_HEADER_AUTHORIZATION), public_route,
                              needs_write, rq->who, sizeof rq->who, err);
     if (rc == 0 && rq->result == ROUTE_FOUND && atomic_load(&srv->draining) &&

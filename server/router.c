@@ -15,6 +15,11 @@ static const struct route routes[] = {
     {"GET", "/batches/{}", handle_batch_get, false, true, NULL},
     {"POST", "/batches/{}/run", handle_batch_run, false, false, NULL},
     {"POST", "/batches/{}/cancel", handle_batch_cancel, false, false, NULL},
+    {"PATCH", "/batches/{}", handle_batch_patch, false, false, NULL},
+    {"DELETE", "/batches/{}", handle_batch_delete, false, false, NULL},
+    {"POST", "/batches/{}/pause", handle_batch_pause, false, false, NULL},
+    {"POST", "/batches/{}/resume", handle_batch_resume, false, false, NULL},
+    {"POST", "/batches/{}/retry", handle_batch_retry, false, false, NULL},
     {"GET", "/batches/{}/calls", handle_calls_list, false, false, page_query},
     {"GET", "/batches/{}/calls/{}", handle_call_get, false, false, NULL},
     {"GET", "/stages/{}/status", handle_stage_status, false, true, stage_query},
@@ -101,9 +106,10 @@ enum route_result router_match(const char *method, const char *path, struct rout
     if (nseg < 0) {
         return ROUTE_NOT_FOUND;
     }
+    /* The methods of the path, for Allow, in this order. */
+    static const char *const methods[] = {"GET", "POST", "PATCH", "DELETE"};
+    bool has[sizeof methods / sizeof methods[0]] = {false};
     bool path_known = false;
-    bool has_get = false;
-    bool has_post = false;
     for (size_t i = 0; i < ROUTE_COUNT; i++) {
         if (!matches(routes[i].pattern, seg, nseg, m)) {
             continue;
@@ -114,22 +120,21 @@ enum route_result router_match(const char *method, const char *path, struct rout
             m->route = &routes[i];
             return ROUTE_FOUND;
         }
-        if (strcmp(routes[i].method, "GET") == 0) {
-            has_get = true;
-        } else {
-            has_post = true;
+        for (size_t k = 0; k < sizeof methods / sizeof methods[0]; k++) {
+            has[k] = has[k] || strcmp(routes[i].method, methods[k]) == 0;
         }
     }
     if (!path_known) {
         m->param_count = 0;
         return ROUTE_NOT_FOUND;
     }
-    if (has_get) {
-        add_allow(m, "GET");
-        add_allow(m, "HEAD");
-    }
-    if (has_post) {
-        add_allow(m, "POST");
+    for (size_t k = 0; k < sizeof methods / sizeof methods[0]; k++) {
+        if (has[k]) {
+            add_allow(m, methods[k]);
+        }
+        if (has[k] && k == 0) {
+            add_allow(m, "HEAD");
+        }
     }
     m->param_count = 0;
     return ROUTE_NO_METHOD;

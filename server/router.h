@@ -8,7 +8,7 @@
 #include "handlers/handlers.h"
 
 struct route {
-    const char *method;  /* "GET" or "POST" */
+    const char *method;  /* "GET", "POST", "PATCH" or "DELETE" */
     const char *pattern; /* "/batches/{}/calls/{}": "{}" matches one non-empty segment */
     handler_fn handler;
     bool public_route;        /* served without a token when auth is on */
@@ -33,7 +33,7 @@ struct route_match {
     const char *params[HTTP_MAX_PARAMS]; /* the "{}" segments, in order */
     size_t param_count;
     bool public_path; /* a route of this path is public (no token needed) */
-    char allow[64];   /* with ROUTE_NO_METHOD: "GET, HEAD" or "POST" */
+    char allow[64];   /* with ROUTE_NO_METHOD: e.g. "GET, HEAD, PATCH, DELETE" */
     char scratch[ROUTE_PATH_MAX];
 };
 

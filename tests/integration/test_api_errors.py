@@ -173,7 +173,8 @@ class ApiErrorsTest(CofiCase):
                                       ("PUT", "/batches/%d/run" % b["id"], {"POST"}),
                                       ("GET", "/batches/%d/run" % b["id"], {"POST"}),
                                       ("GET", "/batches/%d/cancel" % b["id"], {"POST"}),
-                                      ("PATCH", "/batches/%d" % b["id"], {"GET"}),
+                                      ("PUT", "/batches/%d" % b["id"], {"GET", "PATCH", "DELETE"}),
+                                      ("GET", "/batches/%d/retry" % b["id"], {"POST"}),
                                       ("DELETE", "/batches/%d/calls" % b["id"], {"GET"}),
                                       ("POST", "/stages/ivr/status", {"GET"}),
                                       ("POST", "/healthz", {"GET"}),
@@ -353,6 +354,14 @@ class ApiErrorsTest(CofiCase):
         self.rejected("POST", "/batches/%d/run" % bid, 403, headers=read, cofid=auth)
         self.rejected("POST", "/batches/%d/cancel" % bid, 403, headers=read, cofid=auth)
         self.rejected("POST", "/batches/%d/cancel" % bid, 401, cofid=auth)
+        for method, path, body in (("PATCH", "/batches/%d" % bid, {"priority": 2}),
+                                   ("DELETE", "/batches/%d" % bid, None),
+                                   ("POST", "/batches/%d/pause" % bid, None),
+                                   ("POST", "/batches/%d/resume" % bid, None),
+                                   ("POST", "/batches/%d/retry" % bid, None)):
+            self.rejected(method, path, 403, body=body, headers=read, cofid=auth)
+        r = self.http("PATCH", "/batches/%d" % bid, body={"priority": 2}, headers=write, cofid=auth)
+        self.assertStatus(r, 200)
         for path in ("/batches/%d" % bid, "/batches/%d/calls" % bid, "/stages/stt/status"):
             self.assertStatus(self.http("GET", path, headers=read, cofid=auth), 200, path)
             self.assertStatus(self.http("GET", path, headers=write, cofid=auth), 200, path)

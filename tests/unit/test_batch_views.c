@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -184,6 +185,43 @@ static void test_call_view_failed_and_cancelled(void **state)
     json_decref(recs);
 }
 
+/* Checks that waiting_for of w dumps (compact, sorted keys) as expected. */
+static void assert_waiting(const struct call_wait *w, const char *expected)
+{
+    json_t *o = calls_db_waiting_json(w);
+    assert_non_null(o);
+    char *text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(text, expected);
+    free(text);
+    json_decref(o);
+}
+
+static void test_waiting_for_first_match_wins(void **state)
+{
+    (void)state;
+    struct call_wait w = {CALL_RUNNING, 2, "gpu-1", NULL, "paused", NULL, 5};
+    assert_waiting(&w, "{\"reason\":\"in_flight\"}");
+    w.status = CALL_PENDING;
+    assert_waiting(&w, "{\"reason\":\"paused\"}");
+    w.batch_state = "created";
+    assert_waiting(&w, "{\"reason\":\"not_started\"}");
+    w.batch_state = "running";
+    w.retry_at = "2026-12-02T20:00:00.000Z";
+    w.last_error = "HTTP 503";
+    assert_waiting(&w, "{\"at\":\"2026-12-02T20:00:00.000Z\",\"reason\":\"retry\","
+                       "\"why\":\"HTTP 503\"}");
+    w.retry_at = NULL;
+    assert_waiting(&w, "{\"ahead\":5,\"node\":\"gpu-1\",\"reason\":\"node\"}");
+    w.ahead = -1;
+    assert_waiting(&w, "{\"node\":\"gpu-1\",\"reason\":\"node\"}");
+    w.stage = STAGE_LLM1;
+    w.ahead = 0;
+    assert_waiting(&w, "{\"ahead\":0,\"reason\":\"nlp_limit\"}");
+    w.stage = STAGE_DISTRIBUTE;
+    w.node = NULL;
+    assert_waiting(&w, "{\"ahead\":0,\"reason\":\"queued\"}");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +232,7 @@ int main(void)
         cmocka_unit_test(test_stage_status_splits_claimed_calls),
         cmocka_unit_test(test_call_view_running),
         cmocka_unit_test(test_call_view_failed_and_cancelled),
+        cmocka_unit_test(test_waiting_for_first_match_wins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,6 +25,16 @@ static void test_every_route_is_found(void **state)
     assert_ptr_equal(m.route->handler, handle_batch_run);
     assert_int_equal(router_match("POST", "/batches/12/cancel", &m), ROUTE_FOUND);
     assert_ptr_equal(m.route->handler, handle_batch_cancel);
+    assert_int_equal(router_match("PATCH", "/batches/12", &m), ROUTE_FOUND);
+    assert_ptr_equal(m.route->handler, handle_batch_patch);
+    assert_int_equal(router_match("DELETE", "/batches/12", &m), ROUTE_FOUND);
+    assert_ptr_equal(m.route->handler, handle_batch_delete);
+    assert_int_equal(router_match("POST", "/batches/12/pause", &m), ROUTE_FOUND);
+    assert_ptr_equal(m.route->handler, handle_batch_pause);
+    assert_int_equal(router_match("POST", "/batches/12/resume", &m), ROUTE_FOUND);
+    assert_ptr_equal(m.route->handler, handle_batch_resume);
+    assert_int_equal(router_match("POST", "/batches/12/retry", &m), ROUTE_FOUND);
+    assert_ptr_equal(m.route->handler, handle_batch_retry);
     assert_int_equal(router_match("GET", "/batches/12/calls", &m), ROUTE_FOUND);
     assert_ptr_equal(m.route->handler, handle_calls_list);
     assert_int_equal(router_match("GET", "/batches/12/calls/345", &m), ROUTE_FOUND);
@@ -74,6 +84,9 @@ static void test_wrong_method_lists_allowed_ones(void **state)
     assert_true(m.public_path);
     assert_int_equal(router_match("PUT", "/batches/1", &m), ROUTE_NO_METHOD);
     assert_false(m.public_path);
+    assert_string_equal(m.allow, "GET, HEAD, PATCH, DELETE");
+    assert_int_equal(router_match("GET", "/batches/1/retry", &m), ROUTE_NO_METHOD);
+    assert_string_equal(m.allow, "POST");
 }
 
 int main(void)
