@@ -32,7 +32,9 @@ class OversizedReplyTest(CofiCase):
         cls.start_sim(nodes=NODES, node_capacity=CAPACITY, nlp_capacity=100, latency=LATENCY,
                       seed=4)
         cls.start_cofid(sim=cls.sim, llm_concurrency=20,
-                        mediator={"health_interval_ms": 200, "timeout_ms": 30000})
+                        mediator={"health_interval_ms": 1000, "timeout_ms": 30000})
+        # (Health checks wait up to one interval: 200 ms was too short on a loaded machine
+        # while a node streams 17 MiB, and a check that times out is a health failure.)
 
     def nodes_health(self):
         r = self.http("GET", "/stages/stt/status")

@@ -94,14 +94,21 @@ class PostgresRestartTest(CofiCase):
         self.assertEqual(self.database.count(
             "SELECT count(*) FROM calls WHERE batch_id = %d AND lease_owner IS NOT NULL" % bid), 0)
 
-        # cofid kept every answer in memory until it could write it: nothing was asked twice.
+        # cofid kept every answer in memory until it could write it: nothing was asked twice,
+        # unless the outage outlasted the lease (on a loaded machine): then the lanes cut their
+        # requests short (no instance may work on without a lease, docs/ARCHITECTURE.md) and
+        # those were asked again, at least once towards the workers.
+        with open(cofid.log_path, errors="replace") as f:
+            fenced = "lease was not renewed in time" in f.read()
         nodes, nlp = self.sim.node_stats(), self.sim.nlp_stats()
+        check = self.assertGreaterEqual if fenced else self.assertEqual
         for ep in NODE_ENDPOINTS:
-            self.assertEqual(sum_stat(nodes, "ok", ep), N, ep)
+            check(sum_stat(nodes, "ok", ep), N, ep)
         for ep in LLM_ENDPOINTS:
-            self.assertEqual(sum_stat([nlp], "ok", ep), N, ep)
-        for s in nodes + [nlp]:
-            self.assertEqual(s["repeated_keys"], 0, "port %s" % s["port"])
+            check(sum_stat([nlp], "ok", ep), N, ep)
+        if not fenced:
+            for s in nodes + [nlp]:
+                self.assertEqual(s["repeated_keys"], 0, "port %s" % s["port"])
         self.assertEqual([s["name"] for s in final["stages"]], STAGES)
 
 
