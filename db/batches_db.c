@@ -695,8 +695,8 @@ int batches_db_delete(PGconn *conn, int64_t id, struct cofi_err *err)
         goto fail;
     }
     static const char *const steps[] = {
-        "DELETE FROM call_stages s USING calls c "
-        "WHERE c.batch_id = $1::bigint AND s.call_id = c.id",
+        ("DELETE FROM call_stages s USING calls c "
+         "WHERE c.batch_id = $1::bigint AND s.call_id = c.id"),
         "DELETE FROM calls WHERE batch_id = $1::bigint",
         "DELETE FROM batch_progress WHERE batch_id = $1::bigint",
         "DELETE FROM batches WHERE id = $1::bigint",
