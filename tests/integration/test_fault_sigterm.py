@@ -165,7 +165,11 @@ class SigtermTest(CofiCase):
         first.stop()
         during = [a for a in answers if a[0] > t0]
         cofitest.log("%d status answers, %d of them after SIGTERM" % (len(answers), len(during)))
-        self.assertEqual([a for a in answers if a[2] != 200], [], "non-200 status answers")
+        # 503 is the bounded handler queue saying "busy, retry" (a loaded or sanitized run):
+        # an answer, not a failure; anything else is.
+        self.assertEqual([a for a in answers if a[2] not in (200, 503)], [],
+                         "status answers other than 200 or 503")
+        self.assertGreater(sum(1 for a in answers if a[2] == 200), len(answers) // 2)
         self.assertTrue(during, "no status answer while the engine drained")
 
 
