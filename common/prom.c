@@ -147,7 +147,9 @@ void prom_histogram(struct prom *p, const char *name, const struct prom_label *l
     if (nlabels >= PROM_HISTO_LABELS) {
         nlabels = PROM_HISTO_LABELS - 1;
     }
-    memcpy(with_le, labels, nlabels * sizeof *labels);
+    if (nlabels > 0) {
+        memcpy(with_le, labels, nlabels * sizeof *labels);
+    }
     uint64_t cumulative = 0;
     char le[40];
     char text[24];

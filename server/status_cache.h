@@ -50,6 +50,9 @@ struct status_cache_answer *status_cache_answer_new(void *value, size_t size,
 /* The value of answer: borrowed, valid while the caller holds its reference. */
 void *status_cache_answer_value(const struct status_cache_answer *answer);
 
+/* The size of answer's value given to status_cache_answer_new. */
+size_t status_cache_answer_size(const struct status_cache_answer *answer);
+
 /* Lets go of one reference to answer; the last one frees its value and the answer. Accepts
  * NULL; can't fail. */
 void status_cache_answer_release(struct status_cache_answer *answer);
