@@ -709,7 +709,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (rq->started) {
         bool completed = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
         bool unauthenticated = rq->refusal.code == COFI_E_UNAUTHORIZED;
-        http_metrics_count(srv->metrics, rq->match.route, rq->status);
+        if (rq->status != 0) {
+            http_metrics_count(srv->metrics, rq->match.route, rq->status);
+        }
         struct http_access a = {
             .method = rq->method,
             .route = rq->match.route != NULL ? rq->match.route->pattern : NULL,
