@@ -20,6 +20,11 @@ void log_set_level(enum log_level level)
     atomic_store(&min_level, (int)level);
 }
 
+bool log_enabled(enum log_level level)
+{
+    return (int)level >= atomic_load(&min_level);
+}
+
 int log_parse_level(const char *s, enum log_level *out)
 {
     static const char *names[] = {"debug", "info", "warn", "error"};

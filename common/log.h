@@ -34,6 +34,10 @@ void log_set_level(enum log_level level);
 /* Parses "debug", "info", "warn" or "error". Returns 0, or -1 and leaves *out unchanged. */
 int log_parse_level(const char *s, enum log_level *out);
 
+/* True when a line of level would be printed (for callers that prepare fields first).
+ * Thread-safe; can't fail. */
+bool log_enabled(enum log_level level);
+
 /* Sets the program name shown on every line (a static string; default "cofi"). */
 void log_set_ident(const char *ident);
 

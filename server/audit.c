@@ -50,6 +50,9 @@ void http__audit(struct MHD_Connection *conn, const char *line, const char *who,
  * request_id. */
 void http__access_log(struct MHD_Connection *conn, const struct http_access *a)
 {
+    if (!log_enabled(LOG_INFO)) {
+        return;
+    }
     char from[INET6_ADDRSTRLEN + 1];
     client_address(conn, from, sizeof from);
     char status[16];
