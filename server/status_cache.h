@@ -11,7 +11,7 @@
  * caller gets the previous answer too, and re-renders in the background.
  *
  * The cache knows nothing of HTTP: keys are bytes, and what it stores is an answer, an
- * immutable value of the caller's (cofid stores a finished MHD response) with a count of
+ * immutable value of the caller's (cofid stores the JSON text of a body) with a count of
  * references: a hit takes a reference instead of a copy, and an answer lives until its last
  * holder (the cache, a caller serving it) lets it go, so an entry replaced or evicted in
  * one thread never frees an answer another thread is still serving. Every function is
