@@ -204,13 +204,22 @@ static enum MHD_Result answer_out_of_memory(struct request *rq)
 static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
 {
     int status = rep->status != 0 ? rep->status : 200;
+    if (rep->stream.next != NULL) {
+        struct MHD_Response *resp =
+            http__stream_response(rq->conn, rq->srv->handlers, &rep->stream, rep->content_type);
+        return resp != NULL ? queue(rq, status, resp) : answer_out_of_memory(rq);
+    }
     if (rep->raw != NULL) {
         struct MHD_Response *resp =
             MHD_create_response_from_buffer(rep->raw_len, (void *)rep->raw, MHD_RESPMEM_PERSISTENT);
         if (resp == NULL) {
             return MHD_NO;
         }
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
+        const char *type = rep->content_type != NULL ? rep->content_type : HTTP_JSON_TYPE;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+        if (strcmp(type, HTTP_HTML_TYPE) == 0) {
+            http__page_headers(resp);
+        }
         http__final_headers(resp);
         return queue(rq, status, resp);
     }
@@ -427,6 +436,7 @@ static enum MHD_Result render(struct request *rq)
         .body_len = rq->body.len,
         .content_type = header(conn, MHD_HTTP_HEADER_CONTENT_TYPE),
         .idempotency_key = header(conn, "Idempotency-Key"),
+        .accept = header(conn, MHD_HTTP_HEADER_ACCEPT),
         .caller = strcmp(rq->who, "anonymous") != 0 ? rq->who : NULL,
         .query = query_value,
         .query_ctx = conn,
@@ -495,7 +505,8 @@ static void render_deferred(void *arg)
 /* True for the routes answered on the I/O thread: they neither read the database nor wait. */
 static bool runs_inline(const struct route *route)
 {
-    return route->handler == handle_healthz || route->handler == handle_openapi;
+    return route->handler == handle_healthz || route->handler == handle_openapi ||
+           route->handler == handle_dashboard;
 }
 
 /* Queues the answer a handler thread made (on_request, after MHD_resume_connection). */
