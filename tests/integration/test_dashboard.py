@@ -9,6 +9,7 @@ DevTools protocol (tests/integration/cdp.py).
 With COFI_DASHBOARD_SCREENSHOT=path the test also saves a screenshot of the page there (how
 docs/dashboard.png was made)."""
 
+import base64
 import html.parser
 import json
 import os
@@ -17,6 +18,7 @@ import subprocess
 import tempfile
 import unittest
 
+import cdp
 import cofitest
 from cofitest import CofiCase, scaled
 
@@ -37,13 +39,12 @@ def chromium_binary():
     raise AssertionError("chromium is not installed (scripts/deps.sh installs it)")
 
 
-def chromium_argv(profile):
+def chromium_argv():
     """The flags of every headless Chromium these tests start: no sandbox (root in CI), no GPU,
-    a throw-away profile, nothing fetched from the network but the page."""
+    nothing fetched from the network but the page (each also gets a throw-away profile)."""
     return [chromium_binary(), "--headless=new", "--no-sandbox", "--disable-gpu",
             "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
-            "--disable-extensions", "--disable-background-networking", "--disable-sync",
-            "--user-data-dir=" + profile]
+            "--disable-extensions", "--disable-background-networking", "--disable-sync"]
 
 
 def chromium(url, budget_ms=4000, screenshot=None):
@@ -51,7 +52,8 @@ def chromium(url, budget_ms=4000, screenshot=None):
     (or saves a screenshot)."""
     profile = tempfile.mkdtemp(prefix="cofi-chromium-")
     try:
-        argv = chromium_argv(profile) + ["--virtual-time-budget=%d" % budget_ms]
+        argv = chromium_argv() + ["--user-data-dir=" + profile,
+                                  "--virtual-time-budget=%d" % budget_ms]
         if screenshot:
             argv += ["--hide-scrollbars", "--window-size=1400,1050",
                      "--screenshot=" + screenshot]
@@ -269,13 +271,71 @@ class DashboardTest(CofiCase):
         self.assertEqual(json.loads(stt.one("pre").text()), call["stages"][4]["result"])
         self.assertIn(call["stages"][4]["result"]["transcript"], stt.text())
 
+    def test_buttons_run_pause_resume_cancel_and_show_a_refusal(self):
+        """Clicks the buttons of a new batch in a real page (over the DevTools protocol) and
+        sees each take effect in the API; a refused action shows the problem's detail."""
+        files = cofitest.make_files(self.input_root, 30, prefix="click", subdir="click")
+        r = self.http("POST", "/batches", body={"files": files, "name": "clicked"},
+                      headers=self.auth(self.write_token))
+        self.assertStatus(r, 201)
+        bid = r.json["id"]
+        row = 'document.querySelector(\'tr[data-batch="%d"]\')' % bid
+
+        def button(page, action):
+            js = ("(() => { const r = %s; const b = r && r.querySelector("
+                  "'button[data-action=\"%s\"]'); return b !== null && !b.disabled; })()"
+                  % (row, action))
+            cofitest.poll(lambda: page.evaluate(js) or None, scaled(30), interval=0.1,
+                          what="an enabled %s button for batch %d" % (action, bid))
+            page.evaluate("%s.querySelector('button[data-action=\"%s\"]').click()"
+                          % (row, action))
+
+        def state_is(state):
+            cofitest.poll(lambda: self.http("GET", "/batches/%d" % bid, headers=self.auth(
+                self.read_token)).json["state"] == state or None, scaled(30), interval=0.1,
+                what="batch %d to be %s" % (bid, state))
+
+        with cdp.Browser(chromium_argv(), self.url("token=" + self.write_token),
+                         timeout=scaled(60)) as page:
+            for action, state in (("run", "running"), ("pause", "paused"),
+                                  ("resume", "running"), ("cancel", "cancelled")):
+                button(page, action)
+                state_is(state)
+            # What a button does on a refusal: the problem's detail is shown to the user.
+            page.evaluate("act(%d, 'pause')" % bid)
+            text = page.evaluate("document.getElementById('error').hidden ? '' : "
+                                 "document.getElementById('error').textContent")
+            self.assertIn("409", text)
+            self.assertIn("cancelled", text)
+
     @unittest.skipUnless(os.environ.get("COFI_DASHBOARD_SCREENSHOT"), "no screenshot asked for")
     def test_screenshot(self):
+        """Saves a screenshot of the page with a running batch open, once its charts hold twenty
+        polls and a third of the batch is done (COFI_DASHBOARD_SCREENSHOT=path; how
+        docs/dashboard.png was made)."""
         path = os.environ["COFI_DASHBOARD_SCREENSHOT"]
-        chromium(self.url("token=%s&batch=%d" % (self.read_token, self.batch_id)),
-                 budget_ms=8000, screenshot=path)
+        files = cofitest.make_files(self.input_root, 120, prefix="support", subdir="shot")
+        w = self.auth(self.write_token)
+        r = self.http("POST", "/batches", body={"files": files, "name": "support calls, 3 Dec"},
+                      headers=w)
+        self.assertStatus(r, 201)
+        bid = r.json["id"]
+        self.assertStatus(self.http("POST", "/batches/%d/run" % bid, headers=w), 202)
+        self.assertStatus(self.http("PATCH", "/batches/%d" % self.batch_id,
+                                    body={"name": "billing calls, 2 Dec"}, headers=w), 200)
+        url = self.url("token=%s&batch=%d" % (self.read_token, bid))
+        with cdp.Browser(chromium_argv() + ["--hide-scrollbars", "--window-size=1400,1150"], url,
+                         timeout=scaled(60)) as page:
+            cofitest.poll(lambda: page.evaluate("typeof view === 'object' && "
+                                                "view.history.length >= 20") or None,
+                          scaled(60), interval=0.5, what="twenty polls of the page")
+            cofitest.poll(lambda: self.http("GET", "/batches/%d" % bid, headers=w).json[
+                "stages"][6]["done"] >= 40 or None, scaled(120), interval=0.5,
+                what="40 calls of batch %d to be done" % bid)
+            shot = page.call("Page.captureScreenshot", {"format": "png"})
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
         self.assertGreater(os.path.getsize(path), 10000)
-
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
