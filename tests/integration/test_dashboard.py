@@ -204,6 +204,7 @@ class DashboardTest(CofiCase):
                         "the page to ask for a token")
         self.assertIsNone(self.batch_row(dom))
         self.assertIn("hidden", dom.one(id="batch-detail").attrs)
+        self.assertEqual(dom.one(id="scope").text(), "no token")
 
     def test_read_token_shows_the_batch_nodes_and_nlp_limit(self):
         before = self.batch()
