@@ -17,6 +17,7 @@ from cofitest import CofiCase, STAGES, scaled
 
 LATENCY = {"upload": 2, "denoise": 2, "ivr": 2, "lid": 2, "stt": 2, "llm1": 2, "llm2": 2}
 N = 420
+BIG_CALLS, BIG_BYTES = 2000, 40000
 # A sanitizer build of cofid holds freed memory back (ASan's quarantine), so its RSS grows anyway.
 SANITIZED = any(b in os.environ.get("COFID", "") for b in ("build-asan", "build-tsan"))
 
@@ -54,6 +55,29 @@ class ResultsTest(CofiCase):
             b = cls.cofid.http("GET", "/batches/%d" % cls.batch_id, headers=w).json
             return b if b["finished_at"] is not None else None
         cls.final = cofitest.poll(ended, scaled(120), interval=0.2, what="the batch to end")
+
+    big_batch_id = None
+
+    def big_batch(self):
+        """A batch of BIG_CALLS calls whose results weigh about 80 MB, written straight into
+        the database (every call done, a BIG_BYTES transcript each); made once."""
+        cls = type(self)
+        if cls.big_batch_id is not None:
+            return cls.big_batch_id
+        files = cofitest.make_files(self.input_root, BIG_CALLS, prefix="big", subdir="big")
+        w = {"Authorization": "Bearer " + self.write_token}
+        r = self.http("POST", "/batches", body={"files": files, "name": "big"}, headers=w)
+        self.assertStatus(r, 201)
+        bid = r.json["id"]
+        self.db("UPDATE calls SET stage = 7, status = 'done', node = 'gpu-0' "
+                "WHERE batch_id = %d" % bid)
+        self.db("INSERT INTO call_stages (call_id, stage, state, attempts, finished_at, result) "
+                "SELECT c.id, s, 'done', 1, now(), CASE WHEN s = 4 THEN jsonb_build_object("
+                "'transcript', repeat(md5(c.id::text), %d)) ELSE '{}'::jsonb END "
+                "FROM calls c, generate_series(0, 6) s WHERE c.batch_id = %d"
+                % (BIG_BYTES // 32, bid))
+        cls.big_batch_id = bid
+        return bid
 
     def read_headers(self, accept=None):
         h = {"Authorization": "Bearer " + self.read_token}
@@ -182,19 +206,8 @@ class ResultsTest(CofiCase):
         """A batch whose results weigh about 80 MB (written straight into the database: the
         calls done, a 40 kB transcript each) is streamed while cofid's resident set is
         sampled: it grows by far less than the answer."""
-        n, size = 2000, 40000
-        files = cofitest.make_files(self.input_root, n, prefix="big", subdir="big")
-        w = {"Authorization": "Bearer " + self.write_token}
-        r = self.http("POST", "/batches", body={"files": files, "name": "big"}, headers=w)
-        self.assertStatus(r, 201)
-        bid = r.json["id"]
-        self.db("UPDATE calls SET stage = 7, status = 'done', node = 'gpu-0' "
-                "WHERE batch_id = %d" % bid)
-        self.db("INSERT INTO call_stages (call_id, stage, state, attempts, finished_at, result) "
-                "SELECT c.id, s, 'done', 1, now(), CASE WHEN s = 4 THEN jsonb_build_object("
-                "'transcript', repeat(md5(c.id::text), %d)) ELSE '{}'::jsonb END "
-                "FROM calls c, generate_series(0, 6) s WHERE c.batch_id = %d"
-                % (size // 32, bid))
+        n, size = BIG_CALLS, BIG_BYTES
+        bid = self.big_batch()
         pid = self.cofid.pid
         before = rss_kib(pid)
         peak = [before]
@@ -231,6 +244,43 @@ class ResultsTest(CofiCase):
         if SANITIZED:
             self.skipTest("AddressSanitizer keeps freed memory in quarantine: RSS says nothing")
         self.assertLess(grew_mb, total / 1e6 / 3, "cofid's memory followed the answer's size")
+
+    def test_sigterm_while_streaming_ends_cleanly(self):
+        """cofid stops (exit 0) while a client reads the big batch's results slowly: the
+        stream's pieces are made on handler threads that stop, then on the I/O thread, until
+        the connection is closed."""
+        bid = self.big_batch()
+        other = self.start_cofid(sim=self.sim, owner=self, primary=False,
+                                 extra={"shutdown_grace_ms": 1500},
+                                 auth_tokens={"COFI_TOKEN_DASH": (self.read_token, "read")})
+        conn = http.client.HTTPConnection("127.0.0.1", other.port, timeout=60)
+        conn.request("GET", "/batches/%d/results" % bid, headers=self.read_headers())
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        got = [len(resp.read(1 << 16))]
+        ended = threading.Event()
+
+        def slow_reader():
+            try:
+                while not ended.is_set():
+                    chunk = resp.read(1 << 14)
+                    if not chunk:
+                        break
+                    got[0] += len(chunk)
+                    time.sleep(0.005)
+            except (OSError, http.client.HTTPException):
+                pass  # the connection closed under the reader: what a stop may do
+        t = threading.Thread(target=slow_reader)
+        t.start()
+        try:
+            cofitest.poll(lambda: got[0] > (1 << 20) or None, scaled(30), interval=0.05,
+                          what="the first MiB of the stream")
+            other.stop(timeout=scaled(30))  # asserts exit status 0
+        finally:
+            ended.set()
+            t.join(timeout=scaled(30))
+            conn.close()
+        self.assertLess(got[0], BIG_CALLS * BIG_BYTES, "the stream was not cut by the stop")
 
 
 if __name__ == "__main__":
