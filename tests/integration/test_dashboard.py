@@ -146,6 +146,11 @@ class DashboardTest(CofiCase):
         r = cls.cofid.http("POST", "/batches", body={"files": files, "name": cls.name}, headers=w)
         assert r.status == 201, r
         cls.batch_id = r.json["id"]
+        # The batch's first call fails at llm1 (a permanent 400 from the NLP API).
+        r = cls.cofid.http("GET", "/batches/%d/calls?limit=1" % cls.batch_id, headers=w)
+        cls.failing_call = r.json["calls"][0]["id"]
+        cls.sim.rules(cls.sim.nlp_port, [{"endpoint": "llm1", "call_ids": [cls.failing_call],
+                                          "status": 400}])
         r = cls.cofid.http("POST", "/batches/%d/run" % cls.batch_id, headers=w)
         assert r.status == 202, r
 
@@ -227,7 +232,7 @@ class DashboardTest(CofiCase):
             # Counts only grow: what the page showed lies between the two API reads.
             self.assertTrue(b["done"] <= s[1] <= a["done"], (b, s, a))
         state = row.all("td")[2].text()
-        self.assertIn(state, ("running", "completed"))
+        self.assertIn(state, ("running", "completed with errors"))
         for button in row.all("button", data_action=True):
             self.assertIn("disabled", button.attrs, "a read token may not act")
         if state == "running":
@@ -271,6 +276,21 @@ class DashboardTest(CofiCase):
         stt = dom.one("details", data_result="stt")
         self.assertEqual(json.loads(stt.one("pre").text()), call["stages"][4]["result"])
         self.assertIn(call["stages"][4]["result"]["transcript"], stt.text())
+
+    def test_a_failed_call_shows_where_and_why(self):
+        cofitest.poll(lambda: self.http("GET", "/batches/%d/calls/%s" % (
+            self.batch_id, self.failing_call), headers=self.auth(self.read_token)).json[
+            "state"] == "failed" or None, scaled(120), interval=0.2,
+            what="call %s to fail" % self.failing_call)
+        dom = self.load("token=%s&batch=%d" % (self.read_token, self.batch_id),
+                        lambda d: d.all("tr", data_call=self.failing_call),
+                        "the page to list call %s" % self.failing_call)
+        row = dom.one("tr", data_call=self.failing_call)
+        self.assertEqual(row.all("td")[3].text(), "failed")
+        self.assertTrue(row.all("td")[6].text().startswith("llm1: "), row.text())
+        self.assertIn("400", row.all("td")[6].text())
+        failed = self.batch_row(dom).all("td")[6].text()
+        self.assertEqual(failed, "1")
 
     def test_buttons_run_pause_resume_cancel_and_show_a_refusal(self):
         """Clicks the buttons of a new batch in a real page (over the DevTools protocol) and
