@@ -214,6 +214,11 @@ static enum MHD_Result answer_out_of_memory(struct request *rq)
 static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
 {
     int status = rep->status != 0 ? rep->status : 200;
+    if (rep->stream.next != NULL) {
+        struct MHD_Response *resp =
+            http__stream_response(rq->conn, rq->srv->handlers, &rep->stream, rep->content_type);
+        return resp != NULL ? queue(rq, status, resp, 0) : answer_out_of_memory(rq);
+    }
     if (rep->raw != NULL || rep->text != NULL) {
         /* A body served as it is: static (raw), or the reply's own text, which MHD frees. */
         bool own = rep->raw == NULL;
@@ -227,8 +232,11 @@ static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
         if (own) {
             rep->text = NULL;
         }
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-                                rep->content_type != NULL ? rep->content_type : HTTP_JSON_TYPE);
+        const char *type = rep->content_type != NULL ? rep->content_type : HTTP_JSON_TYPE;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+        if (strcmp(type, HTTP_HTML_TYPE) == 0) {
+            http__page_headers(resp);
+        }
         http__final_headers(resp);
         return queue(rq, status, resp, len);
     }
@@ -435,6 +443,7 @@ static enum MHD_Result render(struct request *rq)
         .body_len = rq->body.len,
         .content_type = header(conn, MHD_HTTP_HEADER_CONTENT_TYPE),
         .idempotency_key = header(conn, "Idempotency-Key"),
+        .accept = header(conn, MHD_HTTP_HEADER_ACCEPT),
         .caller = strcmp(rq->who, "anonymous") != 0 ? rq->who : NULL,
         .query = query_value,
         .query_ctx = conn,
@@ -505,7 +514,8 @@ static void render_deferred(void *arg)
 /* True for the routes answered on the I/O thread: they neither read the database nor wait. */
 static bool runs_inline(const struct route *route)
 {
-    return route->handler == handle_healthz || route->handler == handle_openapi;
+    return route->handler == handle_healthz || route->handler == handle_openapi ||
+           route->handler == handle_dashboard;
 }
 
 /* Queues the answer a handler thread made (on_request, after MHD_resume_connection). */

@@ -32,6 +32,23 @@ char *http__reply_text(const struct http_reply *rep);
  * memory: then NULL is returned). */
 struct MHD_Response *http__cached_response(struct status_cache_answer *answer);
 
+/* ---- server/http_stream.c: streamed answers ---- */
+
+struct handler_pool;
+
+/* A finished response (a new reference) that sends src's pieces as they are made (chunked),
+ * with content_type (static; NULL for none), for a request on conn. src is stolen, also on
+ * failure (then it is freed and zeroed). The first piece is made at once, on the calling
+ * thread; each next one on a thread of pool with conn suspended meanwhile, or on the I/O thread
+ * when pool is NULL or refuses the job. A failing piece cuts the answer short. Returns NULL
+ * when out of memory. */
+struct MHD_Response *http__stream_response(struct MHD_Connection *conn, struct handler_pool *pool,
+                                           struct http_stream *src, const char *content_type);
+
+/* Adds the headers of the dashboard page: what it may load (only this server) and that no
+ * other site may frame it. Can't fail. */
+void http__page_headers(struct MHD_Response *resp);
+
 /* ---- server/http_checks.c: the strict checks on a libmicrohttpd request ---- */
 
 /* Every header line (server/http_strict.h http_strict_header) and the framing

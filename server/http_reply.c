@@ -57,3 +57,15 @@ struct MHD_Response *http__cached_response(struct status_cache_answer *answer)
     http__final_headers(resp);
     return resp;
 }
+
+/* Adds the headers of the dashboard page: it loads nothing but its own inline script and style
+ * and this server's API, and no other site may frame it. */
+void http__page_headers(struct MHD_Response *resp)
+{
+    MHD_add_response_header(resp, "Content-Security-Policy",
+                            "default-src 'none'; script-src 'unsafe-inline'; "
+                            "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+                            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+}

@@ -22,15 +22,15 @@ ROUTES = {
     ("POST", "/batches/{}/retry"),
     ("GET", "/batches/{}/calls"),
     ("GET", "/batches/{}/calls/{}"),
+    ("GET", "/batches/{}/results"),
     ("GET", "/stages/{}/status"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
+    ("GET", "/"),
+    ("GET", "/ui"),
 }
-
-# The operations whose success is not JSON, and what it is instead.
-NOT_JSON = {("GET", "/metrics"): "text/plain"}
 
 # The statuses each operation must document (the brief and CONTRACTS §2).
 REQUIRED_STATUSES = {
@@ -46,10 +46,22 @@ REQUIRED_STATUSES = {
     ("POST", "/batches/{}/retry"): {"202", "400", "401", "403", "404", "409", "422", "503"},
     ("GET", "/batches/{}/calls"): {"200", "400", "401", "404", "503"},
     ("GET", "/batches/{}/calls/{}"): {"200", "401", "404", "503"},
+    ("GET", "/batches/{}/results"): {"200", "401", "404", "406", "503"},
     ("GET", "/stages/{}/status"): {"200", "401", "404", "503"},
     ("GET", "/healthz"): {"200"},
     ("GET", "/readyz"): {"200", "503"},
     ("GET", "/openapi.json"): {"200"},
+    ("GET", "/"): {"200"},
+    ("GET", "/ui"): {"200"},
+}
+
+# The successful answers that are not JSON: the streamed results and the dashboard page.
+# The operations whose success is not JSON, and what it is instead.
+NOT_JSON = {
+    ("GET", "/metrics"): {"text/plain"},
+    ("GET", "/batches/{}/results"): {"application/x-ndjson", "text/csv"},
+    ("GET", "/"): {"text/html"},
+    ("GET", "/ui"): {"text/html"},
 }
 
 SCHEMAS = ["Batch", "StageCounts", "Call", "CallStage", "StageStatus", "Node", "Problem",
@@ -134,8 +146,11 @@ class OpenApiTest(CofiCase):
             for status, resp in op["responses"].items():
                 if status.startswith("2") and status != "204":
                     with self.subTest(operation=(method, path), status=status):
-                        self.assertIn(NOT_JSON.get((method, path), "application/json"),
-                                      resp.get("content", {}))
+                        if (method, path) in NOT_JSON:
+                            self.assertEqual(set(resp.get("content", {})),
+                                             NOT_JSON[(method, path)])
+                            continue
+                        self.assertIn("application/json", resp.get("content", {}))
 
     def test_reusable_schemas_and_common_responses(self):
         comps = self.served["components"]
@@ -165,6 +180,10 @@ class OpenApiTest(CofiCase):
             ("GET", "/batches/1", 404),
             ("GET", "/batches/1/calls", 404),
             ("GET", "/batches/1/calls/1", 404),
+            ("GET", "/batches/1/results", 404),
+            ("GET", "/", 200),
+            ("GET", "/ui", 200),
+            ("POST", "/", 405),
             ("GET", "/stages/stt/status", 200),
             ("GET", "/stages/llm2/status", 200),
             ("GET", "/stages/nope/status", 404),
