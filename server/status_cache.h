@@ -71,6 +71,10 @@ struct status_cache_ticket {
  * NULL). */
 int status_cache_new(struct status_cache **out, int window_ms);
 
+/* Makes c read the time (monotonic µs) from now_us instead of clock_mono_us: for tests,
+ * which then decide how much time passes instead of sleeping. Call before any other use. */
+void status_cache_set_clock(struct status_cache *c, int64_t (*now_us)(void));
+
 /* Frees the cache and every entry; an answer a caller still holds lives on until released.
  * Accepts NULL. No other call on c may be running. */
 void status_cache_free(struct status_cache *c);
