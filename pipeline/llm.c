@@ -87,14 +87,19 @@ void llm_lane_close(struct llm_lane *l)
     report_all(l, &rest, LANE_GIVEN_BACK);
 }
 
+/* Cuts the request short at shutdown, or when the lease is not renewed in time unless the
+ * answer has begun to arrive (the API's work is done then; the flush's fence decides whether
+ * it counts). */
 static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
     (void)dt;
-    (void)dn;
     (void)ut;
     (void)un;
     struct llm_lane *l = arg;
-    return atomic_load(&l->abort) || !l->host.lease_ok(l->host.ctx) ? 1 : 0;
+    if (atomic_load(&l->abort)) {
+        return 1;
+    }
+    return dn == 0 && !l->host.lease_ok(l->host.ctx) ? 1 : 0;
 }
 
 /* Builds the §4 request body for j, or fills o with a permanent failure and returns NULL. */

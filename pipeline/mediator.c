@@ -266,11 +266,17 @@ static void *lane_main(void *arg)
             }
             m->fenced = fenced;
         }
-        med__abandon_unhealthy(m);
+        /* Answers that are here already are kept, fenced or not: the node did that work and
+         * the flush's fence decides whether it is recorded. Read what has arrived before
+         * anything in flight is cut short. */
+        if (fenced && m->active > 0) {
+            med__poll(m, 0);
+        }
         /* Slots first: finished transfers free theirs, waiting jobs take them and leave; only
          * then is the finished work looked at (parsing, records), so a slot never waits for
          * that. */
         struct xfer *done = med__collect_done(m);
+        med__abandon_unhealthy(m);
         bool stop = start_ready(m);
         while (done != NULL) {
             struct xfer *x = done;

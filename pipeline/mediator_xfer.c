@@ -310,16 +310,26 @@ void med__finish_xfer(struct mediator_lane *m, struct xfer *x, CURLcode rc)
     m->host.report(m->host.ctx, j, &o);
 }
 
+/* Whether the node has begun to answer x (its status line is in): its work is done then. */
+static bool answer_begun(CURL *easy)
+{
+    long code = 0;
+    return curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code) == CURLE_OK && code != 0;
+}
+
 /* Abandons the requests in flight on nodes that turned unhealthy (a node that hangs would
- * otherwise hold them for the whole timeout) and sends their calls to distribute again.
- * Lane thread only, outside curl_multi_info_read processing. */
+ * otherwise hold them for the whole timeout) and sends their calls to distribute again; and,
+ * while the lease is not renewed, every request the node has not begun to answer (an answer
+ * under way is read to its end: the node's work is done, the flush's fence decides whether
+ * it counts). Lane thread only, outside curl_multi_info_read processing. */
 void med__abandon_unhealthy(struct mediator_lane *m)
 {
     bool fenced = m->fenced;
     struct xfer *x = m->active_list;
     while (x != NULL) {
         struct xfer *next = x->next_active;
-        if (x->job != NULL && (fenced || !atomic_load(&m->nodes[x->node].healthy))) {
+        bool healthy = atomic_load(&m->nodes[x->node].healthy);
+        if (x->job != NULL && (!healthy || (fenced && !answer_begun(x->easy)))) {
             struct job *j = x->job;
             struct med_node *nd = &m->nodes[x->node];
             curl_multi_remove_handle(m->multi, x->easy);
@@ -330,7 +340,7 @@ void med__abandon_unhealthy(struct mediator_lane *m)
             node_slots(nd, -1);
             pthread_mutex_unlock(&m->mu);
             struct job_outcome o;
-            if (fenced) {
+            if (healthy) {
                 /* Cut short by cofid itself: the attempt does not count against the call. */
                 job_outcome_init(&o, LANE_ANSWERED);
                 o.kind = OUTCOME_RETRY;

@@ -77,20 +77,43 @@ def scaled(seconds):
     """A deadline of `seconds` on an idle machine, stretched by SLOW."""
     return seconds * SLOW
 
-def poll(fn, timeout, interval=0.05, what=None):
+def poll(fn, timeout, interval=0.05, what=None, progress=None):
     """Calls fn until it returns a truthy value, which is returned; raises AssertionError
-    naming `what` and the last value seen once `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
+    naming `what` and the last value seen once `timeout` seconds have passed.
+
+    With `progress` (a function called after each fn), the timeout counts from the last time
+    its value changed: a wait for something that keeps moving (a batch whose counts grow) fails
+    when it stops moving for `timeout` seconds, not because a busy machine made it slow; but
+    never later than 10 * timeout in all."""
+    start = time.monotonic()
+    deadline = start + timeout
+    hard = start + 10 * timeout if progress is not None else deadline
     last = None
+    seen = None
     while True:
         last = fn()
         if last:
             return last
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s; last value: %s"
-                                 % (timeout, what or getattr(fn, "__name__", "a condition"),
+        now = time.monotonic()
+        if progress is not None:
+            value = progress()
+            if value != seen:
+                seen = value
+                deadline = min(now + timeout, hard)
+        if now >= deadline:
+            still = " (no progress for %.1f s)" % timeout if progress is not None else ""
+            raise AssertionError("timed out after %.1f s%s waiting for %s; last value: %s"
+                                 % (now - start, still,
+                                    what or getattr(fn, "__name__", "a condition"),
                                     _short(last)))
         time.sleep(interval)
+
+
+def batch_progress(batch):
+    """What moves while a batch runs: its done, failed and skipped counts per stage."""
+    if not batch or "stages" not in batch:
+        return None
+    return tuple((s.get("done"), s.get("failed"), s.get("skipped")) for s in batch["stages"])
 
 
 def _short(v, n=2000):
@@ -1095,15 +1118,21 @@ class CofiCase(unittest.TestCase):
 
     def wait_batch_final(self, batch_id, timeout=60.0, cofid=None, on_poll=None):
         """Polls GET /batches/{id} until the batch is completed, completed_with_errors or
-        cancelled with finished_at set; returns it. on_poll(batch) sees every snapshot."""
+        cancelled with finished_at set; returns it. on_poll(batch) sees every snapshot.
+        Fails once the batch's counts stop moving for `timeout` seconds (scaled): a stuck batch
+        fails the test, a slow machine does not."""
+        snap = {}
+
         def done():
             b = self.get_batch(batch_id, cofid=cofid)
+            snap["b"] = b
             if on_poll:
                 on_poll(b)
             if b["state"] in FINAL_BATCH_STATES and b["finished_at"] is not None:
                 return b
             return None
-        return poll(done, timeout, interval=0.1, what="batch %d to end" % batch_id)
+        return poll(done, scaled(timeout), interval=0.1, what="batch %d to end" % batch_id,
+                    progress=lambda: batch_progress(snap.get("b")))
 
     def run_batch_to_end(self, files, mode=None, timeout=60.0, create_mode=None, name=None,
                          on_poll=None, cofid=None):

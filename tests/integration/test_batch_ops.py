@@ -122,7 +122,7 @@ class BatchOpsTest(CofiCase):
         r = self.http("POST", path + "/resume")
         self.assertStatus(r, 202)
         self.assertEqual(r.json["state"], "running")
-        final = self.wait_batch_final(b["id"], timeout=scaled(90))
+        final = self.wait_batch_final(b["id"], timeout=90)
         self.assertEqual(final["state"], "completed")
         for name in STAGES:
             self.assertEqual(self.stage_counts(final)[name]["done"], n, name)
@@ -163,7 +163,7 @@ class BatchOpsTest(CofiCase):
         r = self.http("POST", path + "/cancel")
         self.assertStatus(r, 202)
         self.assertEqual(r.json["state"], "cancelled")
-        final = self.wait_batch_final(b["id"], timeout=scaled(30))
+        final = self.wait_batch_final(b["id"], timeout=30)
         self.assertEqual(final["state"], "cancelled")
         self.assert_counts_consistent(final)
         self.assertProblem(self.http("POST", path + "/resume"), 409)
@@ -178,7 +178,7 @@ class BatchOpsTest(CofiCase):
         ids = [calls[i]["id"] for i in failing]
         self.sim.rules_all_nodes([{"endpoint": "ivr", "call_ids": ids, "status": 400}])
         self.run_batch(b["id"])
-        final = self.wait_batch_final(b["id"], timeout=scaled(60))
+        final = self.wait_batch_final(b["id"], timeout=60)
         self.assertEqual(final["state"], "completed_with_errors")
         self.assertEqual(self.stage_counts(final)["ivr"]["failed"], len(failing))
         return final, calls
@@ -207,7 +207,7 @@ class BatchOpsTest(CofiCase):
         self.assertIsNone(r.json["finished_at"])
         self.assert_counts_consistent(r.json)
         self.assert_progress_matches_calls(bid)
-        final = self.wait_batch_final(bid, timeout=scaled(60))
+        final = self.wait_batch_final(bid, timeout=60)
         self.assertEqual(final["state"], "completed_with_errors")
         self.assertEqual(self.stage_counts(final)["ivr"]["failed"], 2)
         after = self.get_call(bid, one)
@@ -219,7 +219,7 @@ class BatchOpsTest(CofiCase):
 
         r = self.http("POST", path)
         self.assertStatus(r, 202)
-        final = self.wait_batch_final(bid, timeout=scaled(60))
+        final = self.wait_batch_final(bid, timeout=60)
         self.assertEqual(final["state"], "completed")
         for name in STAGES:
             self.assertEqual(self.stage_counts(final)[name]["done"], n, name)
@@ -244,7 +244,7 @@ class BatchOpsTest(CofiCase):
         path = "/batches/%d" % bid
         self.assertProblem(self.http("DELETE", path), 409)  # created
         self.run_batch(bid)
-        final = self.wait_batch_final(bid, timeout=scaled(60))
+        final = self.wait_batch_final(bid, timeout=60)
         self.assertEqual(final["state"], "completed")
         call_ids = self.db("SELECT id FROM calls WHERE batch_id = %d" % bid)
         r = self.http("DELETE", path)
@@ -269,7 +269,7 @@ class BatchOpsTest(CofiCase):
         self.run_batch(b["id"])
         self.assertProblem(self.http("DELETE", "/batches/%d" % b["id"]), 409)
         self.assertStatus(self.http("POST", "/batches/%d/cancel" % b["id"]), 202)
-        self.wait_batch_final(b["id"], timeout=scaled(30))
+        self.wait_batch_final(b["id"], timeout=30)
         self.assertStatus(self.http("DELETE", "/batches/%d" % b["id"]), 204)
 
 

@@ -103,7 +103,7 @@ class CommitStallTest(CofiCase):
         for share in (0.1, 0.3, 0.5):
             self.stall_mid_batch(bid, n, cofid, share=share)
 
-        final = self.wait_batch_final_or_explain(bid, timeout=scaled(60), cofid=cofid)
+        final = self.wait_batch_final_or_explain(bid, timeout=60, cofid=cofid)
         self.assertEqual(final["state"], "completed")
         self.assert_calls_recorded_once(bid, n)
         took_back = [ln for ln in self.log_text(cofid).splitlines()
@@ -132,7 +132,7 @@ class CommitStallTest(CofiCase):
         for share in (0.1, 0.4, 0.7):
             self.stall_mid_batch(bid, n, a, share=share)
 
-        final = self.wait_batch_final_or_explain(bid, timeout=scaled(60), cofid=b)
+        final = self.wait_batch_final_or_explain(bid, timeout=60, cofid=b)
         self.assertEqual(final["state"], "completed")
         self.assert_calls_recorded_once(bid, n)
         nodes, nlp = sim.node_stats(), sim.nlp_stats()

@@ -64,7 +64,7 @@ class FlushRejectTest(CofiCase):
         ])
         self.run_batch(bid)
         t0 = time.monotonic()
-        final = self.wait_batch_final_or_explain(bid, timeout=scaled(30))
+        final = self.wait_batch_final_or_explain(bid, timeout=30)
         cofitest.log("batch %d ended %s after %.1f s" % (bid, final["state"],
                                                          time.monotonic() - t0))
         self.assertEqual(final["state"], "completed_with_errors")

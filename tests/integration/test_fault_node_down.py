@@ -87,7 +87,7 @@ class NodeDownTest(CofiCase):
         return dict(self.sim.stats_all()[node]["requests"])
 
     def assert_batch_done_once(self, bid, n):
-        final = self.wait_batch_final_or_explain(bid, timeout=scaled(60))
+        final = self.wait_batch_final_or_explain(bid, timeout=60)
         self.assertEqual(final["state"], "completed")
         for name, c in self.stage_counts(final).items():
             self.assertEqual(c, {"pending": 0, "running": 0, "done": n, "failed": 0,

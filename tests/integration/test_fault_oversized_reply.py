@@ -59,7 +59,7 @@ class OversizedReplyTest(CofiCase):
 
         self.run_batch(bid)
         t0 = time.monotonic()
-        final = self.wait_batch_final(bid, timeout=scaled(40), on_poll=watch)
+        final = self.wait_batch_final(bid, timeout=40, on_poll=watch)
         cofitest.log("batch %d ended %s after %.1f s" % (bid, final["state"],
                                                          time.monotonic() - t0))
         watch(final)

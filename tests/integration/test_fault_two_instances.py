@@ -113,9 +113,12 @@ class TwoInstancesTest(CofiCase):
                                        inflight.get("llm1", 0) + inflight.get("llm2", 0))
             share_sums.append(self.share_sums())
             cur = self.get_batch(bid, cofid=a if len(share_sums) % 2 else b)
+            snap["b"] = cur
             return cur if cur["state"] != "running" else None
 
-        cofitest.poll(watch, 45, interval=0.05, what="batch %d to end" % bid)
+        snap = {}
+        cofitest.poll(watch, cofitest.scaled(45), interval=0.05, what="batch %d to end" % bid,
+                      progress=lambda: cofitest.batch_progress(snap.get("b")))
         worst = {}
         for sums in share_sums:
             for r, v in sums.items():
