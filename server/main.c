@@ -18,6 +18,7 @@
 #include "db/db.h"
 #include "db/migrate.h"
 #include "pipeline/engine.h"
+#include "pipeline/webhook.h"
 #include "server/app.h"
 #include "common/config.h"
 #include "server/http.h"
@@ -235,6 +236,7 @@ int main(int argc, char **argv)
     struct db_pool *pool = NULL;
     struct engine *engine = NULL;
     struct http_server *http = NULL;
+    struct webhook_sender *webhooks = NULL;
     struct cofi_app app = {.cfg = &cfg};
 
     if (probe_listen(&cfg) != 0) {
@@ -260,6 +262,10 @@ int main(int argc, char **argv)
     }
     if (engine_start(&engine, &cfg, instance, &err) != 0) {
         log_error("cannot start the engine: %s", err.msg);
+        goto out;
+    }
+    if (webhook_start(&webhooks, &cfg, instance, &err) != 0) {
+        log_error("cannot start the webhook sender: %s", err.msg);
         goto out;
     }
     app.db = pool;
@@ -292,6 +298,7 @@ out:
      * once the API's threads (workers and the background re-rendering) have stopped, since
      * the status handlers read it. */
     engine_stop(engine, cfg.shutdown_grace_ms);
+    webhook_stop(webhooks);
     http_stop(http);
     engine_free(engine);
     db_pool_close(pool);
