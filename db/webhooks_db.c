@@ -122,3 +122,12 @@ int webhooks_db_release(PGconn *c, const struct webhook_delivery *d, struct cofi
                       "  claim_token = NULL WHERE id = $1::uuid AND claim_token = $2::bigint",
                       2, p, err);
 }
+
+int webhooks_db_release_mine(PGconn *c, const char *instance, struct cofi_err *err)
+{
+    const char *p[] = {instance};
+    return db_command(c,
+                      "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL, "
+                      "  claim_token = NULL WHERE lease_owner = $1 AND delivered_at IS NULL",
+                      1, p, err);
+}

@@ -51,6 +51,10 @@ int webhooks_db_set_body(PGconn *c, struct webhook_delivery *d, const char *body
 int webhooks_db_record(PGconn *c, const struct webhook_delivery *d, long http_status,
                        const char *error, int64_t retry_ms, struct cofi_err *err);
 
+/* Ends every claim `instance` holds: for a sender that starts under the id of an earlier life
+ * (killed mid-attempt), so its deliveries need not wait for their leases to run out. */
+int webhooks_db_release_mine(PGconn *c, const char *instance, struct cofi_err *err);
+
 /* Ends the claim of a delivery that was not attempted (a stop): it is due again at once. */
 int webhooks_db_release(PGconn *c, const struct webhook_delivery *d, struct cofi_err *err);
 

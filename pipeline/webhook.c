@@ -236,6 +236,7 @@ static void *sender_main(void *arg)
     thread_set_name("cofi-webhook");
     PGconn *c = NULL;
     bool down_logged = false;
+    bool released = false;
     for (;;) {
         struct cofi_err err;
         cofi_err_clear(&err);
@@ -244,8 +245,12 @@ static void *sender_main(void *arg)
             PQfinish(c);
             c = db_connect(w->cfg->database_url, &err);
         }
+        /* Once, first: what an earlier life under this instance id held is free again. */
+        if (c != NULL && !released) {
+            released = webhooks_db_release_mine(c, w->instance, &err) == 0;
+        }
         bool sent = false;
-        if (c == NULL) {
+        if (c == NULL || !released) {
             if (!down_logged) {
                 log_warn("webhook: %s; retrying", err.msg);
                 down_logged = true;

@@ -149,6 +149,28 @@ static void test_two_instances_never_hold_one_delivery(void **state)
     PQfinish(other);
 }
 
+static void test_a_restart_under_the_same_id_frees_its_claims_at_once(void **state)
+{
+    struct fixture *f = *state;
+    db_test_exec(f->c, "INSERT INTO webhook_deliveries (batch_id, url) VALUES (1, 'http://h/'), "
+                       "(2, 'http://h/')");
+    struct webhook_delivery a;
+    struct webhook_delivery b;
+    assert_true(claim(f->c, "a", &a));
+    assert_true(claim(f->c, "b", &b));
+    struct cofi_err err;
+    assert_int_equal(webhooks_db_release_mine(f->c, "a", &err), 0);
+    assert_int_equal(db_test_long(f->c, "SELECT count(*) FROM webhook_deliveries WHERE "
+                                        "lease_owner IS NULL"),
+                     1);
+    struct webhook_delivery again;
+    assert_true(claim(f->c, "a", &again));
+    assert_string_equal(again.id, a.id);
+    webhooks_db_delivery_free(&again);
+    webhooks_db_delivery_free(&a);
+    webhooks_db_delivery_free(&b);
+}
+
 static void test_delete_keeps_the_body_of_a_delivery_not_sent(void **state)
 {
     struct fixture *f = *state;
@@ -187,6 +209,8 @@ int main(void)
                                         db_test_setup, db_test_teardown),
         cmocka_unit_test_setup_teardown(test_two_instances_never_hold_one_delivery, db_test_setup,
                                         db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_a_restart_under_the_same_id_frees_its_claims_at_once,
+                                        db_test_setup, db_test_teardown),
         cmocka_unit_test_setup_teardown(test_delete_keeps_the_body_of_a_delivery_not_sent,
                                         db_test_setup, db_test_teardown),
     };

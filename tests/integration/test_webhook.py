@@ -29,8 +29,10 @@ class Receiver:
     def __init__(self):
         self.port = cofitest.free_port()
         self.lock = threading.Lock()
-        self.requests = []  # (path, headers dict, body bytes, status answered)
+        self.requests = []  # (path, headers dict, body bytes, status answered or None)
         self.script = []
+        self.hang = False  # take requests and answer none until release is set
+        self.release = threading.Event()
         self.server = None
         self.thread = None
 
@@ -42,9 +44,15 @@ class Receiver:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n)
                 with receiver.lock:
-                    status = receiver.script.pop(0) if receiver.script else 200
+                    hang = receiver.hang
+                    status = None if hang else (receiver.script.pop(0) if receiver.script
+                                                else 200)
                     receiver.requests.append((self.path, dict(self.headers.items()), body,
                                               status))
+                if hang:
+                    receiver.release.wait(60)
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -53,12 +61,14 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        http.server.HTTPServer.allow_reuse_address = True
-        self.server = http.server.HTTPServer(("127.0.0.1", self.port), Handler)
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def stop(self):
+        self.release.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -258,6 +268,60 @@ class WebhookTest(CofiCase):
         cb = self.wait_delivered(bid)["callback"]
         self.assertGreaterEqual(cb["attempts"], 2)
         self.assertEqual(cb["id"], got[0][0]["X-Cofi-Delivery"])
+
+    def test_kill_9_mid_attempt_then_restart_sends_it_again(self):
+        """An instance killed while its attempt hangs: restarted under the same id it takes its
+        lease back at once (no 60 s wait) and sends the delivery again, with the same
+        X-Cofi-Delivery, so the receiver can tell it is the same one."""
+        path = "/mid-attempt"
+        self.cofid.stop()
+        self.addCleanup(self.restart_primary)
+        first = self.start_cofid(sim=self.sim, owner=self, **self.cofid_args())
+        with self.receiver.lock:
+            self.receiver.hang = True
+        self.receiver.release.clear()
+        try:
+            b = self.batch_with_callback(path, run=False)
+            self.assertStatus(self.http("POST", "/batches/%d/cancel" % b["id"]), 202)
+            cofitest.poll(lambda: self.receiver.received(path), cofitest.scaled(20),
+                          what="the attempt to reach the receiver")
+            self.assertEqual(self.db("SELECT lease_owner, attempts FROM webhook_deliveries "
+                                     "WHERE batch_id = %d" % b["id"]),
+                             [(first.instance_id, "0")])
+            first.kill9()
+        finally:
+            with self.receiver.lock:
+                self.receiver.hang = False
+            self.receiver.release.set()
+        t0 = time.monotonic()
+        self.start_cofid(sim=self.sim, owner=self, port=first.port, **self.cofid_args())
+        got = self.wait_accepted(path, cofitest.scaled(20))
+        self.assertLess(time.monotonic() - t0, 50, "sent again before the 60 s lease ran out")
+        self.assertEqual([s for (_, _, s) in got], [None, 200])
+        self.assertEqual(got[0][0]["X-Cofi-Delivery"], got[1][0]["X-Cofi-Delivery"])
+        self.assertEqual(got[0][1], got[1][1], "the same body both times")
+        sent = self.check_signed(got[1][0], got[1][1])
+        self.assertEqual((sent["id"], sent["state"]), (b["id"], "cancelled"))
+
+    def test_two_instances_send_each_delivery_once(self):
+        second = self.start_cofid(sim=self.sim, owner=self, primary=False, **self.cofid_args())
+        paths = ["/two-%d" % i for i in range(8)]
+        for i, path in enumerate(paths):
+            b = self.batch_with_callback(path, run=False)
+            via = self.cofid if i % 2 == 0 else second
+            self.assertStatus(self.http("POST", "/batches/%d/cancel" % b["id"], cofid=via), 202)
+        for path in paths:
+            self.wait_accepted(path, cofitest.scaled(20))
+        ids = set(r[0] for r in self.db("SELECT batch_id FROM webhook_deliveries d JOIN batches b "
+                                       "ON b.id = d.batch_id WHERE b.callback_url LIKE '%/two-%' "
+                                       "AND d.delivered_at IS NOT NULL"))
+        self.assertEqual(len(ids), len(paths))
+        # Delivered, and with no live lease left: no instance will send any of them again.
+        self.assertEqual(self.db("SELECT count(*) FROM webhook_deliveries WHERE url LIKE "
+                                 "'%/two-%' AND (lease_owner IS NOT NULL OR attempts <> 1)"),
+                         [("0",)])
+        for path in paths:
+            self.assertEqual(len(self.receiver.received(path)), 1, path)
 
     @classmethod
     def restart_primary(cls):
