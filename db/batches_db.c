@@ -15,15 +15,9 @@
 #define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 
 /* The batch's callback_url and its latest webhook delivery as JSON text (NULL when none;
- * looked up only for a batch with a callback_url). */
-#define CB_DELIVERED_AT TS("d.delivered_at")
-#define CB_NEXT_AT      TS("d.next_at")
+ * looked up only for a batch with a callback_url; migration 009). */
 #define CALLBACK_COLS                                                                              \
-    "b.callback_url, CASE WHEN b.callback_url IS NOT NULL THEN (SELECT json_build_object("         \
-    "'id', d.id, 'attempts', d.attempts, 'last_status', d.last_status, "                           \
-    "'last_error', d.last_error, 'delivered_at', " CB_DELIVERED_AT ", "                            \
-    "'next_attempt_at', CASE WHEN d.delivered_at IS NULL THEN " CB_NEXT_AT " END)::text "          \
-    "FROM webhook_deliveries d WHERE d.batch_id = b.id ORDER BY d.created_at DESC LIMIT 1) END"
+    "b.callback_url, CASE WHEN b.callback_url IS NOT NULL THEN webhook_last_delivery(b.id) END"
 
 /* The columns batch_from_row reads, in this order (BATCH_NCOLS of them). The progress
  * subquery runs in the same statement as the row, so the counts are one snapshot. */

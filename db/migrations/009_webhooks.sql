@@ -24,3 +24,17 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_at)
     WHERE delivered_at IS NULL;
 CREATE INDEX webhook_deliveries_batch_idx ON webhook_deliveries (batch_id, created_at);
+
+-- The batch object's "callback" figures (db/batches_db.c): a batch's latest delivery as JSON
+-- text, NULL when it has none. A function, so the batch queries stay short: their text shows
+-- whole in pg_stat_activity (track_activity_query_size, 1024 bytes by default).
+CREATE FUNCTION webhook_last_delivery(batch bigint) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
+        'id', d.id, 'attempts', d.attempts, 'last_status', d.last_status,
+        'last_error', d.last_error,
+        'delivered_at',
+        to_char(d.delivered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+        'next_attempt_at', CASE WHEN d.delivered_at IS NULL
+            THEN to_char(d.next_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') END)::text
+    FROM webhook_deliveries d WHERE d.batch_id = batch ORDER BY d.created_at DESC LIMIT 1
+$$;
