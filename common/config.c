@@ -68,6 +68,11 @@ void config_free(struct cofi_config *cfg)
     }
     free(cfg->tokens);
     free(cfg->log_level);
+    if (cfg->webhook_secret != NULL) {
+        memset(cfg->webhook_secret, 0, strlen(cfg->webhook_secret));
+    }
+    free(cfg->webhook_secret);
+    free(cfg->webhook_secret_env);
     http_free(&cfg->http);
     config_defaults(cfg);
 }
@@ -449,6 +454,24 @@ static int parse_log_format(json_t *root, struct cofi_config *cfg, struct cofi_e
     return 0;
 }
 
+/* webhook_secret_env: the name of a variable that must be set and not empty. */
+static int parse_webhook_secret(json_t *root, struct cofi_config *cfg, struct cofi_err *err)
+{
+    int rc = get_str(root, "", "webhook_secret_env", &cfg->webhook_secret_env, err);
+    if (rc != 0 || cfg->webhook_secret_env == NULL) {
+        return rc;
+    }
+    const char *val = getenv(cfg->webhook_secret_env);
+    if (val == NULL || val[0] == '\0') {
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"webhook_secret_env\": environment variable %s "
+                            "is not set",
+                            cfg->webhook_secret_env);
+    }
+    cfg->webhook_secret = strdup(val);
+    return cfg->webhook_secret != NULL ? 0 : cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+}
+
 static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *err)
 {
     static const char *const known[] = {"listen",
@@ -466,6 +489,7 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
                                         "shutdown_grace_ms",
                                         "lease_ms",
                                         "status_cache_ms",
+                                        "webhook_secret_env",
                                         NULL};
     static const char *const med_known[] = {"timeout_ms",
                                             "max_attempts",
@@ -567,6 +591,9 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
     }
     if (rc == 0) {
         rc = parse_http(root, &cfg->http, err);
+    }
+    if (rc == 0) {
+        rc = parse_webhook_secret(root, cfg, err);
     }
     return rc;
 }

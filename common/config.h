@@ -86,6 +86,12 @@ struct cofi_config {
                               instance's API always show at once) */
 
     struct cofi_http_cfg http; /* "http", "tls" and "limits" */
+
+    /* webhook_secret_env: the environment variable holding the key that signs webhook
+     * deliveries (README "Webhooks"); both NULL when not configured, and then a batch's
+     * callback_url is refused. The secret is never logged. */
+    char *webhook_secret_env;
+    char *webhook_secret;
 };
 
 /* Fills cfg with the defaults of every optional key. Can't fail; cfg owns nothing yet. */

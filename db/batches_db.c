@@ -9,9 +9,15 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "db/db.h"
+#include "db/webhooks_db.h"
 
 /* RFC 3339 UTC with milliseconds, or NULL. */
 #define TS(x) "to_char(" x " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+/* The batch's callback_url and its latest webhook delivery as JSON text (NULL when none;
+ * looked up only for a batch with a callback_url; migration 009). */
+#define CALLBACK_COLS                                                                              \
+    "b.callback_url, CASE WHEN b.callback_url IS NOT NULL THEN webhook_last_delivery(b.id) END"
 
 /* The columns batch_from_row reads, in this order (BATCH_NCOLS of them). The progress
  * subquery runs in the same statement as the row, so the counts are one snapshot. */
@@ -23,8 +29,8 @@
                                                  "(SELECT string_agg(p.stage || ' ' || p.status "  \
                                                  "|| ' ' || p.n, ',') "                            \
                                                  "FROM batch_progress p WHERE p.batch_id = b.id "  \
-                                                 "AND p.n <> 0), b.priority"
-#define BATCH_NCOLS 12
+                                                 "AND p.n <> 0), b.priority, " CALLBACK_COLS
+#define BATCH_NCOLS 14
 
 #define ID_TEXT_LEN 24
 
@@ -153,6 +159,35 @@ static json_t *load_jsonb(const char *text)
     return v != NULL ? v : json_null();
 }
 
+/* The batch object's "callback": null without a callback_url; else the url, the state of
+ * its latest delivery ("waiting": the batch has not ended yet, "pending", "delivered") and
+ * that delivery's figures. Returns a new reference, or NULL when out of memory. */
+static json_t *callback_from_row(const PGresult *r, int row, int col)
+{
+    const char *url = value_or_null(r, row, col);
+    if (url == NULL) {
+        return json_null();
+    }
+    const char *last = value_or_null(r, row, col + 1);
+    json_t *o = last != NULL ? json_loads(last, 0, NULL) : NULL;
+    if (o == NULL) {
+        o = json_pack("{s:n, s:i, s:n, s:n, s:n, s:n}", "id", "attempts", 0, "last_status",
+                      "last_error", "delivered_at", "next_attempt_at");
+    }
+    if (o == NULL) {
+        return NULL;
+    }
+    const char *state = last == NULL                                       ? "waiting"
+                        : json_is_null(json_object_get(o, "delivered_at")) ? "pending"
+                                                                           : "delivered";
+    if (json_object_set_new(o, "url", json_string(url)) != 0 ||
+        json_object_set_new(o, "state", json_string(state)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
 /* Builds the batch object from the BATCH_COLS starting at column `col` of row `row`.
  * Returns a new reference, or NULL when out of memory. */
 static json_t *batch_from_row(const PGresult *r, int row, int col)
@@ -187,6 +222,7 @@ static json_t *batch_from_row(const PGresult *r, int row, int col)
     rc |= json_object_set_new(o, "eta_seconds",
                               batches_db_eta(running, file_count, &counts[STAGE_LLM2],
                                              running ? strtod(elapsed, NULL) : 0.0));
+    rc |= json_object_set_new(o, "callback", callback_from_row(r, row, col + 12));
     if (rc != 0) {
         json_decref(o);
         return NULL;
@@ -418,13 +454,13 @@ int batches_db_create(PGconn *conn, const struct batch_new *b, json_t **out, boo
     }
     char priority[16];
     snprintf(priority, sizeof priority, "%d", b->priority > 0 ? b->priority : 1);
-    const char *bp[7] = {b->name,         b->mode, count, b->metadata, b->idempotency_key,
-                         b->request_hash, priority};
+    const char *bp[8] = {b->name,         b->mode,  count,          b->metadata, b->idempotency_key,
+                         b->request_hash, priority, b->callback_url};
     r = db_exec(conn,
                 "INSERT INTO batches (name, mode, file_count, metadata, idempotency_key, "
-                "request_hash, priority) VALUES ($1, $2, $3::integer, $4::jsonb, $5, $6, "
-                "$7::integer) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-                7, bp, err);
+                "request_hash, priority, callback_url) VALUES ($1, $2, $3::integer, $4::jsonb, "
+                "$5, $6, $7::integer, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+                8, bp, err);
     if (r == NULL) {
         rc = err->code;
         goto fail;
@@ -558,11 +594,13 @@ static int cancel_once(PGconn *conn, const char *id_text, json_t **out, struct c
     if (rc != 0) {
         goto fail;
     }
-    /* A new statement, so calls claimed meanwhile are seen as running. */
+    /* A new statement, so calls claimed meanwhile are seen as running. A batch that ends
+     * here queues its webhook delivery in the same statement. */
     rc = db_command(conn,
-                    "UPDATE batches SET finished_at = now() WHERE id = $1::bigint "
+                    "WITH f AS (UPDATE batches SET finished_at = now() WHERE id = $1::bigint "
                     "AND finished_at IS NULL AND NOT EXISTS (SELECT 1 FROM batch_progress p "
-                    "WHERE p.batch_id = $1::bigint AND p.status = 'running' AND p.n > 0)",
+                    "WHERE p.batch_id = $1::bigint AND p.status = 'running' AND p.n > 0) "
+                    "RETURNING id, callback_url) " WEBHOOKS_DB_QUEUE_FROM("f"),
                     1, params, err);
     if (rc != 0) {
         goto fail;
@@ -663,6 +701,43 @@ int batches_db_transition(PGconn *conn, int64_t id, const char *from, const char
     return err->code;
 }
 
+/* Inside the open transaction, before a retry or a delete changes or removes the batch:
+ * the webhook deliveries of its end that were not rendered yet keep the batch object as it
+ * is now (as it ended), so what they announce is the end they were queued for. */
+static int freeze_deliveries(PGconn *conn, const char *id_text, struct cofi_err *err)
+{
+    const char *params[2] = {id_text, NULL};
+    PGresult *r = db_exec(conn,
+                          "SELECT 1 FROM webhook_deliveries WHERE batch_id = $1::bigint "
+                          "AND body IS NULL LIMIT 1",
+                          1, params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    bool any = PQntuples(r) > 0;
+    PQclear(r);
+    if (!any) {
+        return 0;
+    }
+    json_t *batch = NULL;
+    int rc = batch_select(conn, id_text, /* in_tx= */ true, &batch, err);
+    if (rc != 0) {
+        return rc;
+    }
+    char *text = json_dumps(batch, JSON_COMPACT);
+    json_decref(batch);
+    if (text == NULL) {
+        return nomem(err);
+    }
+    params[1] = text;
+    rc = db_command(conn,
+                    "UPDATE webhook_deliveries SET body = $2 WHERE batch_id = $1::bigint "
+                    "AND body IS NULL",
+                    2, params, err);
+    free(text);
+    return rc;
+}
+
 /* Locks batch id_text's row inside the open transaction and copies its state (and whether
  * finished_at is set) out. Returns 0, COFI_E_NOT_FOUND or a database error. */
 static int lock_batch(PGconn *conn, const char *id_text, char state[32], bool *finished,
@@ -708,6 +783,10 @@ int batches_db_delete(PGconn *conn, int64_t id, struct cofi_err *err)
         rc = cofi_err_set(err, COFI_E_CONFLICT,
                           "batch %s is %s%s: only a batch that has ended can be deleted", id_text,
                           state, final ? " with work still in flight" : "");
+        goto fail;
+    }
+    rc = freeze_deliveries(conn, id_text, err);
+    if (rc != 0) {
         goto fail;
     }
     static const char *const steps[] = {
@@ -782,7 +861,10 @@ int batches_db_retry(PGconn *conn, int64_t id, const struct retry_select *sel, j
                           id_text, state);
         goto fail;
     }
-    rc = retry_calls(conn, id_text, sel, retried, err);
+    rc = freeze_deliveries(conn, id_text, err);
+    if (rc == 0) {
+        rc = retry_calls(conn, id_text, sel, retried, err);
+    }
     if (rc == 0 && *retried == 0) {
         rc = cofi_err_set(err, COFI_E_INVALID, "batch %s has no failed call that matches", id_text);
     }

@@ -27,6 +27,7 @@ struct batch_new {
     const json_t *files;         /* array of strings (relative paths), at least one */
     const char *idempotency_key; /* NULL for none */
     const char *request_hash;    /* with a key: hex SHA-256 of the canonical request */
+    const char *callback_url;    /* NULL for none: POSTed the batch when it ends */
     /* The last validation, run while the database inserts the calls so the two overlap
      * (may be NULL): returns 0, or a negative status with err filled, and then the whole
      * insert is rolled back and that status returned. */
@@ -79,7 +80,8 @@ int batches_db_run(PGconn *conn, int64_t id, const char *mode, json_t **out, str
 /* Cancels a created, running or paused batch in one transaction: the batch becomes cancelled, its
  * pending calls cancelled, and finished_at is set when none of its calls is running. An
  * already cancelled batch is left as it is; a completed one → COFI_E_CONFLICT; unknown →
- * COFI_E_NOT_FOUND. Retries a few times on deadlock or serialization failure.
+ * COFI_E_NOT_FOUND. A batch that ends here queues its webhook delivery in the same
+ * transaction. Retries a few times on deadlock or serialization failure.
  * Returns 0 with *out a new reference to the batch object (*out NULL on error, and then
  * nothing was changed). */
 int batches_db_cancel(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "db/db.h"
+#include "db/webhooks_db.h"
 
 /* A copy of a result field, or NULL for SQL NULL (and when memory runs out: callers check
  * the fields they need). */
@@ -359,9 +360,10 @@ int work_finish_batches(PGconn *c, const char *ids, struct work_finished **out, 
     *out = NULL;
     *n = 0;
     const char *p[] = {ids};
+    /* The batches that end and their webhook deliveries: one statement, one commit. */
     PGresult *r = db_write_prepared(
         c, "cofi_finish_batches",
-        "UPDATE batches b SET finished_at = now(), state = CASE "
+        "WITH f AS (UPDATE batches b SET finished_at = now(), state = CASE "
         "  WHEN b.state = 'cancelled' THEN 'cancelled' "
         "  WHEN EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
         "               AND p.status IN ('failed', 'cancelled') AND p.n > 0) "
@@ -371,7 +373,9 @@ int work_finish_batches(PGconn *c, const char *ids, struct work_finished **out, 
         "  AND b.state IN ('running', 'cancelled') "
         "  AND NOT EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
         "                  AND p.status IN ('pending', 'running') AND p.n > 0) "
-        "RETURNING b.id, b.state",
+        "RETURNING b.id, b.state, b.callback_url), "
+        "q AS (" WEBHOOKS_DB_QUEUE_FROM("f") ") "
+                                             "SELECT id, state FROM f",
         1, p, err);
     if (r == NULL) {
         return err->code;

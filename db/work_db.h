@@ -109,7 +109,8 @@ struct work_finished {
 };
 
 /* Ends every batch in ids (an array literal "{1,2}") that has nothing pending or running:
- * completed, completed_with_errors, or (cancelled) sets finished_at. *out is a new array of the *n
+ * completed, completed_with_errors, or (cancelled) sets finished_at, and in the same statement
+ * queues the webhook delivery of each that has a callback_url. *out is a new array of the *n
  * ended. */
 int work_finish_batches(PGconn *c, const char *ids, struct work_finished **out, size_t *n,
                         struct cofi_err *err);

@@ -248,6 +248,7 @@ struct create_body {
     const json_t *metadata; /* an object or NULL */
     const char *mode;
     int priority;
+    const char *callback_url; /* NULL for none */
 };
 
 static int parse_create_body(const json_t *root, struct create_body *b, struct cofi_err *err)
@@ -292,6 +293,11 @@ static int parse_create_body(const json_t *root, struct create_body *b, struct c
             }
         } else if (strcmp(key, "priority") == 0) {
             int rc = req_check_priority(v, &b->priority, err);
+            if (rc != 0) {
+                return rc;
+            }
+        } else if (strcmp(key, "callback_url") == 0) {
+            int rc = req_check_callback_url(v, &b->callback_url, err);
             if (rc != 0) {
                 return rc;
             }
@@ -422,6 +428,11 @@ int handle_batches_create(const struct cofi_app *app, const struct http_req *req
     if (rc == 0) {
         rc = check_limits(&body, app->cfg->http.metadata_max_bytes, &metadata, err);
     }
+    if (rc == 0 && body.callback_url != NULL && app->cfg->webhook_secret == NULL) {
+        rc = cofi_err_set(err, COFI_E_INVALID,
+                          "callback_url needs webhook_secret_env in "
+                          "cofid's configuration (deliveries are signed)");
+    }
     if (rc != 0) {
         goto done;
     }
@@ -446,6 +457,7 @@ int handle_batches_create(const struct cofi_app *app, const struct http_req *req
         .files = body.files,
         .idempotency_key = key,
         .request_hash = key != NULL ? hash : NULL,
+        .callback_url = body.callback_url,
         .check = check_files_cb,
         .check_ctx = &fc,
     };

@@ -191,6 +191,18 @@ int req_check_mode(const json_t *v, const char **mode, struct cofi_err *err);
  * COFI_E_INVALID. Returns 0 with *priority set (unchanged on error). */
 int req_check_priority(const json_t *v, int *priority, struct cofi_err *err);
 
+/* ---- handlers/callback_url.c ---- */
+
+/* The longest callback_url, in bytes. */
+#define CALLBACK_URL_MAX 2048
+
+/* Checks a "callback_url" value (openapi/openapi.json, CreateBatch): null gives *url NULL;
+ * not a string → COFI_E_BAD_REQUEST; a string that is not an absolute http(s) URL
+ * (http[s]://host[:port][/path][?query]: a host of letters, digits, '.', '-', '_' or an
+ * [IPv6] literal, a port 1..65535, no user info, no fragment, only printable ASCII, at most
+ * CALLBACK_URL_MAX bytes) → COFI_E_INVALID. Returns 0 with *url borrowed from v. Pure. */
+int req_check_callback_url(const json_t *v, const char **url, struct cofi_err *err);
+
 /* Reads the {id} path segment of a batch route: a segment that can't name a batch names an
  * unknown one (COFI_E_NOT_FOUND). Returns 0 with *id set. */
 int req_batch_id(const struct http_req *req, int64_t *id, struct cofi_err *err);

@@ -18,6 +18,7 @@
 #include "db/db.h"
 #include "db/migrate.h"
 #include "pipeline/engine.h"
+#include "pipeline/webhook.h"
 #include "server/app.h"
 #include "common/config.h"
 #include "server/http.h"
@@ -237,6 +238,7 @@ int main(int argc, char **argv)
     struct db_pool *pool = NULL;
     struct engine *engine = NULL;
     struct http_server *http = NULL;
+    struct webhook_sender *webhooks = NULL;
     struct cofi_app app = {.cfg = &cfg, .started_at = clock_wall_ms() / 1000.0};
 
     if (probe_listen(&cfg) != 0) {
@@ -262,6 +264,10 @@ int main(int argc, char **argv)
     }
     if (engine_start(&engine, &cfg, instance, &err) != 0) {
         log_error("cannot start the engine: %s", err.msg);
+        goto out;
+    }
+    if (webhook_start(&webhooks, &cfg, instance, &err) != 0) {
+        log_error("cannot start the webhook sender: %s", err.msg);
         goto out;
     }
     app.db = pool;
@@ -294,6 +300,7 @@ out:
      * once the API's threads (workers and the background re-rendering) have stopped, since
      * the status handlers read it. */
     engine_stop(engine, cfg.shutdown_grace_ms);
+    webhook_stop(webhooks);
     http_stop(http);
     engine_free(engine);
     db_pool_close(pool);
