@@ -256,6 +256,13 @@ int calls_db_list(PGconn *conn, int64_t batch_id, int64_t cursor, int limit, con
     PGresult *r;
     if (state == NULL) {
         r = db_exec_prepared(conn, "cofi_call_list", SQL_CALL_LIST(""), 3, params, err);
+    } else if (strcmp(state, "failed") == 0 || strcmp(state, "cancelled") == 0) {
+        /* The literal list lets even a generic plan use calls_ended_idx (migration 008):
+         * a page of a batch's failed calls reads that page, not the batch. */
+        r = db_exec_prepared(conn, "cofi_call_list_ended",
+                             SQL_CALL_LIST("AND c.status = $4 AND c.status IN ('failed', "
+                                           "'cancelled') "),
+                             4, params, err);
     } else {
         r = db_exec_prepared(conn, "cofi_call_list_state", SQL_CALL_LIST("AND c.status = $4 "), 4,
                              params, err);
