@@ -153,6 +153,11 @@ json_t *calls_db_waiting_json(const struct call_wait *w)
 {
     const char *batch = w->batch_state != NULL ? w->batch_state : "";
     if (w->status == CALL_RUNNING) {
+        /* Held by an instance: in flight, or waiting to try again (the engine writes when). */
+        if (w->retry_at != NULL) {
+            return json_pack("{s:s, s:s, s:s?}", "reason", "retry", "at", w->retry_at, "why",
+                             w->last_error);
+        }
         return json_pack("{s:s}", "reason", "in_flight");
     }
     if (strcmp(batch, "paused") == 0 || strcmp(batch, "created") == 0) {

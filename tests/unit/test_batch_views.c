@@ -194,6 +194,13 @@ static void test_waiting_for_first_match_wins(void **state)
     (void)state;
     struct call_wait w = {CALL_RUNNING, 2, "gpu-1", NULL, "paused", NULL, 5};
     assert_waiting(&w, "{\"reason\":\"in_flight\"}");
+    /* Held by the engine until its next try. */
+    w.retry_at = "2026-12-02T20:00:00.000Z";
+    w.last_error = "HTTP 503";
+    assert_waiting(&w, "{\"at\":\"2026-12-02T20:00:00.000Z\",\"reason\":\"retry\","
+                       "\"why\":\"HTTP 503\"}");
+    w.retry_at = NULL;
+    w.last_error = NULL;
     w.status = CALL_PENDING;
     assert_waiting(&w, "{\"reason\":\"paused\"}");
     w.batch_state = "created";
