@@ -14,7 +14,7 @@ import cofitest
 from cofitest import CofiCase, scaled
 
 N = 200000
-# cofid's peak resident set (VmHWM) may not pass this. At 200,000 paths it was ~26 MiB (the
+# cofid's peak resident set (VmHWM) may not pass this. At 200,000 paths it was ~20 MiB (the
 # body's 8 MB on top of ~15 MiB at start); holding the files as a jansson tree plus the copies
 # made for the database took ~70 MiB.
 RSS_BOUND_MIB = 48
@@ -43,13 +43,19 @@ class HugeBatchTest(CofiCase):
 
     @classmethod
     def prepare(cls):
-        # N hard links of one file (a few seconds, a few hundred inodes).
-        first = cofitest.make_files(cls.input_root, 1, prefix="huge")[0]
-        src = os.path.join(cls.input_root, first)
+        # Each folder's 1,000 files are hard links of its first (a file has at most 65,000
+        # links): seconds, and 200 inodes.
+        blob = cofitest.make_files(cls.input_root, 1, prefix="huge")[0]
+        with open(os.path.join(cls.input_root, blob), "rb") as f:
+            data = f.read()
         for i in range(N):
             p = os.path.join(cls.input_root, path_of(i))
             if i % 1000 == 0:
                 os.makedirs(os.path.dirname(p), exist_ok=True)
+                src = p
+                with open(p, "wb") as f:
+                    f.write(data)
+                continue
             os.link(src, p)
         cls.sim = cls.start_sim(nodes=1, node_capacity=2, nlp_capacity=4)
         cls.start_cofid(sim=cls.sim, max_body_bytes=64 << 20, llm_concurrency=2)
