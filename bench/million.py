@@ -122,8 +122,8 @@ def submit(run, cofid, api, body):
 
 def shape_for_hot_queries(cluster, db, batch_id, calls):
     """30 % of the calls at llm1 (pending), ahead of the rest at stage 0; 0.1 % failed. The
-    calls put at llm1 have no stt result: the NLP API refuses them (422) and they fail there,
-    which keeps the NLP claims and flushes busy while the GPU claims take the rest."""
+    calls put at llm1 have no stt result: they fail there (no transcript), which keeps the NLP
+    claims and flushes busy while the GPU claims take the rest."""
     cluster.psql(db, "UPDATE calls SET stage = 5 WHERE batch_id = %d AND seq < %d"
                  % (batch_id, calls * 3 // 10))
     cluster.psql(db, "UPDATE calls SET stage = 2, status = 'failed', last_error = 'bench' "
