@@ -14,9 +14,9 @@ import cofitest
 from cofitest import CofiCase, scaled
 
 N = 200000
-# cofid's peak resident set (VmHWM) may not pass this. At 200,000 paths it was ~20 MiB (the
-# body's 8 MB on top of ~15 MiB at start); holding the files as a jansson tree plus the copies
-# made for the database took ~70 MiB.
+# cofid's peak resident set (VmHWM) may not pass this. At 200,000 paths it was 20 MiB, the
+# body's 8 MB included; holding the files as a jansson tree plus the copies made for the
+# database took about 70 MiB.
 RSS_BOUND_MIB = 48
 
 
