@@ -24,15 +24,16 @@ struct batch_new {
     const char *mode;            /* "pipelined" or "staged" */
     int priority;                /* >= 1; 0 means the default, 1 */
     const char *metadata;        /* JSON text of an object, or NULL */
-    const json_t *files;         /* array of strings (relative paths), at least one */
+    size_t file_count;           /* how many files next_file gives, at least one */
     const char *idempotency_key; /* NULL for none */
     const char *request_hash;    /* with a key: hex SHA-256 of the canonical request */
     const char *callback_url;    /* NULL for none: POSTed the batch when it ends */
-    /* The last validation, run while the database inserts the calls so the two overlap
-     * (may be NULL): returns 0, or a negative status with err filled, and then the whole
-     * insert is rolled back and that status returned. */
-    int (*check)(void *check_ctx, struct cofi_err *err);
-    void *check_ctx;
+    /* Gives the next file (a relative path, *len bytes; borrowed until the next call) as the
+     * calls are streamed to the database, so the files are checked while the database
+     * stores the ones before: 1 with *file; 0 after the last; or a negative status with err
+     * filled, and then the whole insert is rolled back and that status returned. */
+    int (*next_file)(void *ctx, const char **file, size_t *len, struct cofi_err *err);
+    void *files_ctx;
 };
 
 /* Builds a batch object (the API's JSON) for the batch with this id. Returns 0 with *out a
@@ -54,19 +55,18 @@ struct batch_page_ask {
 int batches_db_list(PGconn *conn, const struct batch_page_ask *ask, json_t **out,
                     struct cofi_err *err);
 
-/* Looks up the batch created with idempotency key `key` and computes in the database the
- * hash of `canonical` (hex SHA-256 of its UTF-8 bytes) into hash (65 bytes).
+/* Looks up the batch created with idempotency key `key`, whose request had hash `hash`.
  * Returns 0 with *out NULL when no batch has the key; 0 with *out a new reference to the
  * batch object when one has it and the same hash; COFI_E_CONFLICT when one has it with
  * another hash; or another negative status (*out NULL). */
-int batches_db_find_idempotent(PGconn *conn, const char *key, const char *canonical, char hash[65],
-                               json_t **out, struct cofi_err *err);
+int batches_db_find_idempotent(PGconn *conn, const char *key, const char *hash, json_t **out,
+                               struct cofi_err *err);
 
-/* Inserts the batch and one call per file (seq 0, 1, ... in array order) in one
- * transaction, running b->check meanwhile. Returns 0 with *out a new reference to the batch object
- * and *created true; when another request inserted a batch with the same idempotency key first, 0
- * with *out that batch and *created false if its request hash is the same, else COFI_E_CONFLICT. On
- * error nothing is written and *out is NULL. */
+/* Inserts the batch and one call per file (seq 0, 1, ... in the order next_file gives them)
+ * in one transaction, streamed with COPY: memory does not grow with the number of files. Returns 0
+ * with *out a new reference to the batch object and *created true; when another request inserted a
+ * batch with the same idempotency key first, 0 with *out that batch and *created false if its
+ * request hash is the same, else COFI_E_CONFLICT. On error nothing is written and *out is NULL. */
 int batches_db_create(PGconn *conn, const struct batch_new *b, json_t **out, bool *created,
                       struct cofi_err *err);
 
@@ -80,8 +80,7 @@ int batches_db_run(PGconn *conn, int64_t id, const char *mode, json_t **out, str
 /* Cancels a created, running or paused batch in one transaction: the batch becomes cancelled, its
  * pending calls cancelled, and finished_at is set when none of its calls is running. An
  * already cancelled batch is left as it is; a completed one → COFI_E_CONFLICT; unknown →
- * COFI_E_NOT_FOUND. A batch that ends here queues its webhook delivery in the same
- * transaction. Retries a few times on deadlock or serialization failure.
+ * COFI_E_NOT_FOUND. Retries a few times on deadlock or serialization failure.
  * Returns 0 with *out a new reference to the batch object (*out NULL on error, and then
  * nothing was changed). */
 int batches_db_cancel(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err);
@@ -129,10 +128,11 @@ int batches_db_retry(PGconn *conn, int64_t id, const struct retry_select *sel, j
 
 /* ---- pure helpers, exposed for tests ---- */
 
-/* Appends the PostgreSQL text-array literal of the strings in files ({"a","b\"c"}; every
- * element quoted, '"' and '\' escaped) to out. Returns 0; -1 when an element is not a
- * string; -2 when out is full or out of memory (out may hold a partial literal). */
-int batches_db_text_array(struct buf *out, const json_t *files);
+/* Appends one line of the COPY (text format) of calls: "<batch id>\t<seq>\t<file>\n", with
+ * the backslash and the control characters of file escaped. Returns 0; -2 when out is full
+ * or out of memory (out may then hold a partial line). */
+int batches_db_copy_line(struct buf *out, const char *batch_id, size_t seq, const char *file,
+                         size_t len);
 
 /* Parses the progress text the batch queries produce ("stage status n" triples separated
  * by ',', e.g. "0 pending 5,1 running 2"; NULL or "" for none) and adds every triple to

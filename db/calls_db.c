@@ -153,6 +153,11 @@ json_t *calls_db_waiting_json(const struct call_wait *w)
 {
     const char *batch = w->batch_state != NULL ? w->batch_state : "";
     if (w->status == CALL_RUNNING) {
+        /* Held by an instance: in flight, or waiting to try again (the engine writes when). */
+        if (w->retry_at != NULL) {
+            return json_pack("{s:s, s:s, s:s?}", "reason", "retry", "at", w->retry_at, "why",
+                             w->last_error);
+        }
         return json_pack("{s:s}", "reason", "in_flight");
     }
     if (strcmp(batch, "paused") == 0 || strcmp(batch, "created") == 0) {
@@ -256,6 +261,13 @@ int calls_db_list(PGconn *conn, int64_t batch_id, int64_t cursor, int limit, con
     PGresult *r;
     if (state == NULL) {
         r = db_exec_prepared(conn, "cofi_call_list", SQL_CALL_LIST(""), 3, params, err);
+    } else if (strcmp(state, "failed") == 0 || strcmp(state, "cancelled") == 0) {
+        /* The literal list lets even a generic plan use calls_ended_idx (migration 008):
+         * a page of a batch's failed calls reads that page, not the batch. */
+        r = db_exec_prepared(conn, "cofi_call_list_ended",
+                             SQL_CALL_LIST("AND c.status = $4 AND c.status IN ('failed', "
+                                           "'cancelled') "),
+                             4, params, err);
     } else {
         r = db_exec_prepared(conn, "cofi_call_list_state", SQL_CALL_LIST("AND c.status = $4 "), 4,
                              params, err);

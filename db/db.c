@@ -221,6 +221,17 @@ PGresult *db_exec(PGconn *c, const char *sql, int nparams, const char *const *pa
     return NULL;
 }
 
+PGresult *db_exec_copy_in(PGconn *c, const char *sql, struct cofi_err *err)
+{
+    PGresult *r = PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
+    if (r != NULL && PQresultStatus(r) == PGRES_COPY_IN) {
+        return r;
+    }
+    db_result_error(c, r, err);
+    PQclear(r);
+    return NULL;
+}
+
 int db_command(PGconn *c, const char *sql, int nparams, const char *const *params,
                struct cofi_err *err)
 {

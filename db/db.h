@@ -46,6 +46,11 @@ PGconn *db_connect(const char *conninfo, struct cofi_err *err);
 PGresult *db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                   struct cofi_err *err);
 
+/* Starts `sql`, a COPY ... FROM STDIN without parameters. Returns its PGresult
+ * (PGRES_COPY_IN; the caller PQclears it, then sends the data with PQputCopyData and ends
+ * with PQputCopyEnd and PQgetResult), or NULL with err filled as db_exec does. */
+PGresult *db_exec_copy_in(PGconn *conn, const char *sql, struct cofi_err *err);
+
 /* Runs the read-only statement `sql` as the prepared statement `name` on conn, preparing
  * it first when this connection does not have it yet (a new or reconnected connection), so
  * the server parses and plans it once per connection instead of once per request. `name`

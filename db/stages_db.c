@@ -8,7 +8,8 @@
 
 #include "db/db.h"
 
-/* Rows "p" (stage, status, n) from batch_progress, and one row "i" with the in-flight sum of
+/* Rows "p" (stage, status, n) from stage_progress (over all batches: the sums of
+ * batch_progress the triggers of migration 008 keep), and one row "i" with the in-flight sum of
  * the other live instances. Progress rows of stages before $1 only ever count as pending or
  * skipped there, which the stage status does not report: they are left out. */
 #define SQL_IN_FLIGHT                                                                              \
@@ -18,8 +19,8 @@
     "AND i.heartbeat_at >= now() - make_interval(secs => $4::integer / 1000.0)"
 
 #define SQL_FIGURES_ALL                                                                            \
-    "SELECT 'p', p.stage, p.status, sum(p.n)::bigint FROM batch_progress p "                       \
-    "WHERE p.stage >= $1::smallint AND p.n <> 0 GROUP BY 2, 3 "                                    \
+    "SELECT 'p', p.stage, p.status, p.n FROM stage_progress p "                                    \
+    "WHERE p.stage >= $1::smallint AND p.n <> 0 "                                                  \
     "UNION ALL " SQL_IN_FLIGHT
 
 /* For one batch: a row "b" per progress row of the batch (stage NULL when it has none), so

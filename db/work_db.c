@@ -88,7 +88,25 @@ int work_recover_expired(PGconn *c, const char *instance, int lease_ms, int hold
     snprintf(ms, sizeof ms, "%d", lease_ms);
     snprintf(hold, sizeof hold, "%d", hold_ms);
     const char *p[] = {instance, ms, hold};
-    PGresult *r = db_exec(
+    *recovered = 0;
+    /* Runs on every heartbeat: when no instance expired (nearly always) it reads the few rows
+     * of instances and nothing else. */
+    PGresult *r = db_exec_prepared(
+        c, "cofi_expired_any",
+        "SELECT EXISTS (SELECT 1 FROM instances WHERE id <> $1 "
+        "  AND heartbeat_at < clock_timestamp() - make_interval(secs => $2::int / 1000.0))",
+        2, p, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    bool any = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    if (!any) {
+        return 0;
+    }
+    /* Then only the calls the expired instances held, through calls_running_idx (lease_owner
+     * = ANY of the array of their ids), not a join over every running call. */
+    r = db_exec(
         c,
         "WITH dead AS (DELETE FROM instances "
         "  WHERE id <> $1 "
@@ -98,7 +116,7 @@ int work_recover_expired(PGconn *c, const char *instance, int lease_ms, int hold
         "  SET held_until = clock_timestamp() + make_interval(secs => $3::int / 1000.0) "
         "  WHERE instance IN (SELECT id FROM dead)) "
         "UPDATE calls SET status = 'pending', lease_owner = NULL, claim_token = NULL "
-        "WHERE status = 'running' AND lease_owner IN (SELECT id FROM dead)",
+        "WHERE status = 'running' AND lease_owner = ANY (ARRAY(SELECT id FROM dead))",
         3, p, err);
     if (r == NULL) {
         return err->code;
@@ -421,14 +439,14 @@ int work_flush(PGconn *c, const char *instance, const char *calls_json, const ch
         c, "cofi_flush_fenced",
         "WITH r AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS r(id bigint, token bigint, "
         "    stage smallint, status text, attempts int, last_error text, node text, "
-        "    file_name text, started_ms bigint)), "
+        "    file_name text, started_ms bigint, retry_at_ms bigint)), "
         "u AS (UPDATE calls c SET stage = r.stage, "
         "    status = CASE WHEN b.state = 'cancelled' AND r.status IN ('pending', 'running') "
         "                  THEN 'cancelled' "
         "                  WHEN b.state = 'paused' AND r.status = 'running' THEN 'pending' "
         "                  ELSE r.status END, "
         "    attempts = r.attempts, last_error = r.last_error, node = r.node, "
-        "    file_name = r.file_name, not_before = NULL, "
+        "    file_name = r.file_name, not_before = to_timestamp(r.retry_at_ms / 1000.0), "
         "    stage_started_at = to_timestamp(r.started_ms / 1000.0), "
         "    lease_owner = CASE WHEN r.status = 'running' "
         "                       AND b.state NOT IN ('cancelled', 'paused') "

@@ -127,8 +127,9 @@ struct work_written {
 };
 
 /* Writes a batch of transitions in one statement. calls_json is an array of
- * {"id","token","stage","status","attempts","last_error","node","file_name","started_ms"} (at
- * most one per call), stages_json an array of
+ * {"id","token","stage","status","attempts","last_error","node","file_name","started_ms"} and
+ * optionally "retry_at_ms" (a call waiting to try again: written as not_before; at most one
+ * per call), stages_json an array of
  * {"call_id","stage","state","attempts","last_error","started_ms","finished_ms","result"}
  * (at most one per call and stage); ids the array literal ("{1,2}") of the calls' ids. Only
  * calls this instance still holds under that token are written (the fence); *out is a new

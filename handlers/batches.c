@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "db/batches_db.h"
+#include "handlers/batch_body.h"
 
 #define MAX_FILE_ERRORS 20
 
@@ -179,150 +180,120 @@ int batches_check_file(const char *root, int root_fd, const char *file, size_t f
 
 /* Files checked before the database is touched: a batch whose first files are bad (say,
  * hundreds of thousands of missing ones) is refused without inserting anything. The rest are
- * checked while the calls are inserted (the insert is cancelled when one is bad). */
+ * checked one by one as the calls are streamed to the database (the insert is cancelled and
+ * rolled back when one is bad). */
 #define FILES_PRECHECK 1000
 
-/* Checks the first `limit` files of the batch on disk. Returns 0, or COFI_E_INVALID with *ext
- * {"errors": [{"file", "reason"}, ...]} (the first MAX_FILE_ERRORS bad files). */
-static int check_files(const char *root, const json_t *files, size_t limit, json_t **ext,
-                       struct cofi_err *err)
+/* Checks the files of a batch as they are read, and collects the bad ones. */
+struct files_check {
+    const char *root;
+    int root_fd;
+    struct batch_files it;
+    size_t limit;   /* stop after this many files (SIZE_MAX: all) */
+    json_t **ext;   /* where the problem's {"errors": [...]} goes */
+    json_t *errors; /* the bad files so far */
+    size_t bad;
+};
+
+static void files_check_open(struct files_check *fc, const char *root, const struct batch_body *b,
+                             size_t limit, json_t **ext)
 {
-    json_t *errors = NULL;
-    size_t bad = 0;
-    int root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    size_t i;
-    const json_t *f;
-    json_array_foreach(files, i, f)
-    {
-        if (i == limit) {
-            break;
-        }
+    fc->root = root;
+    fc->root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    batch_files_open(&fc->it, b);
+    fc->limit = limit;
+    fc->ext = ext;
+    fc->errors = NULL;
+    fc->bad = 0;
+}
+
+static void files_check_close(struct files_check *fc)
+{
+    if (fc->root_fd >= 0) {
+        close(fc->root_fd);
+    }
+    batch_files_close(&fc->it);
+    json_decref(fc->errors);
+}
+
+/* Notes one bad file (the first MAX_FILE_ERRORS of them). Returns 0, or COFI_E_NOMEM. */
+static int note_bad(struct files_check *fc, const char *file, size_t len, const char *reason,
+                    struct cofi_err *err)
+{
+    if (fc->bad == 0) {
+        fc->errors = json_array();
+        cofi_err_set(err, COFI_E_INVALID, "file \"%s\" %s", file, reason);
+    }
+    json_t *e = json_pack("{s:s%, s:s}", "file", file, len, "reason", reason);
+    if (fc->errors == NULL || e == NULL || json_array_append_new(fc->errors, e) != 0) {
+        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    }
+    fc->bad++;
+    return 0;
+}
+
+/* After the first bad file: reads on to collect more (up to MAX_FILE_ERRORS), then sets the
+ * problem's extension and err. Returns COFI_E_INVALID (or COFI_E_NOMEM). */
+static int refuse_files(struct files_check *fc, struct cofi_err *err)
+{
+    const char *f;
+    size_t n;
+    int rc;
+    while (fc->bad < MAX_FILE_ERRORS && fc->it.index < fc->limit &&
+           (rc = batch_files_next(&fc->it, &f, &n, err)) == 1) {
         const char *reason;
-        if (batches_check_file(root, root_fd, json_string_value(f), json_string_length(f),
-                               &reason) == 0) {
-            continue;
-        }
-        if (bad == 0) {
-            errors = json_array();
-            cofi_err_set(err, COFI_E_INVALID, "file \"%s\" %s", json_string_value(f), reason);
-        }
-        json_array_append_new(errors, json_pack("{s:O, s:s}", "file", f, "reason", reason));
-        bad++;
-        if (bad == MAX_FILE_ERRORS) {
-            break;
+        if (batches_check_file(fc->root, fc->root_fd, f, n, &reason) != 0 &&
+            note_bad(fc, f, n, reason, err) != 0) {
+            return COFI_E_NOMEM;
         }
     }
-    if (root_fd >= 0) {
-        close(root_fd);
-    }
-    if (bad == 0) {
-        return 0;
-    }
-    if (bad > 1) {
+    if (fc->bad > 1) {
         char first[sizeof err->msg];
         snprintf(first, sizeof first, "%s", err->msg);
-        cofi_err_set(err, COFI_E_INVALID, "%zu%s files are invalid, the first: %s", bad,
-                     bad == MAX_FILE_ERRORS ? " or more" : "", first);
+        cofi_err_set(err, COFI_E_INVALID, "%zu%s files are invalid, the first: %s", fc->bad,
+                     fc->bad == MAX_FILE_ERRORS ? " or more" : "", first);
     }
-    *ext = json_pack("{s:o}", "errors", errors);
+    *fc->ext = json_pack("{s:o}", "errors", fc->errors);
+    fc->errors = NULL;
     return COFI_E_INVALID;
 }
 
-struct files_check {
-    const char *root;
-    const json_t *files;
-    json_t **ext;
-};
-
-static int check_files_cb(void *ctx, struct cofi_err *err)
+/* The next good file (struct batch_new's next_file): 1 with *file; 0 after the last (or the
+ * limit); COFI_E_INVALID once a file is bad (with the bad ones collected). */
+static int next_checked_file(void *ctx, const char **file, size_t *len, struct cofi_err *err)
 {
-    const struct files_check *fc = ctx;
-    return check_files(fc->root, fc->files, SIZE_MAX, fc->ext, err);
+    struct files_check *fc = ctx;
+    if (fc->it.index >= fc->limit) {
+        return 0;
+    }
+    int rc = batch_files_next(&fc->it, file, len, err);
+    if (rc != 1) {
+        return rc;
+    }
+    const char *reason;
+    if (batches_check_file(fc->root, fc->root_fd, *file, *len, &reason) == 0) {
+        return 1;
+    }
+    if (note_bad(fc, *file, *len, reason, err) != 0) {
+        return COFI_E_NOMEM;
+    }
+    return refuse_files(fc, err);
 }
 
-/* The request body of POST /batches, checked for shape and types; values borrowed from
- * the parsed body. */
-struct create_body {
-    const char *name;
-    const json_t *files;
-    const json_t *metadata; /* an object or NULL */
-    const char *mode;
-    int priority;
-    const char *callback_url; /* NULL for none */
-};
-
-static int parse_create_body(const json_t *root, struct create_body *b, struct cofi_err *err)
+/* Checks the first `limit` files on disk. Returns 0, or COFI_E_INVALID with *ext
+ * {"errors": [{"file", "reason"}, ...]} (the first MAX_FILE_ERRORS bad files). */
+static int check_first_files(const char *root, const struct batch_body *b, size_t limit,
+                             json_t **ext, struct cofi_err *err)
 {
-    if (!json_is_object(root)) {
-        return cofi_err_set(err, COFI_E_BAD_REQUEST, "the body must be a JSON object");
+    struct files_check fc;
+    files_check_open(&fc, root, b, limit, ext);
+    const char *f;
+    size_t n;
+    int rc;
+    while ((rc = next_checked_file(&fc, &f, &n, err)) == 1) {
     }
-    memset(b, 0, sizeof *b);
-    b->mode = "pipelined";
-    b->priority = 1;
-    const char *key;
-    const json_t *v;
-    json_object_foreach((json_t *)root, key, v)
-    {
-        if (strcmp(key, "name") == 0) {
-            if (json_is_string(v)) {
-                if (req_json_has_nul(v)) {
-                    return cofi_err_set(err, COFI_E_INVALID, "name contains a NUL character");
-                }
-                b->name = json_string_value(v);
-            } else if (!json_is_null(v)) {
-                return cofi_err_set(err, COFI_E_BAD_REQUEST, "name must be a string or null");
-            }
-        } else if (strcmp(key, "files") == 0) {
-            if (!json_is_array(v)) {
-                return cofi_err_set(err, COFI_E_BAD_REQUEST, "files must be an array of strings");
-            }
-            b->files = v;
-        } else if (strcmp(key, "metadata") == 0) {
-            if (json_is_object(v)) {
-                if (req_json_has_nul(v)) {
-                    return cofi_err_set(err, COFI_E_INVALID, "metadata contains a NUL character");
-                }
-                b->metadata = v;
-            } else if (!json_is_null(v)) {
-                return cofi_err_set(err, COFI_E_BAD_REQUEST, "metadata must be an object or null");
-            }
-        } else if (strcmp(key, "mode") == 0) {
-            int rc = req_check_mode(v, &b->mode, err);
-            if (rc != 0) {
-                return rc;
-            }
-        } else if (strcmp(key, "priority") == 0) {
-            int rc = req_check_priority(v, &b->priority, err);
-            if (rc != 0) {
-                return rc;
-            }
-        } else if (strcmp(key, "callback_url") == 0) {
-            int rc = req_check_callback_url(v, &b->callback_url, err);
-            if (rc != 0) {
-                return rc;
-            }
-        } else {
-            return cofi_err_set(err, COFI_E_BAD_REQUEST, "unknown key \"%s\"", key);
-        }
-    }
-    if (b->files == NULL) {
-        return cofi_err_set(err, COFI_E_BAD_REQUEST, "files is required");
-    }
-    size_t i;
-    const json_t *f;
-    json_array_foreach(b->files, i, f)
-    {
-        if (!json_is_string(f)) {
-            return cofi_err_set(err, COFI_E_BAD_REQUEST, "files[%zu] must be a string", i);
-        }
-    }
-    if (json_array_size(b->files) == 0) {
-        return cofi_err_set(err, COFI_E_INVALID, "files must not be empty");
-    }
-    if (json_array_size(b->files) > INT32_MAX) {
-        return cofi_err_set(err, COFI_E_INVALID, "too many files");
-    }
-    return 0;
+    files_check_close(&fc);
+    return rc;
 }
 
 /* Characters (UTF-8 code points) of a valid UTF-8 string. */
@@ -339,7 +310,7 @@ static size_t utf8_chars(const char *s)
  * BATCH_NAME_MAX_CHARS characters and at most BATCH_FILES_MAX files (422), metadata of at most
  * metadata_max bytes as compact JSON (413). *metadata is set to that JSON text (a new string
  * the caller frees) when the body has metadata. */
-static int check_limits(const struct create_body *b, size_t metadata_max, char **metadata,
+static int check_limits(const struct batch_body *b, size_t metadata_max, char **metadata,
                         struct cofi_err *err)
 {
     *metadata = NULL;
@@ -347,7 +318,7 @@ static int check_limits(const struct create_body *b, size_t metadata_max, char *
         return cofi_err_set(err, COFI_E_INVALID, "name is longer than %d characters",
                             BATCH_NAME_MAX_CHARS);
     }
-    if (json_array_size(b->files) > BATCH_FILES_MAX) {
+    if (b->file_count > BATCH_FILES_MAX) {
         return cofi_err_set(err, COFI_E_INVALID, "more than %d files in one batch",
                             BATCH_FILES_MAX);
     }
@@ -375,123 +346,141 @@ static void set_location(struct http_reply *rep, const json_t *batch)
 
 /* The idempotent repeat: looks the key up. Returns 0 with *batch NULL (go on and create) or
  * the existing batch; or an error. Fills hash on success. */
-static int find_repeat(const struct cofi_app *app, const char *key, const json_t *root,
+static int find_repeat(const struct cofi_app *app, const char *key, const struct batch_body *b,
                        char hash[65], json_t **batch, struct cofi_err *err)
 {
-    char *canonical = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
-    if (canonical == NULL) {
-        return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
+    int rc = batch_body_hash(b, hash, err);
+    if (rc != 0) {
+        return rc;
     }
     PGconn *conn = req_db_acquire(app, err);
     if (conn == NULL) {
-        free(canonical);
         return err->code;
     }
-    int rc = batches_db_find_idempotent(conn, key, canonical, hash, batch, err);
+    rc = batches_db_find_idempotent(conn, key, hash, batch, err);
     db_release(app->db, conn);
-    free(canonical);
     return rc;
+}
+
+/* The body of POST /batches: present, JSON, and well formed. */
+static int read_create_body(const struct http_req *req, struct batch_body *b, struct cofi_err *err)
+{
+    if (req->body == NULL || req->body_len == 0) {
+        return cofi_err_set(err, COFI_E_BAD_REQUEST, "a JSON body is required");
+    }
+    if (!req_is_json_type(req->content_type)) {
+        return cofi_err_set(err, COFI_E_MEDIA_TYPE, "the body must be application/json");
+    }
+    return batch_body_parse(req->body, req->body_len, b, err);
+}
+
+/* Checks the files and stores the batch with its calls: the files are checked as they are
+ * streamed to the database (all rolled back if one is bad). */
+static int store_batch(const struct cofi_app *app, const struct batch_body *body,
+                       const char *metadata, const char *key, const char *hash,
+                       struct http_reply *rep, json_t **batch, bool *created, struct cofi_err *err)
+{
+    struct files_check fc;
+    files_check_open(&fc, app->cfg->input_root, body, SIZE_MAX, &rep->problem_ext);
+    struct batch_new nb = {
+        .name = body->name,
+        .mode = body->mode,
+        .priority = body->priority,
+        .metadata = metadata,
+        .file_count = body->file_count,
+        .next_file = next_checked_file,
+        .files_ctx = &fc,
+        .idempotency_key = key,
+        .request_hash = key != NULL ? hash : NULL,
+        .callback_url = body->callback_url,
+    };
+    int rc;
+    PGconn *conn = req_db_acquire(app, err);
+    if (conn == NULL) {
+        rc = err->code;
+    } else {
+        rc = batches_db_create(conn, &nb, batch, created, err);
+        db_release(app->db, conn);
+    }
+    files_check_close(&fc);
+    return rc;
+}
+
+/* The Idempotency-Key of the request, scoped to its caller (into scoped), or NULL. */
+static int scoped_key(const struct http_req *req, char *scoped, size_t size, const char **key,
+                      struct cofi_err *err)
+{
+    /* With tokens, a key belongs to the token that used it: stored as "<token env>\n<key>"
+     * (a key holds no newline), so two callers never share a batch through a key. */
+    *key = req->idempotency_key;
+    if (*key == NULL) {
+        return 0;
+    }
+    int rc = req_check_idempotency_key(*key, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (req->caller != NULL) {
+        int n = snprintf(scoped, size, "%s\n%s", req->caller, *key);
+        if (n < 0 || (size_t)n >= size) {
+            return cofi_err_set(err, COFI_E_INTERNAL, "idempotency key too long to scope");
+        }
+        *key = scoped;
+    }
+    return 0;
 }
 
 int handle_batches_create(const struct cofi_app *app, const struct http_req *req,
                           struct http_reply *rep, struct cofi_err *err)
 {
-    /* With tokens, a key belongs to the token that used it: stored as "<token env>\n<key>"
-     * (a key holds no newline), so two callers never share a batch through a key. */
     char scoped[512];
-    const char *key = req->idempotency_key;
-    if (key != NULL) {
-        int rc = req_check_idempotency_key(key, err);
-        if (rc != 0) {
-            return rc;
-        }
-        if (req->caller != NULL) {
-            int n = snprintf(scoped, sizeof scoped, "%s\n%s", req->caller, key);
-            if (n < 0 || (size_t)n >= sizeof scoped) {
-                return cofi_err_set(err, COFI_E_INTERNAL, "idempotency key too long to scope");
-            }
-            key = scoped;
-        }
+    const char *key;
+    int rc = scoped_key(req, scoped, sizeof scoped, &key, err);
+    if (rc != 0) {
+        return rc;
     }
     int64_t t0 = clock_mono_us();
-    json_t *root;
-    int rc = req_json_body(req, /* required= */ true, &root, err);
+    struct batch_body body;
+    rc = read_create_body(req, &body, err);
     if (rc != 0) {
         return rc;
     }
     int64_t t_parsed = clock_mono_us();
-    struct create_body body;
     char *metadata = NULL;
     json_t *batch = NULL;
     char hash[65] = {0};
-    rc = parse_create_body(root, &body, err);
-    if (rc == 0) {
-        rc = check_limits(&body, app->cfg->http.metadata_max_bytes, &metadata, err);
-    }
+    bool created = false;
+    rc = check_limits(&body, app->cfg->http.metadata_max_bytes, &metadata, err);
     if (rc == 0 && body.callback_url != NULL && app->cfg->webhook_secret == NULL) {
         rc = cofi_err_set(err, COFI_E_INVALID,
-                          "callback_url needs webhook_secret_env in "
-                          "cofid's configuration (deliveries are signed)");
+                          "callback_url needs webhook_secret_env in cofid's configuration "
+                          "(deliveries are signed)");
     }
-    if (rc != 0) {
-        goto done;
+    if (rc == 0 && key != NULL) {
+        rc = find_repeat(app, key, &body, hash, &batch, err);
     }
-    if (key != NULL) {
-        rc = find_repeat(app, key, root, hash, &batch, err);
-        if (rc != 0 || batch != NULL) {
-            goto done;
+    if (rc == 0 && batch == NULL) {
+        rc = check_first_files(app->cfg->input_root, &body, FILES_PRECHECK, &rep->problem_ext, err);
+        if (rc == 0) {
+            rc = store_batch(app, &body, metadata, key, hash, rep, &batch, &created, err);
+        }
+        if (rc == 0 && created) {
+            log_info("batch %" JSON_INTEGER_FORMAT
+                     " created with %zu files (body parsed in %" PRId64
+                     " ms, checked and stored in %" PRId64 " ms)",
+                     json_integer_value(json_object_get(batch, "id")), body.file_count,
+                     (t_parsed - t0) / 1000, (clock_mono_us() - t_parsed) / 1000);
         }
     }
-    rc = check_files(app->cfg->input_root, body.files, FILES_PRECHECK, &rep->problem_ext, err);
-    if (rc != 0) {
-        goto done;
-    }
-    /* The files are checked while the database inserts the calls (all rolled back if one is
-     * bad): for a big batch the two take about as long. */
-    struct files_check fc = {app->cfg->input_root, body.files, &rep->problem_ext};
-    struct batch_new nb = {
-        .name = body.name,
-        .mode = body.mode,
-        .priority = body.priority,
-        .metadata = metadata,
-        .files = body.files,
-        .idempotency_key = key,
-        .request_hash = key != NULL ? hash : NULL,
-        .callback_url = body.callback_url,
-        .check = check_files_cb,
-        .check_ctx = &fc,
-    };
-    PGconn *conn = req_db_acquire(app, err);
-    if (conn == NULL) {
-        rc = err->code;
-        goto done;
-    }
-    bool created = false;
-    rc = batches_db_create(conn, &nb, &batch, &created, err);
-    db_release(app->db, conn);
-    if (rc == 0 && created) {
-        int64_t t_end = clock_mono_us();
-        log_info("batch %" JSON_INTEGER_FORMAT " created with %zu files (body parsed in %" PRId64
-                 " ms, checked and stored in %" PRId64 " ms)",
-                 json_integer_value(json_object_get(batch, "id")), json_array_size(body.files),
-                 (t_parsed - t0) / 1000, (t_end - t_parsed) / 1000);
-    }
-    if (rc == 0) {
-        rep->status = created ? 201 : 200;
-    }
-
-done:
     if (rc == 0 && batch != NULL) {
-        if (rep->status == 0) {
-            rep->status = 200; /* an idempotent repeat */
-        }
+        rep->status = created ? 201 : 200; /* 200: an idempotent repeat */
         set_location(rep, batch);
         rep->body = batch;
     } else {
         json_decref(batch);
     }
     free(metadata);
-    json_decref(root);
+    batch_body_free(&body);
     return rc;
 }
 

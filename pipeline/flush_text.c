@@ -38,6 +38,9 @@ static int add_call(const struct cofi_config *cfg, const struct record *r, bool 
     if (rc == 0) {
         rc = buf_json_string(calls, r->file_name);
     }
+    if (rc == 0 && r->retry_at_ms > 0) {
+        rc = buf_printf(calls, ",\"retry_at_ms\":%lld", (long long)r->retry_at_ms);
+    }
     if (rc == 0 && r->started_ms >= 0) {
         rc = buf_printf(calls, ",\"started_ms\":%lld}", (long long)r->started_ms);
     } else if (rc == 0) {

@@ -21,7 +21,8 @@ struct record {
     char *last_error;
     int node;
     char *file_name;
-    int64_t started_ms; /* wall ms the current stage started, or -1 */
+    int64_t started_ms;  /* wall ms the current stage started, or -1 */
+    int64_t retry_at_ms; /* a call waiting to try again: the wall ms of its next try, else 0 */
     bool has_row;
     int row_stage;
     bool row_failed;

@@ -90,6 +90,9 @@ static void retry_job(struct engine *e, struct job *j, const struct decision *d)
 {
     job_set_str(&j->last_error, d->why);
     struct record r = record_of(j, CALL_RUNNING);
+    /* Written with the call (not_before), so GET of the call says when it tries again and
+     * why while the engine holds it. */
+    r.retry_at_ms = clock_wall_ms() + d->delay_ms;
     record_queue_push(&e->rq, &r);
     log_debug("call %s: %s attempt %d failed (%s); retrying in %lld ms", j->call_id_str,
               stage_name(j->stage), j->attempts, d->why, (long long)d->delay_ms);

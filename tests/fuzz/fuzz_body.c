@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "handlers/batch_body.h"
 #include "handlers/handlers.h"
 
 static const char *no_query(const struct http_req *req, const char *name)
@@ -47,6 +48,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             json_decref(page);
         }
         json_decref(root);
+    }
+    /* POST /batches' own scanner: parse, hash, read every file back. */
+    struct batch_body b;
+    if (batch_body_parse(body, size, &b, &err) == 0) {
+        char hex[65];
+        (void)batch_body_hash(&b, hex, &err);
+        struct batch_files it;
+        batch_files_open(&it, &b);
+        const char *f;
+        size_t n;
+        size_t count = 0;
+        while (batch_files_next(&it, &f, &n, &err) == 1) {
+            count++;
+        }
+        if (count != b.file_count) {
+            abort();
+        }
+        batch_files_close(&it);
+        batch_body_free(&b);
     }
     const char *mode = NULL;
     (void)req_parse_action_body(&req, &mode, &err);

@@ -1,4 +1,4 @@
-/* db/batches_db.c and db/calls_db.c pure parts: array literals, progress counts, eta, the
+/* db/batches_db.c and db/calls_db.c pure parts: COPY lines, progress counts, eta, the
  * per-stage view of a call. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,27 +13,20 @@
 #include "db/calls_db.h"
 #include "handlers/handlers.h"
 
-static void test_text_array_quotes_and_escapes(void **state)
+static void test_copy_line_escapes(void **state)
 {
     (void)state;
     struct buf b;
     buf_init(&b, 1 << 20);
-    json_t *files = json_pack("[s, s, s, s]", "a.wav", "we\"ird\\name", "{x,y}", "NULL");
-    assert_int_equal(batches_db_text_array(&b, files), 0);
-    assert_string_equal(b.data, "{\"a.wav\",\"we\\\"ird\\\\name\",\"{x,y}\",\"NULL\"}");
+    const char weird[] = "we\"ird\\na\tme\n\\N";
+    assert_int_equal(batches_db_copy_line(&b, "7", 0, "a.wav", 5), 0);
+    assert_int_equal(batches_db_copy_line(&b, "7", 1, weird, sizeof weird - 1), 0);
+    assert_string_equal(b.data, "7\t0\ta.wav\n7\t1\twe\"ird\\\\na\\011me\\012\\\\N\n");
     buf_free(&b);
-    json_decref(files);
-
-    files = json_pack("[s, i]", "a", 1);
-    assert_int_equal(batches_db_text_array(&b, files), -1);
-    buf_free(&b);
-    json_decref(files);
 
     buf_init(&b, 4);
-    files = json_pack("[s]", "abcdef");
-    assert_int_equal(batches_db_text_array(&b, files), -2);
+    assert_int_equal(batches_db_copy_line(&b, "7", 0, "abcdef", 6), -2);
     buf_free(&b);
-    json_decref(files);
 }
 
 static void test_progress_text_becomes_counts(void **state)
@@ -201,6 +194,13 @@ static void test_waiting_for_first_match_wins(void **state)
     (void)state;
     struct call_wait w = {CALL_RUNNING, 2, "gpu-1", NULL, "paused", NULL, 5};
     assert_waiting(&w, "{\"reason\":\"in_flight\"}");
+    /* Held by the engine until its next try. */
+    w.retry_at = "2026-12-02T20:00:00.000Z";
+    w.last_error = "HTTP 503";
+    assert_waiting(&w, "{\"at\":\"2026-12-02T20:00:00.000Z\",\"reason\":\"retry\","
+                       "\"why\":\"HTTP 503\"}");
+    w.retry_at = NULL;
+    w.last_error = NULL;
     w.status = CALL_PENDING;
     assert_waiting(&w, "{\"reason\":\"paused\"}");
     w.batch_state = "created";
@@ -225,7 +225,7 @@ static void test_waiting_for_first_match_wins(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_text_array_quotes_and_escapes),
+        cmocka_unit_test(test_copy_line_escapes),
         cmocka_unit_test(test_progress_text_becomes_counts),
         cmocka_unit_test(test_eta),
         cmocka_unit_test(test_stages_array_in_pipeline_order),
