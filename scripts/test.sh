@@ -241,7 +241,7 @@ fi
 # 6. Static analysis.
 run_cppcheck() {
     local d dirs=()
-    for d in common server handlers pipeline db sim bench; do
+    for d in common server handlers pipeline db sim bench cli; do
         [ -d "$COFI_ROOT/$d" ] && dirs+=("$d")
     done
     (cd "$COFI_ROOT" && cppcheck --enable=warning,performance,portability --error-exitcode=1 \

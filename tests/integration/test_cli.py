@@ -5,6 +5,8 @@ COFI_TOKEN, problems as one line on stderr, a bad command line as usage error 64
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import unittest
 
@@ -176,6 +178,21 @@ class CliTest(CofiCase):
         self.assertRegex(p.stdout, r"^batch \d+ created: 1 files\n$")
         p = self.cli("submit", "given/no-such-file.wav")
         self.assert_one_line_problem(p, 422)
+
+    def test_watch_draws_bars_on_a_terminal(self):
+        if shutil.which("script") is None:
+            self.skipTest("script(1) from util-linux is needed to give cofi a terminal")
+        files = self.folder(4, "tty")
+        b = self.ok_json("submit", "--run", *files)
+        env = dict(os.environ, COFI_URL=self.cofid.base_url, COFI_TOKEN=WRITE)
+        cmd = "%s watch %d --interval 100" % (shlex.quote(self.cli_path), b["id"])
+        p = subprocess.run(["script", "-qfec", cmd, "/dev/null"], env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=scaled(90))
+        self.assertEqual(p.returncode, 0, p)
+        self.assertIn("\x1b[2K", p.stdout)  # lines redrawn in place
+        self.assertIn("[%s] 100%%" % ("#" * 30), p.stdout)
+        self.assertIn("batch %d ended completed" % b["id"], p.stdout)
 
     # --- ls and show
 
