@@ -9,8 +9,9 @@
 
 #include "common/buf.h"
 
-#define REPLY_LIMIT ((size_t)64 << 20)
-#define ERROR_LIMIT ((size_t)64 << 10)
+#define REPLY_LIMIT        ((size_t)64 << 20)
+#define ERROR_LIMIT        ((size_t)64 << 10)
+#define REQUEST_TIMEOUT_MS 120000L
 
 struct cli_http {
     CURL *curl;
@@ -161,6 +162,8 @@ static int perform(struct cli_http *h, const char *method, const char *path, con
                    const char *accept, const char *extra, FILE *to, struct cli_reply *out,
                    char *err, size_t cap)
 {
+    /* A reply kept in memory comes within REQUEST_TIMEOUT_MS; a stream may take its time. */
+    long timeout_ms = to != NULL ? 0L : REQUEST_TIMEOUT_MS;
     memset(out, 0, sizeof *out);
     struct sink s = {.curl = h->curl, .to = to, .streaming = -1};
     buf_init(&s.kept, to != NULL ? ERROR_LIMIT : REPLY_LIMIT);
@@ -170,6 +173,7 @@ static int perform(struct cli_http *h, const char *method, const char *path, con
         snprintf(err, cap, "out of memory");
         goto out;
     }
+    curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, timeout_ms);
     CURLcode cc = curl_easy_perform(h->curl);
     if (cc != CURLE_OK) {
         snprintf(err, cap, "%s %s%s: %s", method, h->base, path,

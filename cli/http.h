@@ -25,7 +25,8 @@ struct cli_http *cli_http_new(const char *base_url, const char *token);
 void cli_http_free(struct cli_http *h);
 
 /* Sends METHOD base_url+path with json_body (may be NULL: no body) and the optional extra
- * header line ("Name: value", may be NULL); fills *out with the reply (capped at 64 MiB).
+ * header line ("Name: value", may be NULL); fills *out with the reply (capped at 64 MiB,
+ * within 120 s).
  * Returns 0 when a reply arrived (whatever its status); -1 with a message in err (cap bytes)
  * when none did (connection refused, timeout, too big). */
 int cli_http_request(struct cli_http *h, const char *method, const char *path,
