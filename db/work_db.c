@@ -359,8 +359,15 @@ int work_finish_batches(PGconn *c, const char *ids, struct work_finished **out, 
     *out = NULL;
     *n = 0;
     const char *p[] = {ids};
+    /* stray: a call left pending in a cancelled batch (a worker's outcome or a release that
+     * read the batch's state just before the cancel committed) is cancelled here, or nothing
+     * would ever claim it and its batch would never end. The batch ends at the next pass: the
+     * main statement does not see what its WITH part changed. */
     PGresult *r = db_write_prepared(
         c, "cofi_finish_batches",
+        "WITH stray AS (UPDATE calls k SET status = 'cancelled' FROM batches x "
+        "  WHERE x.id = ANY($1::bigint[]) AND x.state = 'cancelled' AND x.finished_at IS NULL "
+        "    AND k.batch_id = x.id AND k.status = 'pending' RETURNING k.id) "
         "UPDATE batches b SET finished_at = now(), state = CASE "
         "  WHEN b.state = 'cancelled' THEN 'cancelled' "
         "  WHEN EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
