@@ -19,6 +19,7 @@ enum cofi_status {
     COFI_E_NOMEM = -12,           /* 500 */
     COFI_E_BUSY = -13,            /* 503 with Retry-After: shutting down, or too busy right now */
     COFI_E_NOT_IMPLEMENTED = -14, /* 501: a feature of HTTP cofid does not support */
+    COFI_E_NOT_ACCEPTABLE = -15,  /* 406: no representation the Accept header takes */
 };
 
 struct cofi_err {

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/buf.h"
 #include "common/error.h"
 #include "server/app.h"
 
@@ -17,6 +18,8 @@
 
 /* Content type of every JSON success body. */
 #define HTTP_JSON_TYPE "application/json; charset=utf-8"
+/* Content type of the dashboard page. */
+#define HTTP_HTML_TYPE "text/html; charset=utf-8"
 
 /* One request, as the HTTP layer hands it over. Every pointer is borrowed and lives until
  * the handler returns. */
@@ -29,6 +32,7 @@ struct http_req {
     size_t body_len;                     /* 0 when there is no body */
     const char *content_type;            /* the Content-Type header, or NULL */
     const char *idempotency_key;         /* the Idempotency-Key header, or NULL */
+    const char *accept;                  /* the Accept header, or NULL */
     const char *caller; /* the environment variable of the token used; NULL when the API is
                            open (names the caller in logs, scopes idempotency keys) */
     /* Returns the value of query parameter `name` (borrowed), or NULL when absent. */
@@ -36,19 +40,38 @@ struct http_req {
     void *query_ctx; /* for `query` only */
 };
 
+/* A body made piece by piece while it is sent (GET /batches/{id}/results), so that it is never
+ * held whole. `next` appends the next piece to out (an empty buffer) and returns 1 when more
+ * follows (then it appended at least one byte), 0 after the last piece, or a negative
+ * cofi_status with err filled (the answer is cut short: the client sees an unfinished body).
+ * It runs on a handler thread (it may wait for the database), never twice at once, never
+ * after it returned 0 or an error. `free_ctx` releases ctx, once, whether `next` ran or not. */
+struct http_stream {
+    int (*next)(void *ctx, struct buf *out, struct cofi_err *err);
+    void (*free_ctx)(void *ctx);
+    void *ctx;
+};
+
 /* What a successful handler answers. Start from HTTP_REPLY_INIT; free with http_reply_free. */
 struct http_reply {
-    int status;          /* 200, 201, 202, or 204 (then the body is empty) */
-    json_t *body;        /* owned: the reply holds this reference (NULL with `raw`) */
-    const char *raw;     /* static body served as is instead of `body` (never freed) */
-    size_t raw_len;      /* length of raw */
-    char location[64];   /* Location header when not empty */
-    json_t *problem_ext; /* on error: owned object of extension members for the problem */
+    int status;               /* 200, 201, 202, or 204 (then the body is empty) */
+    json_t *body;             /* owned: the reply holds this reference (NULL with `raw`) */
+    const char *raw;          /* static body served as is instead of `body` (never freed) */
+    size_t raw_len;           /* length of raw */
+    char location[64];        /* Location header when not empty */
+    json_t *problem_ext;      /* on error: owned object of extension members for the problem */
+    char *text;               /* owned body served as is instead of `body` (freed with the reply) */
+    size_t text_len;          /* length of text */
+    const char *content_type; /* static Content-Type of raw, text or stream; NULL: JSON */
+    struct http_stream stream; /* owned when stream.next is set: the body instead of `body` */
 };
 
 #define HTTP_REPLY_INIT                                                                            \
     {                                                                                              \
-        0, NULL, NULL, 0, {0}, NULL                                                                \
+        0, NULL, NULL, 0, {0}, NULL, NULL, 0, NULL,                                                \
+        {                                                                                          \
+            NULL, NULL, NULL                                                                       \
+        }                                                                                          \
     }
 
 /* Releases what the reply owns and resets it to HTTP_REPLY_INIT. Accepts NULL. */
@@ -100,6 +123,18 @@ int handle_healthz(const struct cofi_app *app, const struct http_req *req, struc
                    struct cofi_err *err);
 int handle_readyz(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
                   struct cofi_err *err);
+
+/* handlers/metrics_prom.c: GET /metrics, the Prometheus text format */
+int handle_metrics(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                   struct cofi_err *err);
+
+/* handlers/results.c: GET /batches/{id}/results, streamed as NDJSON or CSV */
+int handle_batch_results(const struct cofi_app *app, const struct http_req *req,
+                         struct http_reply *rep, struct cofi_err *err);
+
+/* handlers/dashboard.c: GET / and /ui, the live dashboard (a static page) */
+int handle_dashboard(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                     struct cofi_err *err);
 
 /* handlers/openapi.c */
 int handle_openapi(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
@@ -189,6 +224,24 @@ bool req_json_has_nul(const json_t *v);
  * "is not readable", ...). Thread-safe (reads only the filesystem). */
 int batches_check_file(const char *root, int root_fd, const char *file, size_t file_len,
                        const char **reason);
+
+/* ---- handlers/results.c, exposed for tests ---- */
+
+enum results_format {
+    RESULTS_NDJSON = 0, /* application/x-ndjson: one JSON object per call */
+    RESULTS_CSV,        /* text/csv: a header line, then one row per call */
+    RESULTS_NONE,       /* the Accept header takes neither: 406 */
+};
+
+/* The format an Accept header asks for (RFC 9110 section 12.5.1): the acceptable type with the
+ * highest weight, a range's weight coming from the most specific range that matches it;
+ * NDJSON on a tie and when accept is NULL or empty. A malformed range is skipped. Can't fail. */
+enum results_format results_pick_format(const char *accept);
+
+/* Appends s to out as one CSV field (RFC 4180): as is, or in double quotes (inner quotes
+ * doubled) when it holds a comma, a quote, CR or LF. NULL appends nothing. Same returns as
+ * buf_append. */
+int results_csv_field(struct buf *out, const char *s);
 
 /* ---- handlers/stages.c, exposed for tests ---- */
 

@@ -43,15 +43,17 @@ static json_t *nodes_json(const struct cofi_app *app)
     if (n > 0) {
         for (size_t i = 0; i < n && rc == 0; i++) {
             rc = json_array_append_new(
-                arr, json_pack("{s:s, s:s, s:b, s:i}", "id", nodes[i].id, "url", nodes[i].url,
-                               "healthy", nodes[i].healthy, "in_flight", nodes[i].in_flight));
+                arr, json_pack("{s:s, s:s, s:b, s:i, s:i}", "id", nodes[i].id, "url", nodes[i].url,
+                               "healthy", nodes[i].healthy, "in_flight", nodes[i].in_flight,
+                               "capacity", nodes[i].capacity));
         }
     } else {
         const struct cofi_config *cfg = app->cfg;
         for (size_t i = 0; i < cfg->node_count && rc == 0; i++) {
-            rc = json_array_append_new(arr, json_pack("{s:s, s:s, s:b, s:i}", "id",
+            rc = json_array_append_new(arr, json_pack("{s:s, s:s, s:b, s:i, s:i}", "id",
                                                       cfg->nodes[i].id, "url", cfg->nodes[i].url,
-                                                      "healthy", 0, "in_flight", 0));
+                                                      "healthy", 0, "in_flight", 0, "capacity",
+                                                      cfg->nodes[i].capacity));
         }
     }
     if (nodes != local) {

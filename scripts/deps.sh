@@ -19,6 +19,8 @@ when something is missing):
   build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev
   libpq-dev libcmocka-dev postgresql-15 postgresql-contrib curl python3 git cppcheck
   clang-format shellcheck clang (libFuzzer, for scripts/fuzz.sh) openssl (the TLS test)
+  prometheus (its server and promtool scrape GET /metrics in an integration test)
+  chromium (headless, for the dashboard test)
   dpkg-dev systemd (the package test), nodejs npm when node is missing (the client check)
 and makes sure a python3 can import jsonschema (and, if available, openapi_spec_validator)
 for the integration tests: if neither python3 on PATH nor /usr/bin/python3 can, it
@@ -80,7 +82,7 @@ apt_has() {
 
 wanted=(build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
     libjansson-dev libpq-dev libcmocka-dev postgresql-15 curl python3 git cppcheck
-    clang-format shellcheck clang openssl)
+    clang-format shellcheck clang openssl prometheus chromium)
 if [ "$bench" -eq 1 ]; then
     wanted+=(wrk python3-matplotlib)
 fi

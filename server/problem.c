@@ -21,6 +21,7 @@ static const struct problem_kind kinds[] = {
     {403, TYPE_BASE "forbidden", "Forbidden"},
     {404, TYPE_BASE "not-found", "Not Found"},
     {405, TYPE_BASE "method-not-allowed", "Method Not Allowed"},
+    {406, TYPE_BASE "not-acceptable", "Not Acceptable"},
     {409, TYPE_BASE "conflict", "Conflict"},
     {413, TYPE_BASE "content-too-large", "Content Too Large"},
     {415, TYPE_BASE "unsupported-media-type", "Unsupported Media Type"},
@@ -57,6 +58,8 @@ int problem_http_status(int code)
         return 404;
     case COFI_E_METHOD:
         return 405;
+    case COFI_E_NOT_ACCEPTABLE:
+        return 406;
     case COFI_E_CONFLICT:
         return 409;
     case COFI_E_TOO_LARGE:

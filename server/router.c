@@ -22,21 +22,28 @@ static const struct route routes[] = {
     {"POST", "/batches/{}/retry", handle_batch_retry, false, false, NULL},
     {"GET", "/batches/{}/calls", handle_calls_list, false, false, page_query},
     {"GET", "/batches/{}/calls/{}", handle_call_get, false, false, NULL},
+    {"GET", "/batches/{}/results", handle_batch_results, false, false, NULL},
     {"GET", "/stages/{}/status", handle_stage_status, false, true, stage_query},
     {"GET", "/healthz", handle_healthz, true, false, NULL},
     {"GET", "/readyz", handle_readyz, true, false, NULL},
     {"GET", "/openapi.json", handle_openapi, true, false, NULL},
+    {"GET", "/metrics", handle_metrics, false, false, NULL},
+    {"GET", "/", handle_dashboard, true, false, NULL},
+    {"GET", "/ui", handle_dashboard, true, false, NULL},
 };
 
 #define ROUTE_COUNT  (sizeof routes / sizeof routes[0])
 #define MAX_SEGMENTS 8
 
-/* Splits scratch ("/a/b") in place into segments. Returns their number, or -1 for an empty
- * segment or too many. */
+/* Splits scratch ("/a/b") in place into segments. Returns their number (0 for "/"), or -1 for
+ * an empty segment or too many. */
 static int split(char *scratch, char *seg[MAX_SEGMENTS])
 {
     int n = 0;
     char *p = scratch + 1;
+    if (*p == '\0') {
+        return 0; /* "/" itself */
+    }
     for (;;) {
         char *slash = strchr(p, '/');
         if (slash != NULL) {
@@ -58,6 +65,10 @@ static bool matches(const char *pattern, char *const seg[], int nseg, struct rou
 {
     const char *p = pattern + 1;
     size_t np = 0;
+    if (nseg == 0) {
+        m->param_count = 0;
+        return *p == '\0'; /* "/" matches only "/" */
+    }
     for (int i = 0; i < nseg; i++) {
         const char *end = strchr(p, '/');
         size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
@@ -148,4 +159,19 @@ bool router_takes_query(const struct route *route, const char *name)
         }
     }
     return false;
+}
+
+size_t router_route_count(void)
+{
+    return ROUTE_COUNT;
+}
+
+const struct route *router_route_at(size_t i)
+{
+    return &routes[i];
+}
+
+size_t router_route_index(const struct route *route)
+{
+    return (size_t)(route - routes);
 }

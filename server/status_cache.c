@@ -30,6 +30,7 @@ struct status_cache {
     pthread_mutex_t lock;
     atomic_uint_fast64_t generation; /* bumped by every write through the API */
     int64_t window_us;
+    int64_t (*now_us)(void); /* clock_mono_us, or a test's own clock */
     size_t bytes; /* answer sizes of every used slot together; at most STATUS_CACHE_BYTES_MAX */
     struct entry entries[STATUS_CACHE_ENTRIES];
 };
@@ -62,6 +63,11 @@ struct status_cache_answer *status_cache_answer_new(void *value, size_t size,
 void *status_cache_answer_value(const struct status_cache_answer *answer)
 {
     return answer->value;
+}
+
+size_t status_cache_answer_size(const struct status_cache_answer *answer)
+{
+    return answer->size;
 }
 
 /* Takes one more reference to a, which the caller holds already (directly or through an
@@ -97,8 +103,14 @@ int status_cache_new(struct status_cache **out, int window_ms)
     }
     atomic_init(&c->generation, 1);
     c->window_us = (int64_t)(window_ms > 0 ? window_ms : 1) * 1000;
+    c->now_us = clock_mono_us;
     *out = c;
     return 0;
+}
+
+void status_cache_set_clock(struct status_cache *c, int64_t (*now_us)(void))
+{
+    c->now_us = now_us;
 }
 
 /* Empties a slot; its key and its reference to the answer go to *key_out and *answer_out,
@@ -172,7 +184,7 @@ static bool lookup(struct status_cache *c, const char *key, size_t key_len, bool
     bool serve = false;
 
     pthread_mutex_lock(&c->lock);
-    int64_t now = clock_mono_us();
+    int64_t now = c->now_us();
     uint64_t generation = atomic_load(&c->generation);
     ticket->generation = generation;
     ticket->start_us = now;
@@ -280,7 +292,7 @@ static void fill(struct status_cache *c, struct entry *e, char **new_key, size_t
     e->answer = answer;
     e->generation = ticket->generation;
     e->rendered_us = ticket->start_us;
-    e->used_us = clock_mono_us();
+    e->used_us = c->now_us();
     e->refreshing = false;
 }
 

@@ -22,10 +22,14 @@ ROUTES = {
     ("POST", "/batches/{}/retry"),
     ("GET", "/batches/{}/calls"),
     ("GET", "/batches/{}/calls/{}"),
+    ("GET", "/batches/{}/results"),
     ("GET", "/stages/{}/status"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+    ("GET", "/ui"),
 }
 # HEAD is answered like GET without the body, and described for every GET.
 ROUTES |= {("HEAD", path) for (method, path) in set(ROUTES) if method == "GET"}
@@ -44,10 +48,22 @@ REQUIRED_STATUSES = {
     ("POST", "/batches/{}/retry"): {"202", "400", "401", "403", "404", "409", "422", "503"},
     ("GET", "/batches/{}/calls"): {"200", "400", "401", "404", "503"},
     ("GET", "/batches/{}/calls/{}"): {"200", "401", "404", "503"},
+    ("GET", "/batches/{}/results"): {"200", "401", "404", "406", "503"},
     ("GET", "/stages/{}/status"): {"200", "401", "404", "503"},
     ("GET", "/healthz"): {"200"},
     ("GET", "/readyz"): {"200", "503"},
     ("GET", "/openapi.json"): {"200"},
+    ("GET", "/"): {"200"},
+    ("GET", "/ui"): {"200"},
+}
+
+# The successful answers that are not JSON: the streamed results and the dashboard page.
+# The operations whose success is not JSON, and what it is instead.
+NOT_JSON = {
+    ("GET", "/metrics"): {"text/plain"},
+    ("GET", "/batches/{}/results"): {"application/x-ndjson", "text/csv"},
+    ("GET", "/"): {"text/html"},
+    ("GET", "/ui"): {"text/html"},
 }
 
 SCHEMAS = ["Batch", "StageCounts", "Call", "CallStage", "StageStatus", "Node", "Problem",
@@ -134,6 +150,10 @@ class OpenApiTest(CofiCase):
                     self.assertNotIn("content", resp, (method, path, status))  # no body
                 elif status.startswith("2") and status != "204":
                     with self.subTest(operation=(method, path), status=status):
+                        if (method, path) in NOT_JSON:
+                            self.assertEqual(set(resp.get("content", {})),
+                                             NOT_JSON[(method, path)])
+                            continue
                         self.assertIn("application/json", resp.get("content", {}))
 
     def test_reusable_schemas_and_common_responses(self):
@@ -164,6 +184,10 @@ class OpenApiTest(CofiCase):
             ("GET", "/batches/1", 404),
             ("GET", "/batches/1/calls", 404),
             ("GET", "/batches/1/calls/1", 404),
+            ("GET", "/batches/1/results", 404),
+            ("GET", "/", 200),
+            ("GET", "/ui", 200),
+            ("POST", "/", 405),
             ("GET", "/stages/stt/status", 200),
             ("GET", "/stages/llm2/status", 200),
             ("GET", "/stages/nope/status", 404),

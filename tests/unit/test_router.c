@@ -42,6 +42,9 @@ static void test_every_route_is_found(void **state)
     assert_int_equal(m.param_count, 2);
     assert_string_equal(m.params[0], "12");
     assert_string_equal(m.params[1], "345");
+    assert_int_equal(router_match("GET", "/batches/12/results", &m), ROUTE_FOUND);
+    assert_ptr_equal(m.route->handler, handle_batch_results);
+    assert_false(m.route->public_route);
     assert_int_equal(router_match("GET", "/stages/stt/status", &m), ROUTE_FOUND);
     assert_string_equal(m.params[0], "stt");
     assert_int_equal(router_match("GET", "/healthz", &m), ROUTE_FOUND);
@@ -52,11 +55,26 @@ static void test_every_route_is_found(void **state)
     assert_false(router_match("GET", "/batches/1", &m) == ROUTE_FOUND && m.route->public_route);
 }
 
+static void test_dashboard_is_public_at_root_and_ui(void **state)
+{
+    (void)state;
+    struct route_match m;
+    assert_int_equal(router_match("GET", "/", &m), ROUTE_FOUND);
+    assert_ptr_equal(m.route->handler, handle_dashboard);
+    assert_true(m.route->public_route);
+    assert_int_equal(m.param_count, 0);
+    assert_int_equal(router_match("GET", "/ui", &m), ROUTE_FOUND);
+    assert_ptr_equal(m.route->handler, handle_dashboard);
+    assert_int_equal(router_match("POST", "/", &m), ROUTE_NO_METHOD);
+    assert_string_equal(m.allow, "GET, HEAD");
+}
+
 static void test_unknown_paths(void **state)
 {
     (void)state;
     struct route_match m;
-    assert_int_equal(router_match("GET", "/", &m), ROUTE_NOT_FOUND);
+    assert_int_equal(router_match("GET", "//", &m), ROUTE_NOT_FOUND);
+    assert_int_equal(router_match("GET", "/ui/", &m), ROUTE_NOT_FOUND);
     assert_int_equal(router_match("GET", "/batches/", &m), ROUTE_NOT_FOUND);
     assert_int_equal(router_match("GET", "//batches", &m), ROUTE_NOT_FOUND);
     assert_int_equal(router_match("GET", "/batches/1/2", &m), ROUTE_NOT_FOUND);
@@ -93,6 +111,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_route_is_found),
+        cmocka_unit_test(test_dashboard_is_public_at_root_and_ui),
         cmocka_unit_test(test_unknown_paths),
         cmocka_unit_test(test_wrong_method_lists_allowed_ones),
     };
