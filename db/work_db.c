@@ -378,10 +378,17 @@ int work_finish_batches(PGconn *c, const char *ids, struct work_finished **out, 
     *out = NULL;
     *n = 0;
     const char *p[] = {ids};
-    /* The batches that end and their webhook deliveries: one statement, one commit. */
+    /* stray: a call left pending in a cancelled batch (a worker's outcome or a release that
+     * read the batch's state just before the cancel committed) is cancelled here, or nothing
+     * would ever claim it and its batch would never end. The batch ends at the next pass: the
+     * main statement does not see what its WITH part changed. f: the batches that end, and q
+     * their webhook deliveries: one statement, one commit. */
     PGresult *r = db_write_prepared(
         c, "cofi_finish_batches",
-        "WITH f AS (UPDATE batches b SET finished_at = now(), state = CASE "
+        "WITH stray AS (UPDATE calls k SET status = 'cancelled' FROM batches x "
+        "  WHERE x.id = ANY($1::bigint[]) AND x.state = 'cancelled' AND x.finished_at IS NULL "
+        "    AND k.batch_id = x.id AND k.status = 'pending' RETURNING k.id), "
+        "f AS (UPDATE batches b SET finished_at = now(), state = CASE "
         "  WHEN b.state = 'cancelled' THEN 'cancelled' "
         "  WHEN EXISTS (SELECT 1 FROM batch_progress p WHERE p.batch_id = b.id "
         "               AND p.status IN ('failed', 'cancelled') AND p.n > 0) "
@@ -498,16 +505,25 @@ int work_release(PGconn *c, const char *instance, const char *claims, struct cof
 {
     const char *p[] = {instance, claims};
     /* Runs on the flusher's connection, whose plans are generic: "IS TRUE" as in work_flush,
-     * and the calls found through the primary key. */
-    return db_command(c,
-                      "WITH r AS (SELECT * FROM jsonb_to_recordset($2::jsonb) "
-                      "  AS r(id bigint, token bigint)) "
-                      "UPDATE calls c SET status = 'pending', lease_owner = NULL, "
-                      "  claim_token = NULL "
-                      "FROM r WHERE c.id = ANY (ARRAY(SELECT id FROM r)) AND c.id = r.id "
-                      "  AND c.lease_owner = $1 AND c.claim_token = r.token "
-                      "  AND (c.status = 'running') IS TRUE",
-                      2, p, err);
+     * and the calls found through the primary key. A call of a cancelled batch is cancelled,
+     * not pending: nothing would ever claim it, and its batch would never end. The batch rows
+     * are read FOR SHARE, so a cancel in progress is waited for (and a cancel that comes later
+     * sees these calls pending and cancels them itself). */
+    return db_command(
+        c,
+        "WITH r AS (SELECT * FROM jsonb_to_recordset($2::jsonb) "
+        "  AS r(id bigint, token bigint)), "
+        "b AS (SELECT b.id, b.state FROM batches b WHERE b.id IN "
+        "  (SELECT k.batch_id FROM calls k WHERE k.id = ANY (ARRAY(SELECT id FROM r))) "
+        "  FOR SHARE OF b) "
+        "UPDATE calls c SET lease_owner = NULL, claim_token = NULL, "
+        "  status = CASE WHEN b.state = 'cancelled' THEN 'cancelled' "
+        "           ELSE 'pending' END "
+        "FROM r, b WHERE c.id = ANY (ARRAY(SELECT id FROM r)) AND c.id = r.id "
+        "  AND b.id = c.batch_id "
+        "  AND c.lease_owner = $1 AND c.claim_token = r.token "
+        "  AND (c.status = 'running') IS TRUE",
+        2, p, err);
 }
 
 int work_unregister(PGconn *c, const char *instance, struct cofi_err *err)

@@ -22,6 +22,7 @@ when something is missing):
   prometheus (its server and promtool scrape GET /metrics in an integration test)
   chromium (headless, for the dashboard test)
   libssl-dev (libcrypto: the webhooks' HMAC-SHA256)
+  dpkg-dev systemd (the package test), nodejs npm when node is missing (the client check)
 and makes sure a python3 can import jsonschema (and, if available, openapi_spec_validator)
 for the integration tests: if neither python3 on PATH nor /usr/bin/python3 can, it
 installs python3-jsonschema. The last line on stdout is COFI_PYTHON=<that python>, which
@@ -85,6 +86,12 @@ wanted=(build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
     clang-format shellcheck clang openssl prometheus chromium libssl-dev)
 if [ "$bench" -eq 1 ]; then
     wanted+=(wrk python3-matplotlib)
+fi
+# dpkg-shlibdeps (the package's Depends), systemd-analyze (the unit checked), node and npm
+# (scripts/client-check.sh: redocly, openapi-typescript, tsc; pinned in tests/client/).
+wanted+=(dpkg-dev systemd)
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    wanted+=(nodejs npm)
 fi
 
 missing=()

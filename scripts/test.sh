@@ -17,7 +17,8 @@ usage() {
 Usage: scripts/test.sh [--quick] [--no-tsan] [-R REGEX] [--help]
 
 Steps: scripts/deps.sh; scripts/build.sh --werror; scripts/pg.sh start --fast (data in
-.cofi/test-pg, port 25433 or $COFI_TEST_PG_PORT); ctest on build/; scripts/build.sh
+.cofi/test-pg, port 25433 or $COFI_TEST_PG_PORT); ctest on build/; scripts/package-test.sh
+(the Debian package built, installed, checked, removed); scripts/build.sh
 --sanitize --werror and ctest on build-asan/ (ASAN_OPTIONS=detect_leaks=1:abort_on_error=1,
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1); scripts/build.sh --tsan --werror and the
 tests labelled `concurrency` on build-tsan/ (TSAN_OPTIONS=halt_on_error=1: a race ends cofid,
@@ -198,6 +199,14 @@ else
     record ctest "skipped (build or postgres failed)"
 fi
 
+# 4b. The Debian package (scripts/package-test.sh): built by CPack from build/, installed
+#     (dpkg -i as root, else dpkg -x into a throwaway root), checked, removed.
+if [ "$built" -eq 1 ]; then
+    step package bash "$COFI_ROOT/scripts/package-test.sh" --build-dir "$COFI_ROOT/build" || true
+else
+    record package "skipped (build failed)"
+fi
+
 # 5. The sanitizer pass.
 sanitized() {
     local libs
@@ -232,7 +241,7 @@ fi
 # 6. Static analysis.
 run_cppcheck() {
     local d dirs=()
-    for d in common server handlers pipeline db sim bench; do
+    for d in common server handlers pipeline db sim bench cli; do
         [ -d "$COFI_ROOT/$d" ] && dirs+=("$d")
     done
     (cd "$COFI_ROOT" && cppcheck --enable=warning,performance,portability --error-exitcode=1 \

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/clock.h"
@@ -22,6 +23,7 @@
 #include "server/app.h"
 #include "common/config.h"
 #include "server/http.h"
+#include "server/sd_notify.h"
 
 static void usage(FILE *out)
 {
@@ -150,6 +152,28 @@ static int migrate_until_done(const struct cofi_config *cfg, sigset_t *sigs)
     }
 }
 
+/* Waits for one of sigs and returns it; meanwhile pings systemd's watchdog when it asked for
+ * one (WatchdogSec= in the unit). */
+static int wait_signal(const sigset_t *sigs, const struct sd_notifier *notify)
+{
+    for (;;) {
+        int sig = 0;
+        if (notify->watchdog_ms <= 0) {
+            if (sigwait(sigs, &sig) == 0) {
+                return sig;
+            }
+            continue;
+        }
+        struct timespec ts = {.tv_sec = notify->watchdog_ms / 1000,
+                              .tv_nsec = (notify->watchdog_ms % 1000) * 1000000L};
+        sig = sigtimedwait(sigs, NULL, &ts);
+        if (sig > 0) {
+            return sig;
+        }
+        sd_notify_send(notify, "WATCHDOG=1");
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *config_path = NULL;
@@ -234,6 +258,10 @@ int main(int argc, char **argv)
              " starting: database %s, %zu node(s), NLP API %s (concurrency %d)",
              dburl, cfg.node_count, cfg.llm_url, cfg.llm_concurrency);
 
+    struct sd_notifier notify;
+    if (sd_notify_init(&notify) != 0) {
+        log_warn("NOTIFY_SOCKET is not a unix socket path or @name: systemd is not told");
+    }
     int exit_code = 1;
     struct db_pool *pool = NULL;
     struct engine *engine = NULL;
@@ -278,12 +306,15 @@ int main(int argc, char **argv)
         goto out;
     }
     log_info("ready: instance %s", instance);
+    /* Migrations are applied and the port listens: systemd may start what depends on us. */
+    char ready[256];
+    snprintf(ready, sizeof ready, "READY=1\nSTATUS=ready: instance %s\nMAINPID=%ld", instance,
+             (long)getpid());
+    sd_notify_send(&notify, ready);
 
     int sig = 0;
     for (;;) {
-        if (sigwait(&sigs, &sig) != 0) {
-            continue;
-        }
+        sig = wait_signal(&sigs, &notify);
         if (sig != SIGHUP) {
             break;
         }
@@ -292,6 +323,7 @@ int main(int argc, char **argv)
     }
     log_info("received %s: shutting down (writes and GET /readyz now answer 503)",
              sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    sd_notify_send(&notify, "STOPPING=1\nSTATUS=draining");
     http_begin_drain(http);
     exit_code = 0;
 

@@ -31,6 +31,8 @@ ROUTES = {
     ("GET", "/"),
     ("GET", "/ui"),
 }
+# HEAD is answered like GET without the body, and described for every GET.
+ROUTES |= {("HEAD", path) for (method, path) in set(ROUTES) if method == "GET"}
 
 # The statuses each operation must document (the brief and CONTRACTS §2).
 REQUIRED_STATUSES = {
@@ -144,7 +146,9 @@ class OpenApiTest(CofiCase):
     def test_success_answers_are_json(self):
         for (method, path), op in self.operations(self.served).items():
             for status, resp in op["responses"].items():
-                if status.startswith("2") and status != "204":
+                if status.startswith("2") and method == "HEAD":
+                    self.assertNotIn("content", resp, (method, path, status))  # no body
+                elif status.startswith("2") and status != "204":
                     with self.subTest(operation=(method, path), status=status):
                         if (method, path) in NOT_JSON:
                             self.assertEqual(set(resp.get("content", {})),
