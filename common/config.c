@@ -31,6 +31,7 @@ void config_defaults(struct cofi_config *cfg)
                                              .retry_after_max_ms = 60000};
     cfg->health_interval_ms = 1000;
     cfg->llm_concurrency = 100;
+    cfg->llm_adaptive = true;
     cfg->llm = (struct cofi_worker_cfg){.timeout_ms = 120000,
                                         .max_attempts = 5,
                                         .backoff_base_ms = 200,
@@ -126,6 +127,22 @@ static int get_int32(json_t *obj, const char *where, const char *key, int lo, in
         *out = (int)v;
     }
     return rc;
+}
+
+/* Reads an optional boolean key into *out. */
+static int get_bool(json_t *obj, const char *where, const char *key, bool *out,
+                    struct cofi_err *err)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return 0;
+    }
+    if (!json_is_boolean(v)) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"%s%s\" must be a boolean",
+                            where, key);
+    }
+    *out = json_is_true(v);
+    return 0;
 }
 
 /* Reads an optional string key into *out (a new string replacing the old one). */
@@ -464,6 +481,7 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
                                             "backoff_base_ms",
                                             "backoff_max_ms",
                                             "retry_after_max_ms",
+                                            "adaptive",
                                             NULL};
     if (!json_is_object(root)) {
         return cofi_err_set(err, COFI_E_INVALID, "the configuration must be a JSON object");
@@ -518,6 +536,9 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
         }
         if (rc == 0) {
             rc = get_int32(llm, "llm.", "concurrency", 1, 10000, &cfg->llm_concurrency, err);
+        }
+        if (rc == 0) {
+            rc = get_bool(llm, "llm.", "adaptive", &cfg->llm_adaptive, err);
         }
         if (rc == 0) {
             rc = parse_worker(llm, "llm.", &cfg->llm, err);

@@ -68,6 +68,7 @@ struct cofi_config {
 
     char *llm_url;
     int llm_concurrency;
+    bool llm_adaptive; /* llm.adaptive (true): the cluster's NLP limit follows the API (AIMD) */
     struct cofi_worker_cfg llm;
     char *nlp_api_key; /* from COFI_NLP_API_KEY or NULL */
 

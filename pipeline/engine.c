@@ -45,6 +45,18 @@ static bool host_lease_ok(void *ctx)
     return engine_lease_current(ctx);
 }
 
+static int64_t host_nlp_pause_ms(void *ctx)
+{
+    struct engine *e = ctx;
+    return limiter_pause_ms(e->limiter);
+}
+
+static void host_nlp_answer(void *ctx, const struct job_outcome *o)
+{
+    struct engine *e = ctx;
+    limiter_on_answer(e->limiter, o);
+}
+
 /* ---- start and stop ---------------------------------------------------------------------- */
 
 /* Frees what engine_start built, once no thread runs. */
@@ -52,6 +64,7 @@ static void engine_destroy(struct engine *e)
 {
     mediator_lane_free(e->med);
     llm_lane_free(e->llm);
+    limiter_free(e->limiter);
     metrics_free(e->metrics);
     struct jobq orphans = {0};
     record_queue_destroy(&e->rq, &orphans);
@@ -134,7 +147,7 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     clock_cond_init(&e->lease_cv);
     e->metrics = metrics_new();
     if (e->metrics == NULL || record_queue_init(&e->rq) != 0 || stride_init(&e->stride) != 0 ||
-        engine_lease_init(e) != 0) {
+        engine_lease_init(e) != 0 || limiter_new(&e->limiter, cfg, e->instance) != 0) {
         cofi_err_set(err, COFI_E_NOMEM, "out of memory");
         goto fail;
     }
@@ -150,6 +163,8 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     if (mediator_lane_start(&e->med, &host, err) != 0) {
         goto fail;
     }
+    host.nlp_pause_ms = host_nlp_pause_ms;
+    host.nlp_answer = host_nlp_answer;
     if (llm_lane_start(&e->llm, &host, err) != 0) {
         goto fail;
     }
@@ -231,6 +246,11 @@ void engine_stage_live(struct engine *e, int stage, struct stage_live *out)
     }
     out->in_flight = atomic_load(&e->inflight[stage]);
     metrics_read(e->metrics, stage, out);
+}
+
+void engine_llm_limit(struct engine *e, struct llm_limit_snapshot *out)
+{
+    limiter_snapshot(e != NULL ? e->limiter : NULL, out);
 }
 
 size_t engine_nodes(struct engine *e, struct node_live *out, size_t max)

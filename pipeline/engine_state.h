@@ -13,6 +13,7 @@
 #include "db/work_db.h"
 #include "pipeline/engine.h"
 #include "pipeline/job.h"
+#include "pipeline/limiter.h"
 #include "pipeline/llm.h"
 #include "pipeline/mediator.h"
 #include "pipeline/record.h"
@@ -36,6 +37,7 @@ struct engine {
     struct stage_metrics *metrics;
     struct mediator_lane *med;
     struct llm_lane *llm;
+    struct nlp_limiter *limiter; /* the cluster's adaptive NLP limit, this instance's side */
     atomic_bool stopping;
     atomic_int med_in_hand; /* jobs this instance holds at stages 0..4 */
     atomic_int llm_in_hand; /* jobs this instance holds at stages 5..6 */

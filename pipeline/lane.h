@@ -31,6 +31,7 @@ struct job_outcome {
     char error[256];        /* otherwise: what went wrong, for last_error (valid UTF-8) */
     int64_t retry_after_ms; /* >= 0 when the worker said Retry-After, else -1 */
     int64_t latency_us;
+    int http_status;  /* LANE_ANSWERED with an HTTP answer: its status, else 0 */
     bool not_counted; /* the attempt was cut short by cofid itself (fence): don't count it */
 };
 
@@ -57,6 +58,11 @@ struct lane_host {
      * them retryable, the attempt not counted), so none of them outlives the lease that the
      * other instances see, and they may take its shares. Cheap: called on every turn. */
     bool (*lease_ok)(void *ctx);
+    /* NLP lane only (NULL elsewhere): how long no NLP request may start yet (ms, 0 = go: a
+     * Retry-After seen by any instance pauses them all), and what each answer said (o after
+     * the request: status, latency, Retry-After), for the adaptive limit. Cheap. */
+    int64_t (*nlp_pause_ms)(void *ctx);
+    void (*nlp_answer)(void *ctx, const struct job_outcome *o);
 };
 
 #endif

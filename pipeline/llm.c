@@ -32,6 +32,7 @@ struct llm_lane {
     int limit;                /* this instance's share of the NLP API (under mu) */
     atomic_int limit_pub;     /* the same, for readers without the lock */
     int active;               /* requests holding a permit (under mu): what the share covers */
+    atomic_bool limited;      /* a thread waited with every permit in use */
 };
 
 /* Hands every job of q back with event ev (no lock held). */
@@ -168,6 +169,9 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
             curl_easy_setopt(easy, CURLOPT_XFERINFODATA, l);
             CURLcode rc = curl_easy_perform(easy);
             exchange_outcome(easy, rc, x, &o);
+            if (l->host.nlp_answer != NULL) {
+                l->host.nlp_answer(l->host.ctx, &o);
+            }
             if (rc == CURLE_ABORTED_BY_CALLBACK && !atomic_load(&l->abort)) {
                 o.not_counted = true;
                 snprintf(o.error, sizeof o.error, "request cut short: lease not renewed in time");
@@ -178,6 +182,12 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
     atomic_fetch_sub(&l->in_flight, 1);
     l->host.inflight(l->host.ctx, j->stage, -1);
     l->host.report(l->host.ctx, j, &o);
+}
+
+/* How long no request may start yet (a Retry-After seen by any instance), in ms. */
+static int64_t pause_ms(struct llm_lane *l)
+{
+    return l->host.nlp_pause_ms != NULL ? l->host.nlp_pause_ms(l->host.ctx) : 0;
 }
 
 static void *worker_main(void *arg)
@@ -194,15 +204,20 @@ static void *worker_main(void *arg)
         /* A job is waiting; take a permit of this instance's share before taking it. */
         pthread_mutex_lock(&l->mu);
         bool lease_ok = l->host.lease_ok(l->host.ctx);
-        while ((l->active >= l->limit || !lease_ok) && !l->stop) {
-            if (lease_ok) {
+        int64_t pause = pause_ms(l);
+        while ((l->active >= l->limit || !lease_ok || pause > 0) && !l->stop) {
+            if (lease_ok && pause == 0) {
+                if (l->limit > 0) {
+                    atomic_store(&l->limited, true);
+                }
                 pthread_cond_wait(&l->permit_cv, &l->mu);
             } else {
-                /* Fenced: look again shortly (the lease thread does not signal). */
-                struct timespec dl = clock_deadline_ms(100);
+                /* Fenced or paused: look again shortly (no one signals the end of either). */
+                struct timespec dl = clock_deadline_ms(pause > 0 && pause < 100 ? pause : 100);
                 pthread_cond_timedwait(&l->permit_cv, &l->mu, &dl);
             }
             lease_ok = l->host.lease_ok(l->host.ctx);
+            pause = pause_ms(l);
         }
         struct job *j = jobq_pop(&l->q);
         bool stop = l->stop;
@@ -331,6 +346,11 @@ int llm_lane_in_flight(struct llm_lane *l)
     int n = l->active;
     pthread_mutex_unlock(&l->mu);
     return n;
+}
+
+bool llm_lane_take_limited(struct llm_lane *l)
+{
+    return atomic_exchange(&l->limited, false);
 }
 
 int llm_lane_limit(struct llm_lane *l)

@@ -123,6 +123,7 @@ void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_ou
     }
     long status = 0;
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+    o->http_status = (int)status;
     json_t *body = NULL;
     if (x->reply.len > 0) {
         body = json_loadb(x->reply.data, x->reply.len, 0, NULL);

@@ -330,6 +330,27 @@ static void test_http_defences(void **state)
     assert_non_null(strstr(err.msg, "bogus"));
 }
 
+static void test_llm_adaptive(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *head = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                       "\"http://1\"}], \"llm\": {\"url\": \"http://x\"";
+    char text[512];
+    snprintf(text, sizeof text, "%s}}", head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_true(cfg.llm_adaptive); /* on unless said otherwise */
+    config_free(&cfg);
+    snprintf(text, sizeof text, "%s, \"adaptive\": false}}", head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_false(cfg.llm_adaptive);
+    config_free(&cfg);
+    snprintf(text, sizeof text, "%s, \"adaptive\": 1}}", head);
+    assert_int_not_equal(config_parse(text, &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "llm.adaptive"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -345,6 +366,7 @@ int main(void)
         cmocka_unit_test(test_node_urls_are_http_base_urls),
         cmocka_unit_test(test_many_nodes_are_accepted),
         cmocka_unit_test(test_http_defences),
+        cmocka_unit_test(test_llm_adaptive),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

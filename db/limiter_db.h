@@ -1,0 +1,51 @@
+/* The cluster's adaptive NLP limit in PostgreSQL (migration 010): one row, read every lease
+ * beat, changed by single atomic UPDATEs rate-limited on the database's clock. */
+#ifndef COFI_LIMITER_DB_H
+#define COFI_LIMITER_DB_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+/* History entries kept in the row (newest first). */
+#define LIMITER_HISTORY_MAX 20
+
+/* At most one decrease of the limit per this many ms (the whole cluster), and one increase
+ * per LIMITER_INCREASE_MS: two instances that see the same 429 storm decrease it once. */
+#define LIMITER_DECREASE_MS 1000
+#define LIMITER_INCREASE_MS 750
+
+struct limiter_change {
+    int64_t at_ms; /* Unix ms, the database's clock */
+    int limit;
+    char reason[48];
+};
+
+struct limiter_row {
+    int limit;
+    int max;                /* max_lim as last written */
+    int ceiling;            /* the limit at the last decrease, 0 = none */
+    int64_t pause_left_ms;  /* > 0: no NLP request may start for this long (database's clock) */
+    int64_t pause_until_ms; /* Unix ms of pause_until, 0 when none */
+    struct limiter_change history[LIMITER_HISTORY_MAX];
+    int nhistory;
+};
+
+/* Reads the row, creating it with limit = max when it is missing. Returns 0 or a negative
+ * status with err filled. */
+int limiter_db_read(PGconn *c, int max, struct limiter_row *out, struct cofi_err *err);
+
+/* Moves the limit from `from` to `to` (and the ceiling), in one UPDATE that takes effect only
+ * while the limit is still `from` and the last change of the same kind (a decrease when
+ * to < from, else any change) is older than its rate limit. *applied says whether it did;
+ * reason and instance go into the history (the oldest entries beyond LIMITER_HISTORY_MAX
+ * dropped). Returns 0 or a negative status. */
+int limiter_db_change(PGconn *c, const char *instance, int max, int from, int to, int ceiling,
+                      const char *reason, bool *applied, struct cofi_err *err);
+
+/* Makes pause_until at least now + ms (database's clock) and notes it in the history. */
+int limiter_db_pause(PGconn *c, const char *instance, int64_t ms, struct cofi_err *err);
+
+#endif
