@@ -99,13 +99,41 @@ int limiter_db_change(PGconn *c, const char *instance, int max, int from, int to
                   "WHERE id = 1 AND lim = $1::int AND CASE WHEN $2::int < $1::int"
                   " THEN decreased_at IS NULL OR decreased_at < clock_timestamp() - interval '1000 "
                   "milliseconds'"
-                  " ELSE changed_at < clock_timestamp() - interval '750 milliseconds' END "
+                  " ELSE changed_at < clock_timestamp() - interval '500 milliseconds' END "
                   "RETURNING lim",
         6, p, err);
     if (r == NULL) {
         return err->code;
     }
     *applied = PQntuples(r) == 1;
+    PQclear(r);
+    return 0;
+}
+
+int limiter_db_restart(PGconn *c, const char *instance, int max, int lease_ms, bool *reset,
+                       struct cofi_err *err)
+{
+    char m[16];
+    char ms[16];
+    snprintf(m, sizeof m, "%d", max);
+    snprintf(ms, sizeof ms, "%d", lease_ms);
+    const char *p[] = {m, "restart", instance, ms};
+    PGresult *r =
+        db_exec(c,
+                "UPDATE nlp_limiter SET lim = $1::int, max_lim = $1::int, ceiling = 0,"
+                " pause_until = NULL, changed_at = clock_timestamp(), decreased_at = NULL,"
+                " history = " HISTORY_PUSH(
+                    "$1::int", "$2",
+                    "$3") " "
+                          "WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id <> $3"
+                          " AND heartbeat_at > clock_timestamp() - make_interval(secs => $4::int / "
+                          "1000.0)) "
+                          "RETURNING lim",
+                4, p, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    *reset = PQntuples(r) == 1;
     PQclear(r);
     return 0;
 }

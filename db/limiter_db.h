@@ -15,7 +15,7 @@
 /* At most one decrease of the limit per this many ms (the whole cluster), and one increase
  * per LIMITER_INCREASE_MS: two instances that see the same 429 storm decrease it once. */
 #define LIMITER_DECREASE_MS 1000
-#define LIMITER_INCREASE_MS 750
+#define LIMITER_INCREASE_MS 500
 
 struct limiter_change {
     int64_t at_ms; /* Unix ms, the database's clock */
@@ -44,6 +44,12 @@ int limiter_db_read(PGconn *c, int max, struct limiter_row *out, struct cofi_err
  * dropped). Returns 0 or a negative status. */
 int limiter_db_change(PGconn *c, const char *instance, int max, int from, int to, int ceiling,
                       const char *reason, bool *applied, struct cofi_err *err);
+
+/* An instance that starts alone (no other instance's heartbeat within lease_ms) finds what
+ * the cluster learned before stale: the limit goes back to max, the ceiling and the pause
+ * are forgotten. *reset says whether it did. Returns 0 or a negative status. */
+int limiter_db_restart(PGconn *c, const char *instance, int max, int lease_ms, bool *reset,
+                       struct cofi_err *err);
 
 /* Makes pause_until at least now + ms (database's clock) and notes it in the history. */
 int limiter_db_pause(PGconn *c, const char *instance, int64_t ms, struct cofi_err *err);

@@ -6,24 +6,24 @@ static int clamp(int v, int lo, int hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-/* Just under a ceiling: AIMD_NEAR_CEILING of it, rounded down. */
-static int under_ceiling(int ceiling)
-{
-    return (int)(AIMD_NEAR_CEILING * (double)ceiling);
-}
-
-/* True when the limit is at or beyond just under a known ceiling. */
+/* True when the limit is one step under a known ceiling: nothing left to bisect. */
 static bool near_ceiling(int limit, int ceiling)
 {
-    return ceiling > 0 && limit >= under_ceiling(ceiling);
+    return ceiling > 0 && limit >= ceiling - 1;
 }
 
 static void decrease(const struct aimd_in *in, double beta, enum aimd_reason why,
                      struct aimd_out *out)
 {
-    out->limit = clamp((int)((double)in->limit * beta), 1, in->max);
+    int next = (int)((double)in->limit * beta);
+    if (why == AIMD_THROTTLED && in->last_clean > next && in->last_clean < in->limit) {
+        next = in->last_clean; /* it took that much a moment ago */
+    }
+    out->limit = clamp(next, 1, in->max);
     out->ceiling = in->limit;
     out->clean_streak = 0;
+    bool probe = near_ceiling(in->limit, in->ceiling + 1) && in->ceiling > 0;
+    out->failed_probes = probe ? in->failed_probes + 1 : 0;
     out->reason = out->limit < in->limit ? why : AIMD_HOLD;
 }
 
@@ -31,17 +31,22 @@ static void increase(const struct aimd_in *in, struct aimd_out *out)
 {
     int streak = in->clean_streak + 1;
     out->clean_streak = streak;
-    out->ceiling = in->ceiling > 0 && in->limit > in->ceiling ? 0 : in->ceiling;
-    int step = in->max / 10 > 1 ? in->max / 10 : 1;
+    out->ceiling = in->ceiling > 0 && in->limit >= in->ceiling ? 0 : in->ceiling;
+    if (out->ceiling == 0) {
+        out->failed_probes = 0;
+    }
+    int backoff = in->failed_probes < AIMD_PROBE_BACKOFF ? in->failed_probes : AIMD_PROBE_BACKOFF;
     int next = in->limit;
-    if (!near_ceiling(in->limit, out->ceiling)) {
-        next = in->limit + step;
-        if (out->ceiling > 0 && next > under_ceiling(out->ceiling)) {
-            /* Fast back to just under where the last refusal came, not past it. */
-            next = under_ceiling(out->ceiling);
-        }
+    if (out->ceiling == 0) {
+        int step = in->max / 10 > 1 ? in->max / 10 : 1;
+        next = in->limit + (in->limit / 2 > step ? in->limit / 2 : step);
         out->reason = AIMD_INCREASE;
-    } else if (streak >= AIMD_PROBE_WINDOWS) {
+    } else if (!near_ceiling(in->limit, out->ceiling)) {
+        /* Half way to where the last refusal came: the capacity is in between. */
+        next = (in->limit + out->ceiling) / 2;
+        next = next > in->limit ? next : in->limit + 1;
+        out->reason = AIMD_INCREASE;
+    } else if (streak >= AIMD_PROBE_WINDOWS << backoff) {
         next = in->limit + 1;
         out->reason = AIMD_PROBE;
     }
@@ -58,19 +63,25 @@ void aimd_next(const struct aimd_in *in, struct aimd_out *out)
     out->limit = clamp(in->limit, 1, in->max);
     out->ceiling = in->ceiling;
     out->clean_streak = in->clean_streak;
+    out->last_clean = in->last_clean;
+    out->failed_probes = in->failed_probes;
     out->reason = AIMD_HOLD;
     if (in->throttled > 0) {
-        double beta = near_ceiling(in->limit, in->ceiling) ? AIMD_BETA_PROBE : AIMD_BETA_DROP;
-        decrease(in, beta, AIMD_THROTTLED, out);
+        bool probe =
+            in->ceiling > 0 && (double)in->limit >= AIMD_NEAR_CEILING * (double)in->ceiling;
+        decrease(in, probe ? AIMD_BETA_PROBE : AIMD_BETA_DROP, AIMD_THROTTLED, out);
         return;
     }
     if (in->answers >= AIMD_MIN_ANSWERS && in->floor_ms > 0 &&
         in->mean_ms > AIMD_LATENCY_FACTOR * in->floor_ms + AIMD_LATENCY_SLACK_MS) {
-        decrease(in, AIMD_BETA_PROBE, AIMD_LATENCY, out);
+        decrease(in, AIMD_BETA_LATENCY, AIMD_LATENCY, out);
         return;
     }
-    if (in->limited && in->answers > 0 && in->limit < in->max) {
-        increase(in, out);
+    if (in->limited && in->answers > 0) {
+        out->last_clean = in->limit;
+        if (in->limit < in->max) {
+            increase(in, out);
+        }
         return;
     }
     if (!in->limited) {

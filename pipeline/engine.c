@@ -54,7 +54,12 @@ static int64_t host_nlp_pause_ms(void *ctx)
 static void host_nlp_answer(void *ctx, const struct job_outcome *o)
 {
     struct engine *e = ctx;
-    limiter_on_answer(e->limiter, o);
+    if (limiter_on_answer(e->limiter, o)) {
+        /* A fresh refusal: the lease thread beats now (decrease, shares) instead of later. */
+        pthread_mutex_lock(&e->lease_mu);
+        pthread_cond_signal(&e->lease_cv);
+        pthread_mutex_unlock(&e->lease_mu);
+    }
 }
 
 /* ---- start and stop ---------------------------------------------------------------------- */

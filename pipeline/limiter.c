@@ -27,9 +27,13 @@ struct nlp_limiter {
     atomic_bool pause_to_write;    /* a Retry-After seen here, not yet in the database */
     atomic_llong decreased_mono;   /* ms: when the limit last fell here; refusals of requests
                                       sent before it are old news */
+    atomic_llong woke_mono;        /* ms: when a refusal last asked for a beat */
 
     /* Lease thread only. */
+    bool started; /* the first beat looked whether this instance starts alone */
     int clean_streak;
+    int last_clean;
+    int failed_probes;
     double floors[FLOOR_WINDOWS];
     int nfloors;
     int floor_pos;
@@ -72,12 +76,19 @@ static void atomic_raise(atomic_llong *a, long long v)
     }
 }
 
-void limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
+bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
 {
     if (o->event != LANE_ANSWERED || o->http_status == 0) {
-        return; /* no answer from the API: a connection failure says nothing of its limit */
+        return false; /* no answer from the API: a connection failure says nothing of its limit */
     }
     int64_t now = clock_mono_ms();
+    bool throttled = o->http_status == 429 || o->http_status == 503;
+    if (!l->cfg->llm_adaptive) {
+        if (throttled) {
+            atomic_fetch_add(&l->throttled_total, 1);
+        }
+        return false; /* a fixed limit: each request honours its own Retry-After */
+    }
     if (o->retry_after_ms >= 0) {
         int64_t ms = o->retry_after_ms;
         if (ms > l->cfg->llm.retry_after_max_ms) {
@@ -86,19 +97,22 @@ void limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
         atomic_raise(&l->pause_until_mono, now + ms);
         atomic_store(&l->pause_to_write, true);
     }
-    bool throttled = o->http_status == 429 || o->http_status == 503;
     if (throttled) {
         atomic_fetch_add(&l->throttled_total, 1);
     }
     int64_t sent = now - o->latency_us / 1000;
     if (throttled && sent < atomic_load(&l->decreased_mono)) {
-        return; /* sent under the limit before its last decrease */
+        return false; /* sent under the limit before its last decrease */
     }
     atomic_fetch_add(&l->answers, 1);
     atomic_fetch_add(&l->latency_sum_us, o->latency_us);
-    if (throttled) {
-        atomic_fetch_add(&l->throttled, 1);
+    if (!throttled) {
+        return false;
     }
+    atomic_fetch_add(&l->throttled, 1);
+    long long woke = atomic_load(&l->woke_mono);
+    return now - woke >= LIMITER_WAKE_MS &&
+           atomic_compare_exchange_strong(&l->woke_mono, &woke, (long long)now);
 }
 
 int64_t limiter_pause_ms(struct nlp_limiter *l)
@@ -132,7 +146,9 @@ static int adapt(struct nlp_limiter *l, PGconn *c, bool limited, const struct li
                          .max = l->cfg->llm_concurrency,
                          .ceiling = row->ceiling,
                          .clean_streak = l->clean_streak,
-                         .limited = limited};
+                         .limited = limited,
+                         .last_clean = l->last_clean,
+                         .failed_probes = l->failed_probes};
     in.answers = atomic_exchange(&l->answers, 0);
     in.throttled = atomic_exchange(&l->throttled, 0);
     long long sum = atomic_exchange(&l->latency_sum_us, 0);
@@ -145,6 +161,8 @@ static int adapt(struct nlp_limiter *l, PGconn *c, bool limited, const struct li
     struct aimd_out out;
     aimd_next(&in, &out);
     l->clean_streak = out.clean_streak;
+    l->last_clean = out.last_clean;
+    l->failed_probes = out.failed_probes;
     if (out.reason == AIMD_HOLD && out.limit == limit) {
         return limit;
     }
@@ -190,10 +208,18 @@ int limiter_beat(struct nlp_limiter *l, PGconn *c, bool limited, struct cofi_err
         }
     }
     rc = limiter_db_read(c, max, &row, err);
+    if (rc == 0 && !l->started) {
+        bool reset = false;
+        rc = limiter_db_restart(c, l->instance, max, l->cfg->lease_ms, &reset, err);
+        if (rc == 0 && reset) {
+            rc = limiter_db_read(c, max, &row, err);
+        }
+        l->started = rc == 0;
+    }
     if (rc != 0) {
         return rc;
     }
-    if (row.pause_left_ms > 0) {
+    if (row.pause_left_ms > 0 && l->cfg->llm_adaptive) {
         atomic_raise(&l->pause_until_mono, clock_mono_ms() + row.pause_left_ms);
     }
     int limit = row.limit < max ? row.limit : max;

@@ -16,6 +16,8 @@
 
 struct nlp_limiter;
 
+#define LIMITER_WAKE_MS 250
+
 /* The limiter's state for /stages/{llm}/status and /metrics. */
 struct llm_limit_snapshot {
     bool adaptive;           /* llm.adaptive */
@@ -35,8 +37,12 @@ int limiter_new(struct nlp_limiter **out, const struct cofi_config *cfg, const c
 void limiter_free(struct nlp_limiter *l);
 
 /* Takes one NLP answer into the window; a Retry-After pauses this instance's new NLP
- * requests at once (and every instance's from the next beat on). Any thread. */
-void limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o);
+ * requests at once (and every instance's from the next beat on). Returns true when the lease
+ * thread should beat at once: a fresh refusal (at most once per LIMITER_WAKE_MS), so the
+ * decrease lands before the pause ends instead of up to a beat later. Without llm.adaptive it
+ * only counts refusals: the limit is fixed and each request honours its own Retry-After.
+ * Any thread. */
+bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o);
 
 /* How long no NLP request may start yet, in ms (0 = go). Any thread. */
 int64_t limiter_pause_ms(struct nlp_limiter *l);

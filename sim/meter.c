@@ -192,6 +192,17 @@ int64_t sim_meter_admit(struct sim_meter *m, int64_t tokens, bool *over_tokens)
     return wait_s;
 }
 
+void sim_meter_injected(struct sim_meter *m, int status)
+{
+    pthread_mutex_lock(&m->mu);
+    struct sim_second *b = meter_now(m, clock_mono_us());
+    b->arrivals++;
+    if (status == 429) {
+        b->rejected++;
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
 void sim_meter_leave(struct sim_meter *m, bool ok)
 {
     int64_t now = clock_mono_us();

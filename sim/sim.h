@@ -154,6 +154,9 @@ void sim_meter_free(struct sim_meter *m);
  * token budget, not the capacity, refused it). Thread-safe. */
 int64_t sim_meter_admit(struct sim_meter *m, int64_t tokens, bool *over_tokens);
 
+/* Counts a request answered by a failure rule (an arrival; a 429 is a rejection). */
+void sim_meter_injected(struct sim_meter *m, int status);
+
 /* Gives the slot back; ok: the answer is 2xx. Thread-safe. */
 void sim_meter_leave(struct sim_meter *m, bool ok);
 

@@ -290,6 +290,9 @@ void sim_worker_serve(struct sim_port *p, struct sim_req *req, struct sim_reply 
     struct sim_injected inj = {0};
     if (sim_rules_match(&p->rules, job.ep, job.call_id, job.key, &inj)) {
         sim_reply_error(r, inj.status, "injected");
+        if (p->role == SIM_ROLE_NLP) {
+            sim_meter_injected(&p->sim->meter, inj.status);
+        }
         if (inj.body != NULL) {
             json_decref(r->body);
             r->body = NULL;

@@ -41,11 +41,11 @@ static void test_refusal_far_from_ceiling_drops_by_beta(void **state)
 static void test_refusal_near_ceiling_backs_off_gently(void **state)
 {
     (void)state;
-    struct aimd_in in = window(41, 44, 400, 1, true);
+    struct aimd_in in = window(41, 43, 400, 1, true);
     struct aimd_out out;
     aimd_next(&in, &out);
     assert_int_equal(out.reason, AIMD_THROTTLED);
-    assert_int_equal(out.limit, 36); /* 41 x 0.9 */
+    assert_int_equal(out.limit, 38); /* 41 x 0.95 */
     assert_int_equal(out.ceiling, 41);
 }
 
@@ -62,34 +62,80 @@ static void test_never_below_one(void **state)
 static void test_fast_recovery_stops_under_the_ceiling(void **state)
 {
     (void)state;
-    struct aimd_out out;
-    struct aimd_in in = window(30, 44, 300, 0, true);
-    aimd_next(&in, &out);
-    assert_int_equal(out.reason, AIMD_INCREASE);
-    assert_int_equal(out.limit, 39);   /* min(30 + 10, 0.9 x 44 = 39.6) */
-    in = window(39, 44, 300, 0, true); /* near the ceiling: +1 every third clean window */
-    in.clean_streak = out.clean_streak;
-    aimd_next(&in, &out);
-    assert_int_equal(out.reason, AIMD_HOLD);
-    assert_int_equal(out.limit, 39);
-    in.clean_streak = out.clean_streak;
-    aimd_next(&in, &out);
-    assert_int_equal(out.limit, 39);
+    struct aimd_out out = {0};
+    /* Bisection between the limit that passes and the ceiling that was refused. */
+    static const int steps[][2] = {{30, 37}, {37, 40}, {40, 42}, {42, 43}};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        struct aimd_in in = window(steps[i][0], 44, 300, 0, true);
+        aimd_next(&in, &out);
+        assert_int_equal(out.reason, AIMD_INCREASE);
+        assert_int_equal(out.limit, steps[i][1]);
+        assert_int_equal(out.last_clean, steps[i][0]);
+    }
+    struct aimd_in in = window(43, 44, 300, 0, true); /* one under: +1 every third window */
+    for (int w = 0; w < 2; w++) {
+        in.clean_streak = out.clean_streak;
+        aimd_next(&in, &out);
+        assert_int_equal(out.reason, AIMD_HOLD);
+        assert_int_equal(out.limit, 43);
+    }
     in.clean_streak = out.clean_streak;
     aimd_next(&in, &out);
     assert_int_equal(out.reason, AIMD_PROBE);
-    assert_int_equal(out.limit, 40);
+    assert_int_equal(out.limit, 44);
     assert_int_equal(out.clean_streak, 0);
+}
+
+static void test_refusal_falls_back_to_last_clean(void **state)
+{
+    (void)state;
+    struct aimd_out out;
+    struct aimd_in in = window(41, 49, 300, 2, true);
+    in.last_clean = 34;
+    aimd_next(&in, &out);
+    assert_int_equal(out.limit, 34); /* not 41 x 0.7 = 28: 34 passed a moment ago */
+    assert_int_equal(out.ceiling, 41);
+    in.last_clean = 50; /* stale: above the limit refused */
+    aimd_next(&in, &out);
+    assert_int_equal(out.limit, 28);
+}
+
+static void test_refused_probes_wait_longer(void **state)
+{
+    (void)state;
+    struct aimd_out out;
+    struct aimd_in in = window(41, 41, 300, 1, true); /* a probe to the ceiling, refused */
+    in.last_clean = 40;
+    aimd_next(&in, &out);
+    assert_int_equal(out.limit, 40);
+    assert_int_equal(out.failed_probes, 1);
+    in = window(40, 41, 300, 0, true);
+    in.failed_probes = out.failed_probes;
+    int windows = 0;
+    do {
+        in.clean_streak = out.clean_streak;
+        aimd_next(&in, &out);
+        windows++;
+    } while (out.reason == AIMD_HOLD && windows < 100);
+    assert_int_equal(windows, 6);
+    assert_int_equal(out.reason, AIMD_PROBE);
+    in.failed_probes = 7; /* the wait stops doubling at 12 windows */
+    in.clean_streak = 11;
+    aimd_next(&in, &out);
+    assert_int_equal(out.reason, AIMD_PROBE);
 }
 
 static void test_clean_above_ceiling_forgets_it(void **state)
 {
     (void)state;
     struct aimd_out out;
-    struct aimd_in in = window(45, 44, 300, 0, true);
+    struct aimd_in in = window(44, 44, 300, 0, true); /* the refused level passes now */
     aimd_next(&in, &out);
     assert_int_equal(out.ceiling, 0);
-    assert_int_equal(out.limit, 55);
+    assert_int_equal(out.limit, 66); /* no ceiling: max(100 / 10, 44 / 2) */
+    in = window(12, 0, 300, 0, true);
+    aimd_next(&in, &out);
+    assert_int_equal(out.limit, 22);
     in = window(95, 0, 300, 0, true);
     aimd_next(&in, &out);
     assert_int_equal(out.limit, 100); /* never above max */
@@ -165,6 +211,8 @@ int main(void)
         cmocka_unit_test(test_refusal_near_ceiling_backs_off_gently),
         cmocka_unit_test(test_never_below_one),
         cmocka_unit_test(test_fast_recovery_stops_under_the_ceiling),
+        cmocka_unit_test(test_refusal_falls_back_to_last_clean),
+        cmocka_unit_test(test_refused_probes_wait_longer),
         cmocka_unit_test(test_clean_above_ceiling_forgets_it),
         cmocka_unit_test(test_no_increase_when_not_limited_or_idle),
         cmocka_unit_test(test_latency_well_above_floor_decreases),
