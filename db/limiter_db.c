@@ -51,7 +51,7 @@ int limiter_db_read(PGconn *c, int max, struct limiter_row *out, struct cofi_err
     }
     PGresult *r = db_exec(
         c,
-        "SELECT lim, max_lim, ceiling,"
+        "SELECT lim, max_lim, ceiling, probes_refused,"
         " coalesce(greatest(0, ceil(extract(epoch FROM pause_until - clock_timestamp()) * 1000)),"
         " 0)::bigint,"
         " coalesce((extract(epoch FROM pause_until) * 1000)::bigint, 0), history::text "
@@ -67,41 +67,46 @@ int limiter_db_read(PGconn *c, int max, struct limiter_row *out, struct cofi_err
     out->limit = atoi(PQgetvalue(r, 0, 0));
     out->max = atoi(PQgetvalue(r, 0, 1));
     out->ceiling = atoi(PQgetvalue(r, 0, 2));
-    out->pause_left_ms = strtoll(PQgetvalue(r, 0, 3), NULL, 10);
-    out->pause_until_ms = strtoll(PQgetvalue(r, 0, 4), NULL, 10);
-    parse_history(PQgetvalue(r, 0, 5), out);
+    out->probes_refused = atoi(PQgetvalue(r, 0, 3));
+    out->pause_left_ms = strtoll(PQgetvalue(r, 0, 4), NULL, 10);
+    out->pause_until_ms = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
+    parse_history(PQgetvalue(r, 0, 6), out);
     PQclear(r);
     return 0;
 }
 
-int limiter_db_change(PGconn *c, const char *instance, int max, int from, int to, int ceiling,
-                      const char *reason, bool *applied, struct cofi_err *err)
+int limiter_db_change(PGconn *c, const char *instance, int max, const struct limiter_step *s,
+                      bool *applied, struct cofi_err *err)
 {
     char f[16];
     char t[16];
     char cl[16];
     char m[16];
-    snprintf(f, sizeof f, "%d", from);
-    snprintf(t, sizeof t, "%d", to);
-    snprintf(cl, sizeof cl, "%d", ceiling);
+    char pr[16];
+    char age[16];
+    snprintf(f, sizeof f, "%d", s->from);
+    snprintf(t, sizeof t, "%d", s->to);
+    snprintf(cl, sizeof cl, "%d", s->ceiling);
     snprintf(m, sizeof m, "%d", max);
-    const char *p[] = {f, t, cl, reason, instance, m};
+    snprintf(pr, sizeof pr, "%d", s->probes_refused);
+    snprintf(age, sizeof age, "%d", s->to < s->from ? LIMITER_DECREASE_MS : s->min_age_ms);
+    const char *p[] = {f, t, cl, s->reason, instance, m, pr, age};
     /* One statement: the compare (lim = $1) and the rate limit are checked and the row
      * changed atomically, whatever other instances do at the same moment. */
     PGresult *r = db_exec(
         c,
         "UPDATE nlp_limiter SET lim = $2::int, ceiling = $3::int, max_lim = $6::int,"
-        " changed_at = clock_timestamp(),"
+        " probes_refused = $7::int, changed_at = clock_timestamp(),"
         " decreased_at = CASE WHEN $2::int < $1::int THEN clock_timestamp() ELSE decreased_at END,"
         " history = " HISTORY_PUSH(
             "$2::int", "$4",
             "$5") " "
                   "WHERE id = 1 AND lim = $1::int AND CASE WHEN $2::int < $1::int"
-                  " THEN decreased_at IS NULL OR decreased_at < clock_timestamp() - interval '1000 "
-                  "milliseconds'"
-                  " ELSE changed_at < clock_timestamp() - interval '500 milliseconds' END "
+                  " THEN decreased_at IS NULL"
+                  " OR decreased_at < clock_timestamp() - $8::int * interval '1 millisecond'"
+                  " ELSE changed_at < clock_timestamp() - $8::int * interval '1 millisecond' END "
                   "RETURNING lim",
-        6, p, err);
+        8, p, err);
     if (r == NULL) {
         return err->code;
     }
@@ -118,18 +123,18 @@ int limiter_db_restart(PGconn *c, const char *instance, int max, int lease_ms, b
     snprintf(m, sizeof m, "%d", max);
     snprintf(ms, sizeof ms, "%d", lease_ms);
     const char *p[] = {m, "restart", instance, ms};
-    PGresult *r =
-        db_exec(c,
-                "UPDATE nlp_limiter SET lim = $1::int, max_lim = $1::int, ceiling = 0,"
-                " pause_until = NULL, changed_at = clock_timestamp(), decreased_at = NULL,"
-                " history = " HISTORY_PUSH(
-                    "$1::int", "$2",
-                    "$3") " "
-                          "WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id <> $3"
-                          " AND heartbeat_at > clock_timestamp() - make_interval(secs => $4::int / "
-                          "1000.0)) "
-                          "RETURNING lim",
-                4, p, err);
+    PGresult *r = db_exec(
+        c,
+        "UPDATE nlp_limiter SET lim = $1::int, max_lim = $1::int, ceiling = 0, probes_refused = 0,"
+        " pause_until = NULL, changed_at = clock_timestamp(), decreased_at = NULL,"
+        " history = " HISTORY_PUSH(
+            "$1::int", "$2",
+            "$3") " "
+                  "WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM instances WHERE id <> $3"
+                  " AND heartbeat_at > clock_timestamp() - make_interval(secs => $4::int / "
+                  "1000.0)) "
+                  "RETURNING lim",
+        4, p, err);
     if (r == NULL) {
         return err->code;
     }

@@ -35,7 +35,6 @@ static void increase(const struct aimd_in *in, struct aimd_out *out)
     if (out->ceiling == 0) {
         out->failed_probes = 0;
     }
-    int backoff = in->failed_probes < AIMD_PROBE_BACKOFF ? in->failed_probes : AIMD_PROBE_BACKOFF;
     int next = in->limit;
     if (out->ceiling == 0) {
         int step = in->max / 10 > 1 ? in->max / 10 : 1;
@@ -46,7 +45,7 @@ static void increase(const struct aimd_in *in, struct aimd_out *out)
         next = (in->limit + out->ceiling) / 2;
         next = next > in->limit ? next : in->limit + 1;
         out->reason = AIMD_INCREASE;
-    } else if (streak >= AIMD_PROBE_WINDOWS << backoff) {
+    } else if (streak >= aimd_probe_windows(in->failed_probes)) {
         next = in->limit + 1;
         out->reason = AIMD_PROBE;
     }
@@ -56,6 +55,12 @@ static void increase(const struct aimd_in *in, struct aimd_out *out)
     } else {
         out->clean_streak = 0;
     }
+}
+
+int aimd_probe_windows(int failed_probes)
+{
+    int backoff = failed_probes < AIMD_PROBE_BACKOFF ? failed_probes : AIMD_PROBE_BACKOFF;
+    return AIMD_PROBE_WINDOWS << (backoff > 0 ? backoff : 0);
 }
 
 void aimd_next(const struct aimd_in *in, struct aimd_out *out)

@@ -74,6 +74,9 @@ struct aimd_out {
 /* Decides the next limit. Can't fail. */
 void aimd_next(const struct aimd_in *in, struct aimd_out *out);
 
+/* The clean windows before the next probe after failed_probes refused ones: 3, 6, 12. */
+int aimd_probe_windows(int failed_probes);
+
 /* "hold", "increase", "probe", "throttled", "latency". Static string. */
 const char *aimd_reason_name(enum aimd_reason r);
 

@@ -33,7 +33,6 @@ struct nlp_limiter {
     bool started; /* the first beat looked whether this instance starts alone */
     int clean_streak;
     int last_clean;
-    int failed_probes;
     double floors[FLOOR_WINDOWS];
     int nfloors;
     int floor_pos;
@@ -148,7 +147,7 @@ static int adapt(struct nlp_limiter *l, PGconn *c, bool limited, const struct li
                          .clean_streak = l->clean_streak,
                          .limited = limited,
                          .last_clean = l->last_clean,
-                         .failed_probes = l->failed_probes};
+                         .failed_probes = row->probes_refused};
     in.answers = atomic_exchange(&l->answers, 0);
     in.throttled = atomic_exchange(&l->throttled, 0);
     long long sum = atomic_exchange(&l->latency_sum_us, 0);
@@ -162,13 +161,22 @@ static int adapt(struct nlp_limiter *l, PGconn *c, bool limited, const struct li
     aimd_next(&in, &out);
     l->clean_streak = out.clean_streak;
     l->last_clean = out.last_clean;
-    l->failed_probes = out.failed_probes;
     if (out.reason == AIMD_HOLD && out.limit == limit) {
         return limit;
     }
     bool applied = false;
-    *rc = limiter_db_change(c, l->instance, in.max, row->limit, out.limit, out.ceiling,
-                            aimd_reason_name(out.reason), &applied, err);
+    struct limiter_step step = {.from = row->limit,
+                                .to = out.limit,
+                                .ceiling = out.ceiling,
+                                .probes_refused = out.failed_probes,
+                                .min_age_ms = LIMITER_INCREASE_MS,
+                                .reason = aimd_reason_name(out.reason)};
+    if (out.reason == AIMD_PROBE) {
+        /* The cluster probes once per wait, whichever instance asks: the windows of a probe
+         * (doubled per refused one) pass on the database's clock. */
+        step.min_age_ms = aimd_probe_windows(row->probes_refused) * LIMITER_WINDOW_MS;
+    }
+    *rc = limiter_db_change(c, l->instance, in.max, &step, &applied, err);
     if (*rc != 0 || !applied) {
         return limit;
     }

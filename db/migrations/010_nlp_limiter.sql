@@ -1,6 +1,7 @@
 -- 010: one adaptive NLP limit for the whole cluster (pipeline/limiter.c). A single row: the
 -- limit every instance's shares of "nlp" split (1..max_lim, llm.concurrency), the limit at
--- the last decrease (ceiling, 0 = none known), when it last changed and decreased (the
+-- the last decrease (ceiling, 0 = none known), the probes above it refused in a row (each
+-- doubles the wait before the next one, for the whole cluster), when it last changed and decreased (the
 -- updates are rate-limited on the database's clock), the time until which no instance starts
 -- an NLP request (a Retry-After seen by any of them), and the last 20 changes, newest first.
 CREATE TABLE nlp_limiter (
@@ -8,6 +9,7 @@ CREATE TABLE nlp_limiter (
     lim          integer NOT NULL CHECK (lim >= 1),
     max_lim      integer NOT NULL CHECK (max_lim >= 1),
     ceiling      integer NOT NULL DEFAULT 0 CHECK (ceiling >= 0),
+    probes_refused integer NOT NULL DEFAULT 0 CHECK (probes_refused >= 0),
     changed_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     decreased_at timestamptz,
     pause_until  timestamptz,
