@@ -8,7 +8,8 @@ database, against a cofi-sim whose NLP capacity changes while the batch runs:
   the cap within seconds; never more than llm.concurrency requests at the API at once.
 - a `Retry-After: 5` given to one request (of one instance) holds every instance's new NLP
   requests for about 5 s: the sim's per-second series shows no request arriving in the
-  seconds in between, and the other instance reports the pause.
+  seconds in between (from the third on: the other instance learns of the pause at its next
+  lease beat), and the other instance reports the pause.
 """
 
 import unittest
@@ -149,19 +150,20 @@ class NlpAdaptiveTest(CofiCase):
             cofitest.scaled(5), interval=0.1, what="both instances to report the pause")
         self.assertTrue(paused)
         t0 = min(b["t"] for b in sim.nlp_stats()["series"] if b["rejected"] > 0)
-        cofitest.poll(lambda: sim.nlp_stats()["seconds"] >= t0 + 8 or None,
+        cofitest.poll(lambda: sim.nlp_stats()["seconds"] >= t0 + 9 or None,
                       cofitest.scaled(20), interval=0.2, what="the pause to be over")
         series = sim.nlp_stats()["series"]
         self.log_series(series)
         by_t = {b["t"]: b for b in series}
-        # The 429 came during second t0; the pause ends 5 s after it, the other instance
-        # learns of it within a lease beat (about 1 s): nothing may arrive in t0+2 .. t0+4.
-        quiet = [by_t[t]["arrivals"] for t in range(t0 + 2, t0 + 5) if t in by_t]
+        # The 429 came during second t0; the pause ends 5 s after it. The instance that got it
+        # stops at once and writes the pause; the other learns of it at its next lease beat
+        # (about a second; more on a busy machine): nothing may arrive in t0+3 .. t0+4.
+        quiet = [by_t[t]["arrivals"] for t in range(t0 + 3, t0 + 5) if t in by_t]
         cofitest.log("arrivals per second from the 429 on: %s"
                      % [by_t[t]["arrivals"] for t in range(t0, t0 + 8) if t in by_t])
-        self.assertEqual(len(quiet), 3)
-        self.assertEqual(quiet, [0, 0, 0], "NLP requests started during the pause")
-        after = [by_t[t]["arrivals"] for t in range(t0 + 5, t0 + 8) if t in by_t]
+        self.assertEqual(len(quiet), 2)
+        self.assertEqual(quiet, [0, 0], "NLP requests started during the pause")
+        after = [by_t[t]["arrivals"] for t in range(t0 + 5, t0 + 9) if t in by_t]
         self.assertGreater(sum(after), 0, "NLP requests did not start again after the pause")
         hist = self.adaptive(pair[0])["history"]
         self.assertIn("retry_after", " ".join(h["reason"] for h in hist))
