@@ -32,6 +32,7 @@ void config_defaults(struct cofi_config *cfg)
     cfg->health_interval_ms = 1000;
     cfg->llm_concurrency = 100;
     cfg->llm_adaptive = true;
+    cfg->llm_completion_tokens = 256;
     cfg->llm = (struct cofi_worker_cfg){.timeout_ms = 120000,
                                         .max_attempts = 5,
                                         .backoff_base_ms = 200,
@@ -482,6 +483,9 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
                                             "backoff_max_ms",
                                             "retry_after_max_ms",
                                             "adaptive",
+                                            "tokens_per_minute",
+                                            "requests_per_minute",
+                                            "completion_tokens",
                                             NULL};
     if (!json_is_object(root)) {
         return cofi_err_set(err, COFI_E_INVALID, "the configuration must be a JSON object");
@@ -542,6 +546,18 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
         }
         if (rc == 0) {
             rc = parse_worker(llm, "llm.", &cfg->llm, err);
+        }
+        if (rc == 0) {
+            rc = get_int(llm, "llm.", "tokens_per_minute", 1, 1000000000000LL,
+                         &cfg->llm_tokens_per_minute, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(llm, "llm.", "requests_per_minute", 1, 100000000,
+                           &cfg->llm_requests_per_minute, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(llm, "llm.", "completion_tokens", 0, 10000000,
+                           &cfg->llm_completion_tokens, err);
         }
     }
     json_t *auth = json_object_get(root, "auth");

@@ -51,14 +51,30 @@ static int64_t host_nlp_pause_ms(void *ctx)
     return limiter_pause_ms(e->limiter);
 }
 
+/* Asks the lease thread to beat now. */
+static void wake_lease(struct engine *e)
+{
+    pthread_mutex_lock(&e->lease_mu);
+    pthread_cond_signal(&e->lease_cv);
+    pthread_mutex_unlock(&e->lease_mu);
+}
+
+static bool host_nlp_budget(void *ctx, size_t transcript_bytes)
+{
+    struct engine *e = ctx;
+    bool wake = false;
+    bool ok = budget_take(e->budget, budget_estimate(e->budget, transcript_bytes), &wake);
+    if (wake) {
+        wake_lease(e); /* a grant now, not at the next beat */
+    }
+    return ok;
+}
+
 static void host_nlp_answer(void *ctx, const struct job_outcome *o)
 {
     struct engine *e = ctx;
     if (limiter_on_answer(e->limiter, o)) {
-        /* A fresh refusal: the lease thread beats now (decrease, shares) instead of later. */
-        pthread_mutex_lock(&e->lease_mu);
-        pthread_cond_signal(&e->lease_cv);
-        pthread_mutex_unlock(&e->lease_mu);
+        wake_lease(e); /* a fresh refusal: decrease and shares now instead of later */
     }
 }
 
@@ -70,6 +86,7 @@ static void engine_destroy(struct engine *e)
     mediator_lane_free(e->med);
     llm_lane_free(e->llm);
     limiter_free(e->limiter);
+    budget_free(e->budget);
     metrics_free(e->metrics);
     struct jobq orphans = {0};
     record_queue_destroy(&e->rq, &orphans);
@@ -152,7 +169,8 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     clock_cond_init(&e->lease_cv);
     e->metrics = metrics_new();
     if (e->metrics == NULL || record_queue_init(&e->rq) != 0 || stride_init(&e->stride) != 0 ||
-        engine_lease_init(e) != 0 || limiter_new(&e->limiter, cfg, e->instance) != 0) {
+        engine_lease_init(e) != 0 || limiter_new(&e->limiter, cfg, e->instance) != 0 ||
+        budget_new(&e->budget, cfg, e->instance) != 0) {
         cofi_err_set(err, COFI_E_NOMEM, "out of memory");
         goto fail;
     }
@@ -170,6 +188,9 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     }
     host.nlp_pause_ms = host_nlp_pause_ms;
     host.nlp_answer = host_nlp_answer;
+    if (budget_enabled(e->budget)) {
+        host.nlp_budget = host_nlp_budget;
+    }
     if (llm_lane_start(&e->llm, &host, err) != 0) {
         goto fail;
     }

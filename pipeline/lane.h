@@ -62,6 +62,10 @@ struct lane_host {
      * Retry-After seen by any instance pauses them all), and what each answer said (o after
      * the request: status, latency, Retry-After), for the adaptive limit. Cheap. */
     int64_t (*nlp_pause_ms)(void *ctx);
+    /* NLP lane only (NULL elsewhere): takes a request's share of the cluster's token and
+     * request budgets (transcript_bytes / 4 + llm.completion_tokens, and one request); false
+     * when there is none now (the lane waits and asks again). */
+    bool (*nlp_budget)(void *ctx, size_t transcript_bytes);
     void (*nlp_answer)(void *ctx, const struct job_outcome *o);
 };
 

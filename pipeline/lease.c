@@ -120,6 +120,9 @@ static void adapt_nlp_total(struct engine *e, PGconn *c)
         return;
     }
     e->shares[0].total = limit;
+    if (budget_beat(e->budget, c, &err) != 0) {
+        log_warn("engine: NLP budget: %s", err.msg);
+    }
 }
 
 /* Publishes the requests in flight per stage. */

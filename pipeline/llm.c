@@ -137,10 +137,42 @@ static char *llm_body(const struct job *j, struct job_outcome *o)
     return text;
 }
 
+/* True once the lane stops, aborts or may not send (lease). */
+static bool lane_halted(struct llm_lane *l)
+{
+    pthread_mutex_lock(&l->mu);
+    bool stop = l->stop;
+    pthread_mutex_unlock(&l->mu);
+    return stop || atomic_load(&l->abort) || !l->host.lease_ok(l->host.ctx);
+}
+
+/* Waits for j's share of the cluster's NLP budgets (holding j's permit). Returns false when
+ * the lane halted meanwhile (j is to be given back). */
+static bool wait_budget(struct llm_lane *l, const struct job *j)
+{
+    if (l->host.nlp_budget == NULL) {
+        return true;
+    }
+    json_t *t = json_object_get(json_object_get(j->prev, "stt"), "transcript");
+    size_t bytes = json_is_string(t) ? json_string_length(t) : 0;
+    while (!l->host.nlp_budget(l->host.ctx, bytes)) {
+        if (lane_halted(l)) {
+            return false;
+        }
+        clock_sleep_ms(20);
+    }
+    return true;
+}
+
 static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct job *j)
 {
     const struct cofi_config *cfg = l->cfg;
     struct job_outcome o;
+    if (!wait_budget(l, j)) {
+        job_outcome_init(&o, LANE_GIVEN_BACK);
+        l->host.report(l->host.ctx, j, &o);
+        return;
+    }
     if (!l->host.admit(l->host.ctx, j)) {
         job_outcome_init(&o, LANE_NOT_VALID);
         l->host.report(l->host.ctx, j, &o);

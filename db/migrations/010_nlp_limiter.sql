@@ -15,3 +15,16 @@ CREATE TABLE nlp_limiter (
     pause_until  timestamptz,
     history      jsonb NOT NULL DEFAULT '[]'::jsonb
 );
+
+-- The NLP budgets (llm.tokens_per_minute, llm.requests_per_minute) for the whole cluster: the
+-- grants each instance took, on the database's clock. A grant is spent within a few seconds
+-- (pipeline/budget.c), and what was granted over any window of a minute plus that never
+-- passes the budget, so what is spent over any minute never does either.
+CREATE TABLE nlp_budget_grants (
+    id       bigserial PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    instance text NOT NULL,
+    tokens   bigint NOT NULL CHECK (tokens >= 0),
+    requests integer NOT NULL CHECK (requests >= 0)
+);
+CREATE INDEX nlp_budget_grants_at ON nlp_budget_grants (at);

@@ -351,6 +351,41 @@ static void test_llm_adaptive(void **state)
     assert_non_null(strstr(err.msg, "llm.adaptive"));
 }
 
+static void test_llm_budgets(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *head = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                       "\"http://1\"}], \"llm\": {\"url\": \"http://x\"";
+    char text[512];
+    snprintf(text, sizeof text, "%s}}", head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_int_equal(cfg.llm_tokens_per_minute, 0); /* no budget unless set */
+    assert_int_equal(cfg.llm_requests_per_minute, 0);
+    assert_int_equal(cfg.llm_completion_tokens, 256);
+    config_free(&cfg);
+    snprintf(text, sizeof text,
+             "%s, \"tokens_per_minute\": 90000, \"requests_per_minute\": 500, "
+             "\"completion_tokens\": 40}}",
+             head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_int_equal(cfg.llm_tokens_per_minute, 90000);
+    assert_int_equal(cfg.llm_requests_per_minute, 500);
+    assert_int_equal(cfg.llm_completion_tokens, 40);
+    config_free(&cfg);
+    static const char *const bad[] = {"\"tokens_per_minute\": 0", "\"requests_per_minute\": -1",
+                                      "\"tokens_per_minute\": \"1000\"",
+                                      "\"completion_tokens\": -5"};
+    static const char *const named[] = {"llm.tokens_per_minute", "llm.requests_per_minute",
+                                        "llm.tokens_per_minute", "llm.completion_tokens"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(text, sizeof text, "%s, %s}}", head, bad[i]);
+        assert_int_not_equal(config_parse(text, &cfg, &err), 0);
+        assert_non_null(strstr(err.msg, named[i]));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -367,6 +402,7 @@ int main(void)
         cmocka_unit_test(test_many_nodes_are_accepted),
         cmocka_unit_test(test_http_defences),
         cmocka_unit_test(test_llm_adaptive),
+        cmocka_unit_test(test_llm_budgets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
