@@ -17,6 +17,8 @@ struct nlp_budget {
     int requests;
     int64_t expires_mono; /* ms: the pool is spent by then, or dropped */
     int64_t need;         /* the largest reservation that found the pool short, 0 = none */
+    uint64_t grant;       /* which grant the pool is (each new one counts up) */
+    int64_t overrun;      /* tokens used beyond reservations, to record */
     atomic_llong woke_mono;
 };
 
@@ -54,9 +56,10 @@ int64_t budget_estimate(const struct nlp_budget *b, size_t bytes)
     return tpm > 0 && est > tpm ? tpm : est;
 }
 
-bool budget_take(struct nlp_budget *b, int64_t est, bool *wake)
+bool budget_take(struct nlp_budget *b, int64_t est, uint64_t *grant, bool *wake)
 {
     *wake = false;
+    *grant = 0;
     if (!budget_enabled(b)) {
         return true;
     }
@@ -69,6 +72,7 @@ bool budget_take(struct nlp_budget *b, int64_t est, bool *wake)
     if (ok) {
         b->tokens -= est;
         b->requests -= 1;
+        *grant = b->grant;
     } else if (est > b->need) {
         b->need = est;
     }
@@ -81,10 +85,49 @@ bool budget_take(struct nlp_budget *b, int64_t est, bool *wake)
     return ok;
 }
 
+void budget_settle(struct nlp_budget *b, int64_t est, uint64_t grant, long long used)
+{
+    if (!budget_enabled(b) || used < 0 || b->cfg->llm_tokens_per_minute == 0) {
+        return;
+    }
+    int64_t now = clock_mono_ms();
+    pthread_mutex_lock(&b->mu);
+    if (used > est) {
+        b->overrun += used - est;
+    } else if (grant == b->grant && now < b->expires_mono) {
+        b->tokens += est - used;
+    }
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Records the tokens used beyond reservations as a grant of their own. */
+static int record_overrun(struct nlp_budget *b, PGconn *c, struct cofi_err *err)
+{
+    pthread_mutex_lock(&b->mu);
+    int64_t over = b->overrun;
+    b->overrun = 0;
+    pthread_mutex_unlock(&b->mu);
+    if (over == 0) {
+        return 0;
+    }
+    struct budget_grant g = {.want_tokens = over, .window_ms = BUDGET_WINDOW_MS};
+    int rc = budget_db_grant(c, b->instance, &g, err);
+    if (rc != 0) {
+        pthread_mutex_lock(&b->mu);
+        b->overrun += over;
+        pthread_mutex_unlock(&b->mu);
+    }
+    return rc;
+}
+
 int budget_beat(struct nlp_budget *b, PGconn *c, struct cofi_err *err)
 {
     if (!budget_enabled(b)) {
         return 0;
+    }
+    int orc = record_overrun(b, c, err);
+    if (orc != 0) {
+        return orc;
     }
     const struct cofi_config *cfg = b->cfg;
     int64_t chunk_t = cfg->llm_tokens_per_minute / BUDGET_CHUNKS;
@@ -115,6 +158,7 @@ int budget_beat(struct nlp_budget *b, PGconn *c, struct cofi_err *err)
     b->requests = g.got_requests;
     b->expires_mono = asked + BUDGET_GRANT_TTL_MS;
     b->need = 0;
+    b->grant++;
     pthread_mutex_unlock(&b->mu);
     return 0;
 }

@@ -9,7 +9,7 @@
  * database grants only what the budget leaves over the last minute plus that TTL, every
  * instance's grants counted, so the tokens and requests spent over ANY minute never pass the
  * budget. A request reserves its transcript's bytes / 4 plus llm.completion_tokens (the §4
- * protocol reports no usage: the reservation stands). */
+ * protocol reports no usage: the reservation stands; the OpenAI form's `usage` settles it). */
 #ifndef COFI_BUDGET_H
 #define COFI_BUDGET_H
 
@@ -41,7 +41,13 @@ int64_t budget_estimate(const struct nlp_budget *b, size_t bytes);
 /* Takes est tokens and one request from the pool. Returns true when taken; false when the pool
  * lacks them (the request waits and asks again): *wake is then true when the lease thread
  * should be asked for a grant now (at most every 100 ms). Any thread. */
-bool budget_take(struct nlp_budget *b, int64_t est, bool *wake);
+bool budget_take(struct nlp_budget *b, int64_t est, uint64_t *grant, bool *wake);
+
+/* Settles a request that took est tokens from grant `grant` once the API said it used `used`
+ * (-1: unknown, the reservation stands): what it did not use goes back to the pool while that
+ * grant is still the pool's; what it used beyond est is recorded as a grant of its own at the
+ * next beat (the budget counts it, though it could not be held back). Any thread. */
+void budget_settle(struct nlp_budget *b, int64_t est, uint64_t grant, long long used);
 
 /* The lease beat's step: takes a new grant (replacing the pool) when a request waits for one.
  * Returns 0 or a negative status. Lease thread only. */

@@ -59,15 +59,24 @@ static void wake_lease(struct engine *e)
     pthread_mutex_unlock(&e->lease_mu);
 }
 
-static bool host_nlp_budget(void *ctx, size_t transcript_bytes)
+static bool host_nlp_budget(void *ctx, size_t transcript_bytes, int64_t ticket[2])
 {
     struct engine *e = ctx;
     bool wake = false;
-    bool ok = budget_take(e->budget, budget_estimate(e->budget, transcript_bytes), &wake);
+    uint64_t grant = 0;
+    ticket[0] = budget_estimate(e->budget, transcript_bytes);
+    bool ok = budget_take(e->budget, ticket[0], &grant, &wake);
+    ticket[1] = (int64_t)grant;
     if (wake) {
         wake_lease(e); /* a grant now, not at the next beat */
     }
     return ok;
+}
+
+static void host_nlp_settle(void *ctx, const int64_t ticket[2], long long used_tokens)
+{
+    struct engine *e = ctx;
+    budget_settle(e->budget, ticket[0], (uint64_t)ticket[1], used_tokens);
 }
 
 static void host_nlp_answer(void *ctx, const struct job_outcome *o)
@@ -190,6 +199,7 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     host.nlp_answer = host_nlp_answer;
     if (budget_enabled(e->budget)) {
         host.nlp_budget = host_nlp_budget;
+        host.nlp_settle = host_nlp_settle;
     }
     if (llm_lane_start(&e->llm, &host, err) != 0) {
         goto fail;

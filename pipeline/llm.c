@@ -10,6 +10,7 @@
 #include "common/thread.h"
 #include "common/stages.h"
 #include "pipeline/llm.h"
+#include "pipeline/openai.h"
 #include "pipeline/worker_http.h"
 
 /* The threads do little but wait on sockets: a small stack keeps 100 of them cheap. */
@@ -98,8 +99,22 @@ static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
     return atomic_load(&l->abort) || !l->host.lease_ok(l->host.ctx) ? 1 : 0;
 }
 
-/* Builds the §4 request body for j, or fills o with a permanent failure and returns NULL. */
-static char *llm_body(const struct job *j, struct job_outcome *o)
+/* The OpenAI form's body for j: its stage's prompt with the call's values in it. */
+static char *openai_request(const struct cofi_config *cfg, const struct job *j,
+                            const json_t *transcript, const json_t *language, const json_t *llm1)
+{
+    char *llm1_text = llm1 != NULL ? json_dumps(llm1, JSON_COMPACT) : NULL;
+    char *prompt = openai_render(openai_template(cfg, j->stage), json_string_value(transcript),
+                                 json_string_value(language), llm1_text);
+    char *text = prompt != NULL ? openai_body(cfg->llm_model, prompt) : NULL;
+    free(llm1_text);
+    free(prompt);
+    return text;
+}
+
+/* Builds the request body for j (§4, or the OpenAI form), or fills o with a permanent failure
+ * and returns NULL. */
+static char *llm_body(const struct cofi_config *cfg, const struct job *j, struct job_outcome *o)
 {
     json_t *stt = json_object_get(j->prev, "stt");
     json_t *lid = json_object_get(j->prev, "lid");
@@ -115,21 +130,28 @@ static char *llm_body(const struct job *j, struct job_outcome *o)
         snprintf(o->error, sizeof o->error, "the lid result has no language");
         return NULL;
     }
-    json_t *body =
-        json_pack("{s:s, s:I, s:O, s:O}", "call_id", j->call_id_str, "batch_id",
-                  (json_int_t)j->batch_id, "language", language, "transcript", transcript);
-    if (body != NULL && j->stage == STAGE_LLM2) {
-        json_t *llm1 = json_object_get(j->prev, "llm1");
-        if (!json_is_object(llm1)) {
-            json_decref(body);
-            o->kind = OUTCOME_PERMANENT;
-            snprintf(o->error, sizeof o->error, "no llm1 result to send to llm2");
-            return NULL;
-        }
-        json_object_set(body, "llm1", llm1);
+    json_t *llm1 = json_object_get(j->prev, "llm1");
+    if (j->stage == STAGE_LLM2 && !json_is_object(llm1)) {
+        o->kind = OUTCOME_PERMANENT;
+        snprintf(o->error, sizeof o->error, "no llm1 result to send to llm2");
+        return NULL;
     }
-    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
-    json_decref(body);
+    if (j->stage != STAGE_LLM2) {
+        llm1 = NULL;
+    }
+    char *text = NULL;
+    if (cfg->llm_openai) {
+        text = openai_request(cfg, j, transcript, language, llm1);
+    } else {
+        json_t *body =
+            json_pack("{s:s, s:I, s:O, s:O}", "call_id", j->call_id_str, "batch_id",
+                      (json_int_t)j->batch_id, "language", language, "transcript", transcript);
+        if (body != NULL && llm1 != NULL) {
+            json_object_set(body, "llm1", llm1);
+        }
+        text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+    }
     if (text == NULL) {
         o->kind = OUTCOME_RETRY;
         snprintf(o->error, sizeof o->error, "out of memory");
@@ -148,14 +170,14 @@ static bool lane_halted(struct llm_lane *l)
 
 /* Waits for j's share of the cluster's NLP budgets (holding j's permit). Returns false when
  * the lane halted meanwhile (j is to be given back). */
-static bool wait_budget(struct llm_lane *l, const struct job *j)
+static bool wait_budget(struct llm_lane *l, const struct job *j, int64_t ticket[2])
 {
     if (l->host.nlp_budget == NULL) {
         return true;
     }
     json_t *t = json_object_get(json_object_get(j->prev, "stt"), "transcript");
     size_t bytes = json_is_string(t) ? json_string_length(t) : 0;
-    while (!l->host.nlp_budget(l->host.ctx, bytes)) {
+    while (!l->host.nlp_budget(l->host.ctx, bytes, ticket)) {
         if (lane_halted(l)) {
             return false;
         }
@@ -168,7 +190,8 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
 {
     const struct cofi_config *cfg = l->cfg;
     struct job_outcome o;
-    if (!wait_budget(l, j)) {
+    int64_t ticket[2] = {0, 0};
+    if (!wait_budget(l, j, ticket)) {
         job_outcome_init(&o, LANE_GIVEN_BACK);
         l->host.report(l->host.ctx, j, &o);
         return;
@@ -182,11 +205,12 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
     j->attempts++;
     l->host.inflight(l->host.ctx, j->stage, 1);
     atomic_fetch_add(&l->in_flight, 1);
-    char *body = llm_body(j, &o);
+    char *body = llm_body(cfg, j, &o);
     if (body != NULL) {
         char url[1200];
         char rid[200];
-        snprintf(url, sizeof url, "%s/%s", cfg->llm_url, stage_name(j->stage));
+        snprintf(url, sizeof url, "%s/%s", cfg->llm_url,
+                 cfg->llm_openai ? "v1/chat/completions" : stage_name(j->stage));
         l->host.request_id(l->host.ctx, rid, sizeof rid);
         /* No curl_easy_reset: every request of this thread is the same kind of POST and
          * exchange_prepare sets every option that differs (a reset throws away the
@@ -201,6 +225,12 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
             curl_easy_setopt(easy, CURLOPT_XFERINFODATA, l);
             CURLcode rc = curl_easy_perform(easy);
             exchange_outcome(easy, rc, x, &o);
+            if (cfg->llm_openai) {
+                openai_outcome(&o);
+            }
+            if (l->host.nlp_settle != NULL) {
+                l->host.nlp_settle(l->host.ctx, ticket, o.usage_tokens);
+            }
             if (l->host.nlp_answer != NULL) {
                 l->host.nlp_answer(l->host.ctx, &o);
             }

@@ -105,6 +105,7 @@ void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_ou
 {
     memset(o, 0, sizeof *o);
     o->retry_after_ms = -1;
+    o->usage_tokens = -1;
     o->latency_us = clock_mono_us() - x->start_us;
     if (x->reply_too_large) {
         o->kind = OUTCOME_PERMANENT;
