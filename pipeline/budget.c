@@ -79,7 +79,7 @@ bool budget_take(struct nlp_budget *b, int64_t est, uint64_t *grant, bool *wake)
     pthread_mutex_unlock(&b->mu);
     if (!ok) {
         long long woke = atomic_load(&b->woke_mono);
-        *wake = now - woke >= 100 &&
+        *wake = now - woke >= 250 &&
                 atomic_compare_exchange_strong(&b->woke_mono, &woke, (long long)now);
     }
     return ok;

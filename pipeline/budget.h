@@ -40,7 +40,7 @@ int64_t budget_estimate(const struct nlp_budget *b, size_t bytes);
 
 /* Takes est tokens and one request from the pool. Returns true when taken; false when the pool
  * lacks them (the request waits and asks again): *wake is then true when the lease thread
- * should be asked for a grant now (at most every 100 ms). Any thread. */
+ * should be asked for a grant now (at most every 250 ms). Any thread. */
 bool budget_take(struct nlp_budget *b, int64_t est, uint64_t *grant, bool *wake);
 
 /* Settles a request that took est tokens from grant `grant` once the API said it used `used`
