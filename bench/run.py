@@ -681,7 +681,7 @@ def sim_latency_arg(lat):
                     for s in STAGES)
 
 
-def write_config(path, port, db_url, base_port, nlp_port, body_bytes):
+def write_config(path, port, db_url, base_port, nlp_port, body_bytes, polled):
     cfg = {
         "listen": "127.0.0.1:%d" % port,
         "database_url": db_url,
@@ -693,9 +693,11 @@ def write_config(path, port, db_url, base_port, nlp_port, body_bytes):
         "llm": {"url": "http://127.0.0.1:%d" % nlp_port, "concurrency": LLM_CONCURRENCY,
                 "timeout_ms": 600000, "max_attempts": 5},
         "shutdown_grace_ms": 10000,
-        # Every poller connection comes from 127.0.0.1 (200 of them): no per-client limit.
-        "http": {"max_connections_per_client": 0},
     }
+    if polled:
+        # Every poller connection comes from 127.0.0.1 (200 of them): no per-client limit.
+        # Only then, so that builds older than that key (bench/ab.py) run the other scenarios.
+        cfg["http"] = {"max_connections_per_client": 0}
     with open(path, "w") as f:
         json.dump(cfg, f, indent=2)
         f.write("\n")
@@ -778,7 +780,8 @@ class Runner:
         body = json.dumps({"name": "bench %s %s" % (scenario, mode), "files": files,
                            "metadata": {"bench": scenario}}).encode()
         cfg_path = os.path.join(WORK, tag + "-cofid.json")
-        write_config(cfg_path, api_port, self.cluster.url(db), base, nlp_port, len(body))
+        write_config(cfg_path, api_port, self.cluster.url(db), base, nlp_port, len(body),
+                     sc["poll"])
         env = {k: v for k, v in os.environ.items()
                if k not in ("COFI_DATABASE_URL", "COFI_LISTEN", "COFI_NLP_API_KEY")}
         cofid = self.procs.start("cofid", [self.bins["cofid"], "--config", cfg_path],

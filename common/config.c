@@ -513,6 +513,22 @@ static int parse_auth(json_t *auth, struct cofi_config *cfg, struct cofi_err *er
     return 0;
 }
 
+/* "log_format": "text" (default) or "json". */
+static int parse_log_format(json_t *root, struct cofi_config *cfg, struct cofi_err *err)
+{
+    json_t *v = json_object_get(root, "log_format");
+    if (v == NULL || json_is_null(v)) {
+        return 0;
+    }
+    enum log_format f;
+    if (!json_is_string(v) || log_parse_format(json_string_value(v), &f) != 0) {
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"log_format\" must be \"text\" or \"json\"");
+    }
+    cfg->log_json = f == LOG_FORMAT_JSON;
+    return 0;
+}
+
 static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *err)
 {
     static const char *const known[] = {"listen",
@@ -524,6 +540,7 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
                                         "llm",
                                         "auth",
                                         "log_level",
+                                        "log_format",
                                         "http_threads",
                                         "db_pool_size",
                                         "shutdown_grace_ms",
@@ -634,6 +651,9 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
     }
     if (rc == 0) {
         rc = get_str(root, "", "log_level", &cfg->log_level, err);
+    }
+    if (rc == 0) {
+        rc = parse_log_format(root, cfg, err);
     }
     if (rc == 0) {
         rc = get_int32(root, "", "http_threads", 1, 256, &cfg->http_threads, err);

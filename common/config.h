@@ -85,6 +85,7 @@ struct cofi_config {
 
     /* cofi's own keys (optional in the file) */
     char *log_level;       /* "info" */
+    bool log_json;         /* log_format "json": one JSON object per line (default "text") */
     int http_threads;      /* 4 */
     int db_pool_size;      /* 8 */
     int shutdown_grace_ms; /* 30000 */

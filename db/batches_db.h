@@ -39,10 +39,18 @@ struct batch_new {
  * *out is NULL on error. One statement: the batch row and its progress are one snapshot. */
 int batches_db_get(PGconn *conn, int64_t id, json_t **out, struct cofi_err *err);
 
-/* Lists batches newest first, with id < cursor (cursor 0: from the newest), at most limit
- * of them, only those in `state` unless it is NULL. Returns 0 with *out a new reference to
- * {"batches": [...], "next_cursor": str|null}; on error *out is NULL. */
-int batches_db_list(PGconn *conn, int64_t cursor, int limit, const char *state, json_t **out,
+/* What one page of the batch list asks for. */
+struct batch_page_ask {
+    int64_t cursor;    /* ids below it; 0: from the newest */
+    int limit;         /* at most this many batches */
+    const char *state; /* only batches in this state, unless NULL */
+    size_t max_bytes;  /* rows stop once their name and metadata reach past this */
+};
+
+/* Lists batches newest first as `ask` says; the rows read stop at the one that reaches past
+ * ask->max_bytes, so a page of large metadata is never read whole. Returns 0 with *out a new
+ * reference to {"batches": [...], "next_cursor": str|null}; on error *out is NULL. */
+int batches_db_list(PGconn *conn, const struct batch_page_ask *ask, json_t **out,
                     struct cofi_err *err);
 
 /* Looks up the batch created with idempotency key `key` and computes in the database the

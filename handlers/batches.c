@@ -511,7 +511,8 @@ int handle_batches_list(const struct cofi_app *app, const struct http_req *req,
     if (conn == NULL) {
         return err->code;
     }
-    rc = batches_db_list(conn, cursor, limit, state, &rep->body, err);
+    const struct batch_page_ask ask = {cursor, limit, state, app->cfg->http.list_max_bytes};
+    rc = batches_db_list(conn, &ask, &rep->body, err);
     db_release(app->db, conn);
     if (rc == 0) {
         req_page_cap_bytes(rep->body, "batches", "id", 0, app->cfg->http.list_max_bytes);

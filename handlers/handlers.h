@@ -38,17 +38,20 @@ struct http_req {
 
 /* What a successful handler answers. Start from HTTP_REPLY_INIT; free with http_reply_free. */
 struct http_reply {
-    int status;          /* 200, 201, 202, or 204 (then the body is empty) */
-    json_t *body;        /* owned: the reply holds this reference (NULL with `raw`) */
-    const char *raw;     /* static body served as is instead of `body` (never freed) */
-    size_t raw_len;      /* length of raw */
-    char location[64];   /* Location header when not empty */
-    json_t *problem_ext; /* on error: owned object of extension members for the problem */
+    int status;               /* 200, 201, 202, or 204 (then the body is empty) */
+    json_t *body;             /* owned: the reply holds this reference (NULL with `raw`) */
+    const char *raw;          /* static body served as is instead of `body` (never freed) */
+    size_t raw_len;           /* length of raw */
+    char location[64];        /* Location header when not empty */
+    json_t *problem_ext;      /* on error: owned object of extension members for the problem */
+    char *text;               /* owned body served as is instead of `body` (freed with the reply) */
+    size_t text_len;          /* length of text */
+    const char *content_type; /* static Content-Type of raw or text; NULL: HTTP_JSON_TYPE */
 };
 
 #define HTTP_REPLY_INIT                                                                            \
     {                                                                                              \
-        0, NULL, NULL, 0, {0}, NULL                                                                \
+        0, NULL, NULL, 0, {0}, NULL, NULL, 0, NULL                                                 \
     }
 
 /* Releases what the reply owns and resets it to HTTP_REPLY_INIT. Accepts NULL. */
@@ -100,6 +103,10 @@ int handle_healthz(const struct cofi_app *app, const struct http_req *req, struc
                    struct cofi_err *err);
 int handle_readyz(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
                   struct cofi_err *err);
+
+/* handlers/metrics_prom.c: GET /metrics, the Prometheus text format */
+int handle_metrics(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,
+                   struct cofi_err *err);
 
 /* handlers/openapi.c */
 int handle_openapi(const struct cofi_app *app, const struct http_req *req, struct http_reply *rep,

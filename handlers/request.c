@@ -14,6 +14,7 @@ void http_reply_free(struct http_reply *rep)
     }
     json_decref(rep->body);
     json_decref(rep->problem_ext);
+    free(rep->text);
     struct http_reply empty = HTTP_REPLY_INIT;
     *rep = empty;
 }

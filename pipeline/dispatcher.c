@@ -10,6 +10,7 @@
 #include "db/db.h"
 #include "pipeline/engine_state.h"
 #include "pipeline/fair.h"
+#include "pipeline/metrics.h"
 
 /* Appends a string literal. */
 #define buf_lit(b, lit) buf_append((b), (lit), sizeof(lit) - 1)
@@ -227,7 +228,11 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, bool sk
     uint64_t epoch = atomic_load(&e->epoch);
     struct work_claimed *v = NULL;
     size_t n = 0;
+    int64_t t0 = clock_mono_us();
     int rc = work_claim(c, e->instance, spec, limit, blocked, &v, &n, err);
+    if (rc == 0) {
+        metrics_observe_claim(e->metrics, clock_mono_us() - t0);
+    }
     free(spec);
     free(blocked);
     if (rc != 0) {

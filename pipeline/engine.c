@@ -33,11 +33,19 @@ static void host_inflight(void *ctx, int stage, int delta)
     }
 }
 
-static void host_request_id(void *ctx, char *out, size_t outlen)
+/* "<call id>:<stage>:<attempt>-<instance tag><n>": a worker's log line names the call,
+ * stage and attempt; the tag (a hash of the instance id) and the counter keep ids unique
+ * across instances and repeats. */
+static void host_request_id(void *ctx, const struct job *j, char *out, size_t outlen)
 {
     struct engine *e = ctx;
     unsigned long long n = (unsigned long long)atomic_fetch_add(&e->req_counter, 1);
-    snprintf(out, outlen, "%s-%llu", e->instance, n);
+    uint32_t tag = 2166136261u;
+    for (const char *p = e->instance; *p != '\0'; p++) {
+        tag = (tag ^ (unsigned char)*p) * 16777619u;
+    }
+    snprintf(out, outlen, "%s:%s:%d-%08x%llx", j->call_id_str, stage_name(j->stage), j->attempts,
+             (unsigned)tag, n);
 }
 
 static bool host_lease_ok(void *ctx)
@@ -287,6 +295,17 @@ void engine_stage_live(struct engine *e, int stage, struct stage_live *out)
 void engine_llm_limit(struct engine *e, struct llm_limit_snapshot *out)
 {
     limiter_snapshot(e != NULL ? e->limiter : NULL, out);
+}
+
+void engine_totals(struct engine *e, struct metrics_totals *out)
+{
+    metrics_totals(e != NULL ? e->metrics : NULL, out);
+}
+
+void engine_nlp_live(struct engine *e, int *in_flight, int *limit)
+{
+    *in_flight = e != NULL ? llm_lane_in_flight(e->llm) : 0;
+    *limit = e != NULL ? llm_lane_limit(e->llm) : 0;
 }
 
 size_t engine_nodes(struct engine *e, struct node_live *out, size_t max)

@@ -11,6 +11,7 @@
 #include "pipeline/mediator.h" /* struct node_live */
 
 struct engine;
+struct metrics_totals; /* pipeline/metrics.h */
 
 /* Recent figures for one stage, as seen by this instance (a sliding window of about 10 s). */
 struct stage_live {
@@ -41,6 +42,14 @@ void engine_llm_limit(struct engine *e, struct llm_limit_snapshot *out);
 /* Copies up to max nodes into out and returns the number of configured nodes.
  * Thread-safe; accepts e NULL (returns 0). */
 size_t engine_nodes(struct engine *e, struct node_live *out, size_t max);
+
+/* Copies this instance's totals since start (counters and histograms of pipeline/metrics.h).
+ * Thread-safe, lock-free; with e NULL fills zeros. */
+void engine_totals(struct engine *e, struct metrics_totals *out);
+
+/* This instance's requests in flight to the NLP API and its limit of them (its share of
+ * llm.concurrency). Thread-safe; with e NULL both are 0. */
+void engine_nlp_live(struct engine *e, int *in_flight, int *limit);
 
 /* Stops dispatching, waits up to grace_ms for in-flight requests to finish and be recorded,
  * releases this instance's claims (so another instance can take them at once) and stops the

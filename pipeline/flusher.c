@@ -10,6 +10,7 @@
 #include "db/db.h"
 #include "pipeline/engine_state.h"
 #include "pipeline/flush_text.h"
+#include "pipeline/metrics.h"
 
 /* Below this many queued records the flusher waits FLUSH_LINGER_MS for more. */
 #define FLUSH_LINGER_BELOW 64
@@ -324,7 +325,11 @@ void *engine_flusher_main(void *arg)
             if (c != NULL) {
                 rc = write_records(e, c, batch + off, nbatch - off, &done, &err);
             }
-            log_flush_stats(&stats, done, clock_mono_us() - t0);
+            int64_t took = clock_mono_us() - t0;
+            log_flush_stats(&stats, done, took);
+            if (rc == 0) {
+                metrics_observe_flush(e->metrics, took);
+            }
             off += done;
             if (rc == 0) {
                 break;

@@ -52,8 +52,9 @@ struct lane_host {
     bool (*admit)(void *ctx, const struct job *j);
     /* Counts a request starting (+1) or ending (-1) at stage. */
     void (*inflight)(void *ctx, int stage, int delta);
-    /* A unique X-Request-Id into out. */
-    void (*request_id)(void *ctx, char *out, size_t outlen);
+    /* The X-Request-Id of the attempt of j about to start, into out: unique, visible ASCII,
+     * and naming the call, the stage and the attempt ("<call>:<stage>:<attempt>-<tag><n>"). */
+    void (*request_id)(void *ctx, const struct job *j, char *out, size_t outlen);
     /* False once this instance could not renew its lease in time (or before its first
      * renewal): a lane then starts nothing and cuts its requests in flight short (reporting
      * them retryable, the attempt not counted), so none of them outlives the lease that the

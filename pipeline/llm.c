@@ -211,7 +211,7 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
         char rid[200];
         snprintf(url, sizeof url, "%s/%s", cfg->llm_url,
                  cfg->llm_openai ? "v1/chat/completions" : stage_name(j->stage));
-        l->host.request_id(l->host.ctx, rid, sizeof rid);
+        l->host.request_id(l->host.ctx, j, rid, sizeof rid);
         /* No curl_easy_reset: every request of this thread is the same kind of POST and
          * exchange_prepare sets every option that differs (a reset throws away the
          * handle's settings only for them to be set again). */

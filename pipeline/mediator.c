@@ -415,6 +415,7 @@ size_t mediator_lane_nodes(struct mediator_lane *m, struct node_live *out, size_
         out[i].capacity = m->nodes[i].cfg->capacity;
         out[i].healthy = atomic_load(&m->nodes[i].healthy);
         out[i].in_flight = atomic_load(&m->nodes[i].in_flight_pub);
+        out[i].limit = atomic_load(&m->nodes[i].limit);
     }
     return m->n;
 }

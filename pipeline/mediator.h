@@ -18,6 +18,7 @@ struct node_live {
     int capacity;
     bool healthy;
     int in_flight; /* requests this instance has in flight to the node */
+    int limit;     /* this instance's limit of the node (its share of capacity) */
 };
 
 /* Starts the lane's thread. host is copied; host->cfg must outlive the lane. Returns 0 or a

@@ -155,7 +155,7 @@ void med__start_job(struct mediator_lane *m, struct job *j)
     struct xfer *x = xfer_get(m, j->stage == STAGE_DISTRIBUTE ? XFER_UPLOAD : XFER_JSON);
     char url[1200];
     char rid[200];
-    m->host.request_id(m->host.ctx, rid, sizeof rid);
+    m->host.request_id(m->host.ctx, j, rid, sizeof rid);
     if (x == NULL) {
         o.kind = OUTCOME_RETRY;
         snprintf(o.error, sizeof o.error, "out of memory");

@@ -1,7 +1,8 @@
-/* Sliding-window latency percentiles and throughput per stage. */
+/* Sliding-window latency percentiles and throughput per stage; totals and histograms. */
 #include "pipeline/metrics.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,8 +22,23 @@ struct ring {
     struct stage_live cached;
 };
 
+/* Worker latency: 5 ms to 10 min (a GPU stage may take minutes). */
+static const int64_t worker_bounds_us[] = {5000,     10000,    25000,    50000,     100000,
+                                           250000,   500000,   1000000,  2500000,   5000000,
+                                           10000000, 30000000, 60000000, 120000000, 600000000};
+/* Flushes and claims: 0.5 ms to 10 s. */
+static const int64_t db_bounds_us[] = {500,    1000,   2500,   5000,    10000,   25000,   50000,
+                                       100000, 250000, 500000, 1000000, 2500000, 10000000};
+
+#define NBOUNDS(a) (sizeof(a) / sizeof((a)[0]))
+
 struct stage_metrics {
     struct ring r[STAGE_COUNT];
+    atomic_uint_fast64_t requests[STAGE_COUNT];
+    atomic_uint_fast64_t outcomes[STAGE_COUNT][3];
+    struct histo latency[STAGE_COUNT];
+    struct histo flush;
+    struct histo claim;
 };
 
 struct stage_metrics *metrics_new(void)
@@ -34,7 +50,14 @@ struct stage_metrics *metrics_new(void)
     for (int i = 0; i < STAGE_COUNT; i++) {
         pthread_mutex_init(&m->r[i].mu, NULL);
         m->r[i].cached_at = -CACHE_MS - 1;
+        atomic_init(&m->requests[i], 0);
+        for (int k = 0; k < 3; k++) {
+            atomic_init(&m->outcomes[i][k], 0);
+        }
+        histo_init(&m->latency[i], worker_bounds_us, NBOUNDS(worker_bounds_us));
     }
+    histo_init(&m->flush, db_bounds_us, NBOUNDS(db_bounds_us));
+    histo_init(&m->claim, db_bounds_us, NBOUNDS(db_bounds_us));
     return m;
 }
 
@@ -54,6 +77,8 @@ void metrics_record(struct stage_metrics *m, int stage, int64_t latency_us)
     if (m == NULL || stage < 0 || stage >= STAGE_COUNT) {
         return;
     }
+    atomic_fetch_add_explicit(&m->requests[stage], 1, memory_order_relaxed);
+    histo_observe(&m->latency[stage], latency_us);
     struct ring *r = &m->r[stage];
     int64_t now = clock_mono_ms();
     pthread_mutex_lock(&r->mu);
@@ -62,6 +87,44 @@ void metrics_record(struct stage_metrics *m, int stage, int64_t latency_us)
     r->lat_us[i] = latency_us > INT32_MAX ? INT32_MAX : (int32_t)latency_us;
     r->next++;
     pthread_mutex_unlock(&r->mu);
+}
+
+void metrics_count(struct stage_metrics *m, int stage, enum metrics_outcome outcome)
+{
+    if (m != NULL && stage >= 0 && stage < STAGE_COUNT && (int)outcome >= 0 && (int)outcome < 3) {
+        atomic_fetch_add_explicit(&m->outcomes[stage][outcome], 1, memory_order_relaxed);
+    }
+}
+
+void metrics_observe_flush(struct stage_metrics *m, int64_t us)
+{
+    if (m != NULL) {
+        histo_observe(&m->flush, us);
+    }
+}
+
+void metrics_observe_claim(struct stage_metrics *m, int64_t us)
+{
+    if (m != NULL) {
+        histo_observe(&m->claim, us);
+    }
+}
+
+void metrics_totals(struct stage_metrics *m, struct metrics_totals *out)
+{
+    memset(out, 0, sizeof *out);
+    if (m == NULL) {
+        return;
+    }
+    for (int i = 0; i < STAGE_COUNT; i++) {
+        out->requests[i] = atomic_load_explicit(&m->requests[i], memory_order_relaxed);
+        for (int k = 0; k < 3; k++) {
+            out->outcomes[i][k] = atomic_load_explicit(&m->outcomes[i][k], memory_order_relaxed);
+        }
+        histo_read(&m->latency[i], &out->latency[i]);
+    }
+    histo_read(&m->flush, &out->flush);
+    histo_read(&m->claim, &out->claim);
 }
 
 static int cmp_i32(const void *a, const void *b)

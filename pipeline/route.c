@@ -169,6 +169,18 @@ static void advance_job(struct engine *e, struct job *j, struct job_outcome *o)
     engine_wake_dispatcher(e, false);
 }
 
+/* Counts what became of an answered request at stage, for GET /metrics. */
+static void count_outcome(struct engine *e, int stage, enum job_action action)
+{
+    if (action == ACTION_ADVANCE) {
+        metrics_count(e->metrics, stage, METRICS_SUCCEEDED);
+    } else if (action == ACTION_RETRY) {
+        metrics_count(e->metrics, stage, METRICS_RETRIED);
+    } else if (action == ACTION_FAIL) {
+        metrics_count(e->metrics, stage, METRICS_FAILED);
+    }
+}
+
 void engine_route_report(void *ctx, struct job *j, struct job_outcome *o)
 {
     struct engine *e = ctx;
@@ -197,6 +209,9 @@ void engine_route_report(void *ctx, struct job *j, struct job_outcome *o)
     outcome_decide(&in, &d);
     if (d.uncount && j->attempts > 0) {
         j->attempts--;
+    }
+    if (o->event == LANE_ANSWERED) {
+        count_outcome(e, j->stage, d.action);
     }
     switch (d.action) {
     case ACTION_ADVANCE:

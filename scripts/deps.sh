@@ -19,6 +19,7 @@ when something is missing):
   build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev
   libpq-dev libcmocka-dev postgresql-15 postgresql-contrib curl python3 git cppcheck
   clang-format shellcheck clang (libFuzzer, for scripts/fuzz.sh) openssl (the TLS test)
+  prometheus (its server and promtool scrape GET /metrics in an integration test)
 and makes sure a python3 can import jsonschema (and, if available, openapi_spec_validator)
 for the integration tests: if neither python3 on PATH nor /usr/bin/python3 can, it
 installs python3-jsonschema. The last line on stdout is COFI_PYTHON=<that python>, which
@@ -79,7 +80,7 @@ apt_has() {
 
 wanted=(build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
     libjansson-dev libpq-dev libcmocka-dev postgresql-15 curl python3 git cppcheck
-    clang-format shellcheck clang openssl)
+    clang-format shellcheck clang openssl prometheus)
 if [ "$bench" -eq 1 ]; then
     wanted+=(wrk python3-matplotlib)
 fi

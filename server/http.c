@@ -26,8 +26,10 @@
 #include "server/conn_guard.h"
 #include "server/handler_pool.h"
 #include "server/http_internal.h"
+#include "server/http_metrics.h"
 #include "server/http_strict.h"
 #include "server/problem.h"
+#include "server/request_id.h"
 #include "server/router.h"
 #include "server/status_cache.h"
 
@@ -52,6 +54,7 @@ struct http_server {
     struct conn_guard *guard;      /* owned: the deadline of every request */
     struct auth_keys *keys;        /* owned: the tokens, replaced on SIGHUP */
     struct handler_pool *handlers; /* owned: where handlers run */
+    struct http_metrics *metrics;  /* owned: requests by route and status */
     char *tls_cert, *tls_key;      /* owned: the PEM texts of tls.cert_file and tls.key_file */
     atomic_bool draining;          /* shutting down: writes and /readyz answer 503 */
 };
@@ -73,8 +76,7 @@ struct request {
     struct http_server *srv;
     const char *url, *method; /* MHD's, valid until the request completes */
     bool deferred;
-    struct MHD_Response *ready_resp;          /* owned unless ready_answer holds it */
-    struct status_cache_answer *ready_answer; /* a cached answer kept alive until queued */
+    struct MHD_Response *ready_resp; /* owned */
     int ready_status;
     char key[STATUS_CACHE_KEY_MAX]; /* the status cache key of a cached GET, key_len bytes */
     size_t key_len;
@@ -82,10 +84,12 @@ struct request {
     size_t dropped; /* body bytes of a refused request read and dropped */
     int64_t start_us;
     struct conn_guard_entry *guarded; /* the connection's deadline (borrowed; may be NULL) */
-    char created[64]; /* the Location a write answered (the resource it made), or "" */
-    char who[64];     /* the caller: its token's environment variable, or "anonymous" */
-    int status;       /* the status answered, for the access log */
-    char line[96];    /* "METHOD /path" (cut), for the access log */
+    char created[64];             /* the Location a write answered (the resource it made), or "" */
+    char who[64];                 /* the caller: its token's environment variable, or "anonymous" */
+    int status;                   /* the status answered, for the access log */
+    size_t bytes;                 /* the length of the body answered, for the access log */
+    char line[96];                /* "METHOD /path" (cut), for the audit line */
+    char rid[REQUEST_ID_MAX + 1]; /* X-Request-Id: the client's when valid, else a new one */
 };
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
@@ -123,13 +127,17 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /* Answers resp (stolen: the caller's reference is dropped, MHD holds its own until the answer
- * is sent): queued at once, or, for a request handled on a handler thread, kept until an I/O
- * thread queues it. Returns MHD_NO when resp is NULL. */
-static enum MHD_Result queue(struct request *rq, int status, struct MHD_Response *resp)
+ * is sent; never a response shared with other requests: the request's X-Request-Id is added
+ * to it) with a body of bytes bytes: queued at once, or, for a request handled on a handler
+ * thread, kept until an I/O thread queues it. Returns MHD_NO when resp is NULL. */
+static enum MHD_Result queue(struct request *rq, int status, struct MHD_Response *resp,
+                             size_t bytes)
 {
     if (resp == NULL) {
         return MHD_NO;
     }
+    MHD_add_response_header(resp, REQUEST_ID_HEADER, rq->rid);
+    rq->bytes = bytes;
     if (rq->deferred) {
         rq->ready_resp = resp;
         rq->ready_status = status;
@@ -149,8 +157,9 @@ static enum MHD_Result answer_problem_ex(struct request *rq, const struct cofi_e
     char *text = p != NULL ? json_dumps(p, JSON_COMPACT) : NULL;
     json_decref(p);
     struct MHD_Response *resp;
+    size_t bytes = text != NULL ? strlen(text) : 0;
     if (text != NULL) {
-        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+        resp = MHD_create_response_from_buffer(bytes, text, MHD_RESPMEM_MUST_FREE);
         if (resp == NULL) {
             free(text);
         }
@@ -158,6 +167,7 @@ static enum MHD_Result answer_problem_ex(struct request *rq, const struct cofi_e
         static const char oom[] = "{\"type\":\"https://cofi.dev/problems/internal\","
                                   "\"title\":\"Internal Server Error\",\"status\":500}";
         status = 500;
+        bytes = sizeof oom - 1;
         resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
     }
     if (resp == NULL) {
@@ -177,7 +187,7 @@ static enum MHD_Result answer_problem_ex(struct request *rq, const struct cofi_e
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     }
     http__final_headers(resp);
-    return queue(rq, status, resp);
+    return queue(rq, status, resp, bytes);
 }
 
 static enum MHD_Result answer_problem(struct request *rq, const struct cofi_err *err, json_t *ext,
@@ -191,7 +201,7 @@ static enum MHD_Result answer_problem(struct request *rq, const struct cofi_err 
 static enum MHD_Result answer_json(struct request *rq, int status, char *text, size_t len,
                                    const char *location)
 {
-    return queue(rq, status, http__json_response(text, len, location));
+    return queue(rq, status, http__json_response(text, len, location), len);
 }
 
 static enum MHD_Result answer_out_of_memory(struct request *rq)
@@ -204,15 +214,23 @@ static enum MHD_Result answer_out_of_memory(struct request *rq)
 static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
 {
     int status = rep->status != 0 ? rep->status : 200;
-    if (rep->raw != NULL) {
+    if (rep->raw != NULL || rep->text != NULL) {
+        /* A body served as it is: static (raw), or the reply's own text, which MHD frees. */
+        bool own = rep->raw == NULL;
+        size_t len = own ? rep->text_len : rep->raw_len;
         struct MHD_Response *resp =
-            MHD_create_response_from_buffer(rep->raw_len, (void *)rep->raw, MHD_RESPMEM_PERSISTENT);
+            MHD_create_response_from_buffer(len, own ? rep->text : (void *)rep->raw,
+                                            own ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
         if (resp == NULL) {
             return MHD_NO;
         }
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
+        if (own) {
+            rep->text = NULL;
+        }
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                rep->content_type != NULL ? rep->content_type : HTTP_JSON_TYPE);
         http__final_headers(resp);
-        return queue(rq, status, resp);
+        return queue(rq, status, resp, len);
     }
     if (status == 204) {
         struct MHD_Response *resp =
@@ -221,7 +239,7 @@ static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
             return MHD_NO;
         }
         http__final_headers(resp);
-        return queue(rq, status, resp);
+        return queue(rq, status, resp, 0);
     }
     char *text = http__reply_text(rep);
     if (text == NULL) {
@@ -231,40 +249,30 @@ static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
 }
 
 /* Answers a successful reply of a cached route and gives the ticket back: a 200 is stored
- * in the cache, anything else is not. What is stored is the finished response itself
- * (body and headers), which hits then queue as is: MHD counts the references of a response
- * under its own mutex, so one response may be queued on several connections, from several
- * threads, at once. Its size in the cache is its body's. */
+ * in the cache, anything else is not. What is stored is the JSON text of the body, which
+ * every hit serves in a response of its own (http__cached_response: its own X-Request-Id,
+ * the body shared, not copied). Its size in the cache is the body's. */
 static enum MHD_Result answer_and_store(struct status_cache *cache, struct request *rq,
                                         const char *key, size_t key_len,
                                         const struct status_cache_ticket *ticket,
                                         struct http_reply *rep)
 {
-    bool storable = (rep->status == 0 || rep->status == 200) && rep->raw == NULL;
+    bool storable = (rep->status == 0 || rep->status == 200) && rep->raw == NULL &&
+                    rep->text == NULL && rep->location[0] == '\0';
     char *text = storable ? http__reply_text(rep) : NULL;
     if (text == NULL) {
         status_cache_drop(cache, key, key_len, ticket);
         return answer_reply(rq, rep);
     }
     size_t len = strlen(text);
-    struct MHD_Response *resp = http__json_response(text, len, rep->location);
-    struct status_cache_answer *answer =
-        resp != NULL ? status_cache_answer_new(resp, len, http__cached_response_free) : NULL;
+    struct status_cache_answer *answer = status_cache_answer_new(text, len, free);
     if (answer == NULL) {
         status_cache_drop(cache, key, key_len, ticket);
-        return queue(rq, 200, resp);
+        return answer_json(rq, 200, text, len, NULL);
     }
     status_cache_put(cache, key, key_len, ticket, answer);
-    if (rq->deferred) {
-        /* Our reference to the answer keeps resp alive until it is queued. */
-        rq->ready_resp = resp;
-        rq->ready_answer = answer;
-        rq->ready_status = 200;
-        return MHD_YES;
-    }
-    enum MHD_Result ret = MHD_queue_response(rq->conn, 200, resp);
-    status_cache_answer_release(answer);
-    return ret;
+    /* The response takes our reference to the answer. */
+    return queue(rq, 200, http__cached_response(answer), len);
 }
 
 static const char *query_value(const struct http_req *req, const char *name)
@@ -436,7 +444,9 @@ static enum MHD_Result render(struct request *rq)
     }
     const struct route *route = rq->match.route;
     struct http_reply rep = HTTP_REPLY_INIT;
+    log_set_request_id(rq->rid);
     int rc = route->handler(srv->app, &req, &rep, &err);
+    log_set_request_id(NULL);
     if (strcmp(route->method, "GET") != 0) {
         /* A write has committed (or nothing changed): no cached answer may predate it once
          * it is answered. */
@@ -506,13 +516,8 @@ static enum MHD_Result queue_ready(struct request *rq)
     }
     enum MHD_Result ret =
         MHD_queue_response(rq->conn, (unsigned int)rq->ready_status, rq->ready_resp);
-    if (rq->ready_answer != NULL) {
-        status_cache_answer_release(rq->ready_answer);
-    } else {
-        MHD_destroy_response(rq->ready_resp);
-    }
+    MHD_destroy_response(rq->ready_resp);
     rq->ready_resp = NULL;
-    rq->ready_answer = NULL;
     return ret;
 }
 
@@ -550,12 +555,11 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
             if (rq->ticket.refresher) {
                 refresher_enqueue(srv->refresh, conn, url, rq->key, rq->key_len, &rq->ticket);
             }
-            /* Our own reference keeps the response alive even if another thread evicts the
-             * entry now; MHD takes its own while queueing. */
+            /* Our reference keeps the body alive even if another thread evicts the entry now;
+             * the response of this request takes it. */
             rq->status = 200;
-            enum MHD_Result ret = MHD_queue_response(conn, 200, status_cache_answer_value(hit));
-            status_cache_answer_release(hit);
-            return ret;
+            size_t len = status_cache_answer_size(hit);
+            return queue(rq, 200, http__cached_response(hit), len);
         }
     }
     if (runs_inline(route) || srv->handlers == NULL) {
@@ -649,6 +653,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     rq->conn = conn;
     if (!rq->started) {
         rq->started = true;
+        rq->method = method;
+        request_id_take(header(conn, REQUEST_ID_HEADER), rq->rid, sizeof rq->rid);
         request_line(rq->line, sizeof rq->line, method, url);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
@@ -700,20 +706,31 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     }
     int64_t us = clock_mono_us() - rq->start_us;
-    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
-        log_debug("%s %d %" PRId64 ".%03d ms", rq->line, rq->status, us / 1000, (int)(us % 1000));
-    } else {
-        log_debug("%s ended early (%d) after %" PRId64 " us", rq->line, (int)toe, us);
-    }
     if (rq->started) {
-        http__audit(conn, rq->line, rq->who, rq->refusal.code == COFI_E_UNAUTHORIZED, rq->status,
-                    rq->created, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+        bool completed = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+        bool unauthenticated = rq->refusal.code == COFI_E_UNAUTHORIZED;
+        if (rq->status != 0) {
+            http_metrics_count(srv->metrics, rq->match.route, rq->status);
+        }
+        struct http_access a = {
+            .method = rq->method,
+            .route = rq->match.route != NULL ? rq->match.route->pattern : NULL,
+            .status = rq->status,
+            .duration_us = us,
+            .bytes = rq->bytes,
+            .who = rq->who,
+            .unauthenticated = unauthenticated,
+            .request_id = rq->rid,
+            .completed = completed,
+        };
+        http__access_log(conn, &a);
+        log_set_request_id(rq->rid);
+        http__audit(conn, rq->line, rq->who, unauthenticated, rq->status, rq->created, completed);
+        log_set_request_id(NULL);
     }
     size_t body_bytes = rq->body.len;
     bool started = rq->started;
-    if (rq->ready_answer != NULL) {
-        status_cache_answer_release(rq->ready_answer);
-    } else if (rq->ready_resp != NULL) {
+    if (rq->ready_resp != NULL) {
         MHD_destroy_response(rq->ready_resp);
     }
     conn_guard_request_done(srv->guard, rq->guarded);
@@ -876,6 +893,11 @@ static void server_free(struct http_server *srv)
     free(srv->tls_key);
     free(srv->tls_cert);
     handler_pool_free(srv->handlers);
+    if (srv->app->http_metrics_ctx == srv->metrics) {
+        srv->app->http_metrics = NULL;
+        srv->app->http_metrics_ctx = NULL;
+    }
+    http_metrics_free(srv->metrics);
     conn_guard_free(srv->guard);
     refresher_stop(srv->refresh);
     status_cache_free(srv->cache);
@@ -894,10 +916,14 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     srv->app = app;
     atomic_init(&srv->active, 0);
     atomic_init(&srv->draining, false);
-    if (auth_keys_new(&srv->keys, cfg->tokens, cfg->token_count) != 0) {
+    srv->metrics = http_metrics_new();
+    if (srv->metrics == NULL || auth_keys_new(&srv->keys, cfg->tokens, cfg->token_count) != 0) {
+        http_metrics_free(srv->metrics);
         free(srv);
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
+    app->http_metrics = http_metrics_render;
+    app->http_metrics_ctx = srv->metrics;
     if (cfg->http.tls_cert_file != NULL) {
         srv->tls_cert = read_pem(cfg->http.tls_cert_file, "cert_file", err);
         srv->tls_key =

@@ -5,6 +5,7 @@
 #include <microhttpd.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/error.h"
 #include "handlers/handlers.h"
@@ -25,8 +26,11 @@ struct MHD_Response *http__json_response(char *text, size_t len, const char *loc
  * when out of memory. */
 char *http__reply_text(const struct http_reply *rep);
 
-/* The status cache's value_free: a cached answer is a finished MHD response. */
-void http__cached_response_free(void *value);
+/* A new response (a new reference) serving answer's value, the JSON text of a cached body
+ * (status_cache_answer_size bytes), with the headers of a JSON success. It takes the caller's
+ * reference to answer, released when MHD frees the response (or at once, when out of
+ * memory: then NULL is returned). */
+struct MHD_Response *http__cached_response(struct status_cache_answer *answer);
 
 /* ---- server/http_checks.c: the strict checks on a libmicrohttpd request ---- */
 
@@ -59,7 +63,24 @@ void refresher_enqueue(struct refresher *r, struct MHD_Connection *conn, const c
  * progress any more. Accepts NULL. */
 void refresher_stop(struct refresher *r);
 
-/* ---- server/audit.c ---- */
+/* ---- server/audit.c: the access log and the audit trail ---- */
+
+/* What the access log says of one finished request. */
+struct http_access {
+    const char *method;     /* as sent */
+    const char *route;      /* the route's pattern, or NULL when none matched */
+    int status;             /* 0: no answer was sent */
+    int64_t duration_us;    /* from its headers to its completion */
+    size_t bytes;           /* the length of the body answered */
+    const char *who;        /* the token's environment variable, "anonymous", or "" */
+    bool unauthenticated;   /* refused for want of a valid token */
+    const char *request_id; /* X-Request-Id */
+    bool completed;         /* the answer was sent whole */
+};
+
+/* Logs the access line of a finished request at info level (never the token, never the raw
+ * path: the route pattern). Can't fail. */
+void http__access_log(struct MHD_Connection *conn, const struct http_access *a);
 
 /* Logs the audit line of a finished request when it was a write (line "METHOD /path"; GET and
  * HEAD are not logged): who (the token's environment variable, "anonymous" with the API open,

@@ -38,8 +38,22 @@ char *http__reply_text(const struct http_reply *rep)
                       JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
 }
 
-/* The status cache's value_free: a cached answer is a finished MHD response. */
-void http__cached_response_free(void *value)
+/* MHD's free callback of a cached response: lets go of its reference to the answer. */
+static void release_answer(void *cls)
 {
-    MHD_destroy_response(value);
+    status_cache_answer_release(cls);
+}
+
+struct MHD_Response *http__cached_response(struct status_cache_answer *answer)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(
+        status_cache_answer_size(answer), status_cache_answer_value(answer), release_answer,
+        answer);
+    if (resp == NULL) {
+        status_cache_answer_release(answer);
+        return NULL;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_JSON_TYPE);
+    http__final_headers(resp);
+    return resp;
 }

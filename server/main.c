@@ -160,7 +160,7 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         } else if (strcmp(argv[i], "--version") == 0) {
-            printf("cofid 0.1.0\n");
+            printf("cofid %s\n", COFI_VERSION);
             return 0;
         } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config_path = argv[++i];
@@ -195,6 +195,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(level);
+    log_set_format(cfg.log_json ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT);
     if (cfg.http.log_file != NULL && !check_only) {
         int lrc = log_reopen(cfg.http.log_file);
         if (lrc != 0) {
@@ -228,14 +229,15 @@ int main(int argc, char **argv)
 
     char dburl[512];
     db_redact(cfg.database_url, dburl, sizeof dburl);
-    log_info("cofid 0.1.0 starting: database %s, %zu node(s), NLP API %s (concurrency %d)", dburl,
-             cfg.node_count, cfg.llm_url, cfg.llm_concurrency);
+    log_info("cofid " COFI_VERSION
+             " starting: database %s, %zu node(s), NLP API %s (concurrency %d)",
+             dburl, cfg.node_count, cfg.llm_url, cfg.llm_concurrency);
 
     int exit_code = 1;
     struct db_pool *pool = NULL;
     struct engine *engine = NULL;
     struct http_server *http = NULL;
-    struct cofi_app app = {.cfg = &cfg};
+    struct cofi_app app = {.cfg = &cfg, .started_at = clock_wall_ms() / 1000.0};
 
     if (probe_listen(&cfg) != 0) {
         goto out;

@@ -137,15 +137,12 @@ static void refresh_one(struct refresher *r, struct refresh_job *job)
     if (rc == 0 && (rep.status == 0 || rep.status == 200) && rep.raw == NULL) {
         text = http__reply_text(&rep);
     }
-    struct MHD_Response *resp = NULL;
     struct status_cache_answer *answer = NULL;
     if (text != NULL) {
-        size_t len = strlen(text);
-        resp = http__json_response(text, len, rep.location);
-        answer =
-            resp != NULL ? status_cache_answer_new(resp, len, http__cached_response_free) : NULL;
-        if (answer == NULL && resp != NULL) {
-            MHD_destroy_response(resp);
+        /* What is cached is the body's text (see answer_and_store in server/http.c). */
+        answer = status_cache_answer_new(text, strlen(text), free);
+        if (answer == NULL) {
+            free(text);
         }
     }
     if (answer != NULL) {

@@ -26,6 +26,7 @@ static const struct route routes[] = {
     {"GET", "/healthz", handle_healthz, true, false, NULL},
     {"GET", "/readyz", handle_readyz, true, false, NULL},
     {"GET", "/openapi.json", handle_openapi, true, false, NULL},
+    {"GET", "/metrics", handle_metrics, false, false, NULL},
 };
 
 #define ROUTE_COUNT  (sizeof routes / sizeof routes[0])
@@ -148,4 +149,19 @@ bool router_takes_query(const struct route *route, const char *name)
         }
     }
     return false;
+}
+
+size_t router_route_count(void)
+{
+    return ROUTE_COUNT;
+}
+
+const struct route *router_route_at(size_t i)
+{
+    return &routes[i];
+}
+
+size_t router_route_index(const struct route *route)
+{
+    return (size_t)(route - routes);
 }

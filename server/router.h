@@ -16,6 +16,15 @@ struct route {
     const char *const *query; /* the query parameters it takes (NULL-terminated), or NULL */
 };
 
+/* The number of routes in the table. Can't fail. */
+size_t router_route_count(void);
+
+/* Route i of the table (i < router_route_count()). Can't fail. */
+const struct route *router_route_at(size_t i);
+
+/* The index in the table of route (a pointer router_match or router_route_at gave). */
+size_t router_route_index(const struct route *route);
+
 /* True when route takes the query parameter name. Thread-safe; can't fail. */
 bool router_takes_query(const struct route *route, const char *name);
 

@@ -64,6 +64,11 @@ void *status_cache_answer_value(const struct status_cache_answer *answer)
     return answer->value;
 }
 
+size_t status_cache_answer_size(const struct status_cache_answer *answer)
+{
+    return answer->size;
+}
+
 /* Takes one more reference to a, which the caller holds already (directly or through an
  * entry, under the lock): the count can't be 0 here. */
 static void answer_retain(struct status_cache_answer *a)

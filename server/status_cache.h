@@ -11,7 +11,7 @@
  * caller gets the previous answer too, and re-renders in the background.
  *
  * The cache knows nothing of HTTP: keys are bytes, and what it stores is an answer, an
- * immutable value of the caller's (cofid stores a finished MHD response) with a count of
+ * immutable value of the caller's (cofid stores the JSON text of a body) with a count of
  * references: a hit takes a reference instead of a copy, and an answer lives until its last
  * holder (the cache, a caller serving it) lets it go, so an entry replaced or evicted in
  * one thread never frees an answer another thread is still serving. Every function is
@@ -49,6 +49,9 @@ struct status_cache_answer *status_cache_answer_new(void *value, size_t size,
 
 /* The value of answer: borrowed, valid while the caller holds its reference. */
 void *status_cache_answer_value(const struct status_cache_answer *answer);
+
+/* The size of answer's value given to status_cache_answer_new. */
+size_t status_cache_answer_size(const struct status_cache_answer *answer);
 
 /* Lets go of one reference to answer; the last one frees its value and the answer. Accepts
  * NULL; can't fail. */

@@ -26,7 +26,11 @@ ROUTES = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
 }
+
+# The operations whose success is not JSON, and what it is instead.
+NOT_JSON = {("GET", "/metrics"): "text/plain"}
 
 # The statuses each operation must document (the brief and CONTRACTS §2).
 REQUIRED_STATUSES = {
@@ -130,7 +134,8 @@ class OpenApiTest(CofiCase):
             for status, resp in op["responses"].items():
                 if status.startswith("2") and status != "204":
                     with self.subTest(operation=(method, path), status=status):
-                        self.assertIn("application/json", resp.get("content", {}))
+                        self.assertIn(NOT_JSON.get((method, path), "application/json"),
+                                      resp.get("content", {}))
 
     def test_reusable_schemas_and_common_responses(self):
         comps = self.served["components"]

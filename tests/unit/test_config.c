@@ -330,6 +330,28 @@ static void test_http_defences(void **state)
     assert_non_null(strstr(err.msg, "bogus"));
 }
 
+static void test_log_format(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    assert_int_equal(parse("", &cfg, &err), 0);
+    assert_false(cfg.log_json);
+    config_free(&cfg);
+    assert_int_equal(parse(", \"log_format\": \"json\"", &cfg, &err), 0);
+    assert_true(cfg.log_json);
+    config_free(&cfg);
+    assert_int_equal(parse(", \"log_format\": \"text\"", &cfg, &err), 0);
+    assert_false(cfg.log_json);
+    config_free(&cfg);
+    const char *bad[] = {", \"log_format\": \"JSON\"", ", \"log_format\": \"xml\"",
+                         ", \"log_format\": 1", ", \"log_format\": true"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(parse(bad[i], &cfg, &err), 0);
+        assert_non_null(strstr(err.msg, "log_format"));
+    }
+}
+
 static void test_llm_adaptive(void **state)
 {
     (void)state;
@@ -447,6 +469,7 @@ int main(void)
         cmocka_unit_test(test_node_urls_are_http_base_urls),
         cmocka_unit_test(test_many_nodes_are_accepted),
         cmocka_unit_test(test_http_defences),
+        cmocka_unit_test(test_log_format),
         cmocka_unit_test(test_llm_adaptive),
         cmocka_unit_test(test_llm_budgets),
         cmocka_unit_test(test_llm_openai_protocol),

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "common/log.h"
 
@@ -91,6 +92,55 @@ static void test_long_message_is_cut_to_one_line(void **state)
     free(big);
 }
 
+static void test_json_line_escapes_and_types(void **state)
+{
+    (void)state;
+    char out[1024];
+    struct log_field f[] = {{"route", "/batches/{}", false},
+                            {"status", "200", true},
+                            {"completed", "true", true},
+                            {"bogus_number", "1;drop", true},
+                            {"who", "a\"b\\c\n", false}};
+    size_t n = log_json_line(out, sizeof out, "2026-01-01T00:00:00.000Z", "info", "cofid",
+                             "line\nbreak \x01 \"q\" caf\xc3\xa9", "rid-1", f, 5);
+    assert_int_equal(n, strlen(out));
+    assert_string_equal(out, "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"level\":\"info\","
+                             "\"ident\":\"cofid\",\"msg\":\"line\\nbreak \\u0001 \\\"q\\\" "
+                             "caf\xc3\xa9\",\"request_id\":\"rid-1\",\"route\":\"/batches/{}\","
+                             "\"status\":200,\"completed\":true,\"bogus_number\":\"1;drop\","
+                             "\"who\":\"a\\\"b\\\\c\\n\"}\n");
+}
+
+static void test_json_line_makes_invalid_utf8_valid(void **state)
+{
+    (void)state;
+    char out[512];
+    log_json_line(out, sizeof out, "t", "warn", "cofid", "bad \xff\xfe end", NULL, NULL, 0);
+    assert_non_null(strstr(out, "\"msg\":\"bad \xef\xbf\xbd\xef\xbf\xbd end\"}"));
+}
+
+static void test_json_line_is_cut_whole(void **state)
+{
+    (void)state;
+    char out[600];
+    char big[3000];
+    for (size_t i = 0; i < sizeof big - 1; i++) {
+        big[i] = i % 3 == 0 ? '"' : (i % 3 == 1 ? 'x' : '\xc3');
+    }
+    big[sizeof big - 1] = '\0';
+    /* Some 0xc3 lead bytes without their continuation: sanitised; quotes escaped; cut. */
+    struct log_field f[] = {{"request", "kept", false}};
+    size_t n = log_json_line(out, sizeof out, "t", "info", "cofid", big, "r", f, 1);
+    assert_true(n < sizeof out);
+    assert_int_equal(out[n - 1], '\n');
+    assert_int_equal(out[n - 2], '}');
+    assert_non_null(strstr(out, "\"request\":\"kept\"}"));
+    json_error_t jerr;
+    json_t *parsed = json_loads(out, 0, &jerr);
+    assert_non_null(parsed);
+    json_decref(parsed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -98,6 +148,9 @@ int main(void)
         cmocka_unit_test(test_escape_never_overflows),
         cmocka_unit_test(test_forged_line_stays_one_line),
         cmocka_unit_test(test_long_message_is_cut_to_one_line),
+        cmocka_unit_test(test_json_line_escapes_and_types),
+        cmocka_unit_test(test_json_line_makes_invalid_utf8_valid),
+        cmocka_unit_test(test_json_line_is_cut_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
