@@ -59,7 +59,11 @@ char *openai_render(const char *tmpl, const char *transcript, const char *langua
         buf_free(&b);
         return NULL;
     }
-    return b.len == 0 ? strdup("") : buf_steal(&b);
+    if (b.len == 0) {
+        buf_free(&b); /* may hold room for nothing */
+        return strdup("");
+    }
+    return buf_steal(&b);
 }
 
 char *openai_body(const char *model, const char *prompt)
