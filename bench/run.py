@@ -95,6 +95,11 @@ SCENARIOS = {
                     ("poll_p99_ms", "<=", 20, "poll p99 ms"),
                     ("slowdown_pct", "<=", 10, "% longer than large")],
     },
+    # Two instances, the NLP capacity 100 -> 40 -> 100 while the batch runs (bench/adaptive.py:
+    # docs/bench-adaptive.csv and .svg). Ends on the schedule, not with the batch.
+    "adaptive": {
+        "calls": 8000, "latency_ms": {}, "modes": ("pipelined",), "poll": False, "targets": [],
+    },
 }
 
 POLLERS = ("cofi-poll", "wrk")
@@ -1177,6 +1182,16 @@ def main():
         ensure_calls(calls)
         cluster.start()
         runner = Runner(args, bins, procs, cluster)
+        if args.scenario == "adaptive":
+            import adaptive
+            r = adaptive.run_adaptive(sys.modules[__name__], bins, procs, cluster, calls)
+            for line in r["lines"]:
+                print("adaptive: " + line, flush=True)
+            print("adaptive: most NLP requests at once %d; limit history (oldest first): %s" % (
+                r["max_concurrent"], [(h["limit"], h["reason"]) for h in reversed(r["history"])]),
+                flush=True)
+            say("wrote docs/bench-adaptive.csv and docs/bench-adaptive.svg")
+            return 0
 
         baseline = None
         if args.scenario == "polled":

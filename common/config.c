@@ -31,6 +31,8 @@ void config_defaults(struct cofi_config *cfg)
                                              .retry_after_max_ms = 60000};
     cfg->health_interval_ms = 1000;
     cfg->llm_concurrency = 100;
+    cfg->llm_adaptive = true;
+    cfg->llm_completion_tokens = 256;
     cfg->llm = (struct cofi_worker_cfg){.timeout_ms = 120000,
                                         .max_attempts = 5,
                                         .backoff_base_ms = 200,
@@ -59,6 +61,9 @@ void config_free(struct cofi_config *cfg)
     free(cfg->nodes);
     free(cfg->llm_url);
     free(cfg->nlp_api_key);
+    free(cfg->llm_model);
+    free(cfg->llm_prompts[0]);
+    free(cfg->llm_prompts[1]);
     for (size_t i = 0; i < cfg->token_count; i++) {
         free(cfg->tokens[i].env);
         if (cfg->tokens[i].token != NULL) {
@@ -133,6 +138,22 @@ static int get_int32(json_t *obj, const char *where, const char *key, int lo, in
     return rc;
 }
 
+/* Reads an optional boolean key into *out. */
+static int get_bool(json_t *obj, const char *where, const char *key, bool *out,
+                    struct cofi_err *err)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return 0;
+    }
+    if (!json_is_boolean(v)) {
+        return cofi_err_set(err, COFI_E_INVALID, "configuration key \"%s%s\" must be a boolean",
+                            where, key);
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
 /* Reads an optional string key into *out (a new string replacing the old one). */
 static int get_str(json_t *obj, const char *where, const char *key, char **out,
                    struct cofi_err *err)
@@ -152,6 +173,65 @@ static int get_str(json_t *obj, const char *where, const char *key, char **out,
     free(*out);
     *out = copy;
     return 0;
+}
+
+/* Checks a prompt template: only {transcript}, {language} and (llm2) {llm1} placeholders. */
+static int check_template(const char *name, const char *t, bool llm2, struct cofi_err *err)
+{
+    for (const char *p = strchr(t, '{'); p != NULL; p = strchr(p + 1, '{')) {
+        size_t n = strspn(p + 1, "abcdefghijklmnopqrstuvwxyz0123456789_");
+        if (n == 0 || p[1 + n] != '}') {
+            continue; /* not a placeholder: literal text (a JSON example, say) */
+        }
+        if ((n == 10 && strncmp(p, "{transcript}", 12) == 0) ||
+            (n == 8 && strncmp(p, "{language}", 10) == 0) ||
+            (llm2 && n == 4 && strncmp(p, "{llm1}", 6) == 0)) {
+            continue;
+        }
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"llm.prompts.%s\" has an unknown placeholder "
+                            "(use {transcript}, {language}%s)",
+                            name, llm2 ? ", {llm1}" : "");
+    }
+    return 0;
+}
+
+/* Reads llm.protocol, llm.model and llm.prompts. */
+static int parse_protocol(json_t *llm, struct cofi_config *cfg, struct cofi_err *err)
+{
+    json_t *proto = json_object_get(llm, "protocol");
+    if (proto != NULL) {
+        const char *s = json_string_value(proto);
+        if (s == NULL || (strcmp(s, "cofi") != 0 && strcmp(s, "openai") != 0)) {
+            return cofi_err_set(err, COFI_E_INVALID,
+                                "configuration key \"llm.protocol\" must be \"cofi\" or "
+                                "\"openai\"");
+        }
+        cfg->llm_openai = strcmp(s, "openai") == 0;
+    }
+    int rc = get_str(llm, "llm.", "model", &cfg->llm_model, err);
+    if (rc == 0 && cfg->llm_openai && cfg->llm_model == NULL) {
+        rc = cofi_err_set(err, COFI_E_INVALID,
+                          "configuration key \"llm.model\" is required with \"llm.protocol\": "
+                          "\"openai\"");
+    }
+    json_t *prompts = json_object_get(llm, "prompts");
+    if (rc != 0 || prompts == NULL) {
+        return rc;
+    }
+    static const char *const names[] = {"llm1", "llm2", NULL};
+    if (!json_is_object(prompts)) {
+        return cofi_err_set(err, COFI_E_INVALID,
+                            "configuration key \"llm.prompts\" must be an object");
+    }
+    rc = check_keys(prompts, "llm.prompts.", names, err);
+    for (int i = 0; rc == 0 && i < 2; i++) {
+        rc = get_str(prompts, "llm.prompts.", names[i], &cfg->llm_prompts[i], err);
+        if (rc == 0 && cfg->llm_prompts[i] != NULL) {
+            rc = check_template(names[i], cfg->llm_prompts[i], i == 1, err);
+        }
+    }
+    return rc;
 }
 
 /* A character of a host name or IPv4 address (RFC 3986 reg-name, without sub-delims). */
@@ -505,6 +585,13 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
                                             "backoff_base_ms",
                                             "backoff_max_ms",
                                             "retry_after_max_ms",
+                                            "adaptive",
+                                            "tokens_per_minute",
+                                            "requests_per_minute",
+                                            "completion_tokens",
+                                            "protocol",
+                                            "model",
+                                            "prompts",
                                             NULL};
     if (!json_is_object(root)) {
         return cofi_err_set(err, COFI_E_INVALID, "the configuration must be a JSON object");
@@ -561,7 +648,25 @@ static int parse_root(json_t *root, struct cofi_config *cfg, struct cofi_err *er
             rc = get_int32(llm, "llm.", "concurrency", 1, 10000, &cfg->llm_concurrency, err);
         }
         if (rc == 0) {
+            rc = get_bool(llm, "llm.", "adaptive", &cfg->llm_adaptive, err);
+        }
+        if (rc == 0) {
             rc = parse_worker(llm, "llm.", &cfg->llm, err);
+        }
+        if (rc == 0) {
+            rc = get_int(llm, "llm.", "tokens_per_minute", 1, 1000000000000LL,
+                         &cfg->llm_tokens_per_minute, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(llm, "llm.", "requests_per_minute", 1, 100000000,
+                           &cfg->llm_requests_per_minute, err);
+        }
+        if (rc == 0) {
+            rc = get_int32(llm, "llm.", "completion_tokens", 0, 10000000,
+                           &cfg->llm_completion_tokens, err);
+        }
+        if (rc == 0) {
+            rc = parse_protocol(llm, cfg, err);
         }
     }
     json_t *auth = json_object_get(root, "auth");

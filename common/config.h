@@ -68,6 +68,15 @@ struct cofi_config {
 
     char *llm_url;
     int llm_concurrency;
+    bool llm_adaptive; /* llm.adaptive (true): the cluster's NLP limit follows the API (AIMD) */
+    long long llm_tokens_per_minute; /* llm.tokens_per_minute, 0 = none: the whole cluster's */
+    int llm_requests_per_minute;     /* llm.requests_per_minute, 0 = none: the whole cluster's */
+    bool llm_openai;                 /* llm.protocol "openai": POST {url}/v1/chat/completions */
+    char *llm_model;                 /* llm.model (required with "openai") */
+    char *llm_prompts[2];      /* llm.prompts.llm1, .llm2: templates ({transcript}, {language},
+                                  {llm1}); defaults when absent */
+    int llm_completion_tokens; /* llm.completion_tokens (256): a request's reservation is
+                                  its transcript's bytes / 4 plus this */
     struct cofi_worker_cfg llm;
     char *nlp_api_key; /* from COFI_NLP_API_KEY or NULL */
 

@@ -158,6 +158,26 @@ static void resources(struct prom *p, const struct cofi_app *app)
     }
 }
 
+/* The cluster's adaptive NLP limit (pipeline/limiter.h) as this instance last saw it. */
+static void nlp_limiter(struct prom *p, const struct cofi_app *app)
+{
+    struct llm_limit_snapshot s;
+    engine_llm_limit(app->engine, &s);
+    prom_family(p, "cofi_nlp_limit", "gauge",
+                "The NLP API's limit for every instance together now: adaptive (AIMD under "
+                "llm.concurrency) or llm.concurrency.");
+    prom_sample(p, "cofi_nlp_limit", NULL, 0, s.limit);
+    prom_family(p, "cofi_nlp_limit_max", "gauge", "llm.concurrency: the adaptive limit's ceiling.");
+    prom_sample(p, "cofi_nlp_limit_max", NULL, 0, s.max);
+    prom_family(p, "cofi_nlp_paused_until_seconds", "gauge",
+                "Until when a Retry-After of the NLP API holds every instance's new requests "
+                "(Unix seconds; 0: not paused).");
+    prom_sample(p, "cofi_nlp_paused_until_seconds", NULL, 0, (double)s.paused_until_ms / 1000.0);
+    prom_family(p, "cofi_nlp_throttled_total", "counter",
+                "429 and 503 answers of the NLP API this instance saw.");
+    prom_sample(p, "cofi_nlp_throttled_total", NULL, 0, (double)s.throttled_total);
+}
+
 static void process_info(struct prom *p, const struct cofi_app *app, bool db_ok)
 {
     prom_family(p, "cofi_build_info", "gauge", "cofid's version (always 1).");
@@ -190,6 +210,7 @@ int handle_metrics(const struct cofi_app *app, const struct http_req *req, struc
     stage_counters(&p, t);
     stage_gauges(&p, app, &db, db_ok);
     resources(&p, app);
+    nlp_limiter(&p, app);
     prom_family(&p, "cofi_flush_duration_seconds", "histogram",
                 "Time of one flush: one statement writing many calls' transitions.");
     prom_histogram(&p, "cofi_flush_duration_seconds", NULL, 0, &t->flush);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "db/stages_db.h"
+#include "common/clock.h"
 #include "common/stages.h"
 
 #define NODES_ON_STACK 32
@@ -66,6 +67,40 @@ static json_t *nodes_json(const struct cofi_app *app)
     return arr;
 }
 
+/* The "adaptive" object of an NLP stage: the cluster's limit, its bounds, the pause and the
+ * last changes. Returns a new reference, NULL when out of memory. */
+static json_t *adaptive_json(const struct cofi_app *app)
+{
+    struct llm_limit_snapshot s;
+    engine_llm_limit(app->engine, &s);
+    if (app->engine == NULL) {
+        s.adaptive = app->cfg->llm_adaptive;
+        s.limit = app->cfg->llm_concurrency;
+        s.max = app->cfg->llm_concurrency;
+    }
+    json_t *history = json_array();
+    int rc = history != NULL ? 0 : -1;
+    for (int i = 0; i < s.nhistory && rc == 0; i++) {
+        char at[40];
+        clock_format_rfc3339(s.history[i].at_ms, at, sizeof at);
+        rc = json_array_append_new(history,
+                                   json_pack("{s:s, s:i, s:s}", "at", at, "limit",
+                                             s.history[i].limit, "reason", s.history[i].reason));
+    }
+    char until[40];
+    if (s.paused_until_ms > 0) {
+        clock_format_rfc3339(s.paused_until_ms, until, sizeof until);
+    }
+    json_t *o =
+        rc == 0 ? json_pack("{s:b, s:i, s:i, s:i, s:o, s:I, s:O}", "enabled", s.adaptive, "limit",
+                            s.limit, "max", s.max, "ceiling", s.ceiling, "paused_until",
+                            s.paused_until_ms > 0 ? json_string(until) : json_null(), "throttled",
+                            (json_int_t)s.throttled_total, "history", history)
+                : NULL;
+    json_decref(history);
+    return o;
+}
+
 void stages_split_running(int64_t pending, int64_t running, int64_t requests, int64_t *in_flight,
                           int64_t *queued)
 {
@@ -117,6 +152,10 @@ int handle_stage_status(const struct cofi_app *app, const struct http_req *req,
                           "done", (json_int_t)f.counts.done, "failed", (json_int_t)f.counts.failed,
                           "throughput_per_s", live.throughput_per_s, "latency_ms", "p50",
                           live.p50_ms, "p95", live.p95_ms, "p99", live.p99_ms);
+    if (o != NULL && llm && json_object_set_new(o, "adaptive", adaptive_json(app)) != 0) {
+        json_decref(o);
+        o = NULL;
+    }
     if (o != NULL && !llm && json_object_set_new(o, "nodes", nodes_json(app)) != 0) {
         json_decref(o);
         o = NULL;

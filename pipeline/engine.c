@@ -53,6 +53,48 @@ static bool host_lease_ok(void *ctx)
     return engine_lease_current(ctx);
 }
 
+static int64_t host_nlp_pause_ms(void *ctx)
+{
+    struct engine *e = ctx;
+    return limiter_pause_ms(e->limiter);
+}
+
+/* Asks the lease thread to beat now. */
+static void wake_lease(struct engine *e)
+{
+    pthread_mutex_lock(&e->lease_mu);
+    pthread_cond_signal(&e->lease_cv);
+    pthread_mutex_unlock(&e->lease_mu);
+}
+
+static bool host_nlp_budget(void *ctx, size_t transcript_bytes, int64_t ticket[2])
+{
+    struct engine *e = ctx;
+    bool wake = false;
+    uint64_t grant = 0;
+    ticket[0] = budget_estimate(e->budget, transcript_bytes);
+    bool ok = budget_take(e->budget, ticket[0], &grant, &wake);
+    ticket[1] = (int64_t)grant;
+    if (wake) {
+        wake_lease(e); /* a grant now, not at the next beat */
+    }
+    return ok;
+}
+
+static void host_nlp_settle(void *ctx, const int64_t ticket[2], long long used_tokens)
+{
+    struct engine *e = ctx;
+    budget_settle(e->budget, ticket[0], (uint64_t)ticket[1], used_tokens);
+}
+
+static void host_nlp_answer(void *ctx, const struct job_outcome *o)
+{
+    struct engine *e = ctx;
+    if (limiter_on_answer(e->limiter, o)) {
+        wake_lease(e); /* a fresh refusal: decrease and shares now instead of later */
+    }
+}
+
 /* ---- start and stop ---------------------------------------------------------------------- */
 
 /* Frees what engine_start built, once no thread runs. */
@@ -60,6 +102,8 @@ static void engine_destroy(struct engine *e)
 {
     mediator_lane_free(e->med);
     llm_lane_free(e->llm);
+    limiter_free(e->limiter);
+    budget_free(e->budget);
     metrics_free(e->metrics);
     struct jobq orphans = {0};
     record_queue_destroy(&e->rq, &orphans);
@@ -142,7 +186,8 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     clock_cond_init(&e->lease_cv);
     e->metrics = metrics_new();
     if (e->metrics == NULL || record_queue_init(&e->rq) != 0 || stride_init(&e->stride) != 0 ||
-        engine_lease_init(e) != 0) {
+        engine_lease_init(e) != 0 || limiter_new(&e->limiter, cfg, e->instance) != 0 ||
+        budget_new(&e->budget, cfg, e->instance) != 0) {
         cofi_err_set(err, COFI_E_NOMEM, "out of memory");
         goto fail;
     }
@@ -157,6 +202,12 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     };
     if (mediator_lane_start(&e->med, &host, err) != 0) {
         goto fail;
+    }
+    host.nlp_pause_ms = host_nlp_pause_ms;
+    host.nlp_answer = host_nlp_answer;
+    if (budget_enabled(e->budget)) {
+        host.nlp_budget = host_nlp_budget;
+        host.nlp_settle = host_nlp_settle;
     }
     if (llm_lane_start(&e->llm, &host, err) != 0) {
         goto fail;
@@ -239,6 +290,11 @@ void engine_stage_live(struct engine *e, int stage, struct stage_live *out)
     }
     out->in_flight = atomic_load(&e->inflight[stage]);
     metrics_read(e->metrics, stage, out);
+}
+
+void engine_llm_limit(struct engine *e, struct llm_limit_snapshot *out)
+{
+    limiter_snapshot(e != NULL ? e->limiter : NULL, out);
 }
 
 void engine_totals(struct engine *e, struct metrics_totals *out)

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/config.h"
+#include "pipeline/limiter.h"  /* struct llm_limit_snapshot */
 #include "pipeline/mediator.h" /* struct node_live */
 
 struct engine;
@@ -33,6 +34,10 @@ void engine_wake(struct engine *e);
 /* Fills *out for stage (0..6). Thread-safe; can't fail; with e NULL fills zeros and the
  * configured limit is unknown (0). */
 void engine_stage_live(struct engine *e, int stage, struct stage_live *out);
+
+/* The cluster's adaptive NLP limit as this instance last saw it (pipeline/limiter.h): for
+ * /stages/{llm}/status and /metrics. Thread-safe; accepts e NULL (zeroes out). */
+void engine_llm_limit(struct engine *e, struct llm_limit_snapshot *out);
 
 /* Copies up to max nodes into out and returns the number of configured nodes.
  * Thread-safe; accepts e NULL (returns 0). */

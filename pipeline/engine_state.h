@@ -12,7 +12,9 @@
 #include "common/stages.h"
 #include "db/work_db.h"
 #include "pipeline/engine.h"
+#include "pipeline/budget.h"
 #include "pipeline/job.h"
+#include "pipeline/limiter.h"
 #include "pipeline/llm.h"
 #include "pipeline/mediator.h"
 #include "pipeline/record.h"
@@ -36,6 +38,8 @@ struct engine {
     struct stage_metrics *metrics;
     struct mediator_lane *med;
     struct llm_lane *llm;
+    struct nlp_limiter *limiter; /* the cluster's adaptive NLP limit, this instance's side */
+    struct nlp_budget *budget;   /* the cluster's NLP token and request budgets, this side */
     atomic_bool stopping;
     atomic_int med_in_hand; /* jobs this instance holds at stages 0..4 */
     atomic_int llm_in_hand; /* jobs this instance holds at stages 5..6 */

@@ -31,7 +31,9 @@ struct job_outcome {
     char error[256];        /* otherwise: what went wrong, for last_error (valid UTF-8) */
     int64_t retry_after_ms; /* >= 0 when the worker said Retry-After, else -1 */
     int64_t latency_us;
-    bool not_counted; /* the attempt was cut short by cofid itself (fence): don't count it */
+    int http_status;        /* LANE_ANSWERED with an HTTP answer: its status, else 0 */
+    long long usage_tokens; /* the tokens the NLP API said the request used, -1 = unknown */
+    bool not_counted;       /* the attempt was cut short by cofid itself (fence): don't count it */
 };
 
 /* Fills o for an event without an answer. Can't fail. */
@@ -58,6 +60,17 @@ struct lane_host {
      * them retryable, the attempt not counted), so none of them outlives the lease that the
      * other instances see, and they may take its shares. Cheap: called on every turn. */
     bool (*lease_ok)(void *ctx);
+    /* NLP lane only (NULL elsewhere): how long no NLP request may start yet (ms, 0 = go: a
+     * Retry-After seen by any instance pauses them all), and what each answer said (o after
+     * the request: status, latency, Retry-After), for the adaptive limit. Cheap. */
+    int64_t (*nlp_pause_ms)(void *ctx);
+    /* NLP lane only (NULL elsewhere): takes a request's share of the cluster's token and
+     * request budgets (transcript_bytes / 4 + llm.completion_tokens, and one request); false
+     * when there is none now (the lane waits and asks again). */
+    bool (*nlp_budget)(void *ctx, size_t transcript_bytes, int64_t ticket[2]);
+    /* Settles the ticket nlp_budget filled with what the answer said it used (-1: unknown). */
+    void (*nlp_settle)(void *ctx, const int64_t ticket[2], long long used_tokens);
+    void (*nlp_answer)(void *ctx, const struct job_outcome *o);
 };
 
 #endif

@@ -108,6 +108,23 @@ static int negotiate(struct engine *e, PGconn *c, struct cofi_err *err)
     return rc;
 }
 
+/* The cluster's NLP limit for this beat (pipeline/limiter.h): the total that the shares of
+ * "nlp" split. A failure keeps the total of the last beat. */
+static void adapt_nlp_total(struct engine *e, PGconn *c)
+{
+    struct cofi_err err;
+    cofi_err_clear(&err);
+    int limit = limiter_beat(e->limiter, c, llm_lane_take_limited(e->llm), &err);
+    if (limit < 0) {
+        log_warn("engine: NLP limiter: %s", err.msg);
+        return;
+    }
+    e->shares[0].total = limit;
+    if (budget_beat(e->budget, c, &err) != 0) {
+        log_warn("engine: NLP budget: %s", err.msg);
+    }
+}
+
 /* Publishes the requests in flight per stage. */
 static int publish_in_flight(struct engine *e, PGconn *c, struct cofi_err *err)
 {
@@ -175,6 +192,7 @@ static int beat(struct engine *e, PGconn *c, struct cofi_err *err)
     if (rc != 0) {
         return rc;
     }
+    adapt_nlp_total(e, c);
     return negotiate(e, c, err);
 }
 

@@ -10,6 +10,7 @@
 #include "common/thread.h"
 #include "common/stages.h"
 #include "pipeline/llm.h"
+#include "pipeline/openai.h"
 #include "pipeline/worker_http.h"
 
 /* The threads do little but wait on sockets: a small stack keeps 100 of them cheap. */
@@ -32,6 +33,7 @@ struct llm_lane {
     int limit;                /* this instance's share of the NLP API (under mu) */
     atomic_int limit_pub;     /* the same, for readers without the lock */
     int active;               /* requests holding a permit (under mu): what the share covers */
+    atomic_bool limited;      /* a thread waited with every permit in use */
 };
 
 /* Hands every job of q back with event ev (no lock held). */
@@ -102,8 +104,22 @@ static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
     return dn == 0 && !l->host.lease_ok(l->host.ctx) ? 1 : 0;
 }
 
-/* Builds the §4 request body for j, or fills o with a permanent failure and returns NULL. */
-static char *llm_body(const struct job *j, struct job_outcome *o)
+/* The OpenAI form's body for j: its stage's prompt with the call's values in it. */
+static char *openai_request(const struct cofi_config *cfg, const struct job *j,
+                            const json_t *transcript, const json_t *language, const json_t *llm1)
+{
+    char *llm1_text = llm1 != NULL ? json_dumps(llm1, JSON_COMPACT) : NULL;
+    char *prompt = openai_render(openai_template(cfg, j->stage), json_string_value(transcript),
+                                 json_string_value(language), llm1_text);
+    char *text = prompt != NULL ? openai_body(cfg->llm_model, prompt) : NULL;
+    free(llm1_text);
+    free(prompt);
+    return text;
+}
+
+/* Builds the request body for j (§4, or the OpenAI form), or fills o with a permanent failure
+ * and returns NULL. */
+static char *llm_body(const struct cofi_config *cfg, const struct job *j, struct job_outcome *o)
 {
     json_t *stt = json_object_get(j->prev, "stt");
     json_t *lid = json_object_get(j->prev, "lid");
@@ -119,21 +135,28 @@ static char *llm_body(const struct job *j, struct job_outcome *o)
         snprintf(o->error, sizeof o->error, "the lid result has no language");
         return NULL;
     }
-    json_t *body =
-        json_pack("{s:s, s:I, s:O, s:O}", "call_id", j->call_id_str, "batch_id",
-                  (json_int_t)j->batch_id, "language", language, "transcript", transcript);
-    if (body != NULL && j->stage == STAGE_LLM2) {
-        json_t *llm1 = json_object_get(j->prev, "llm1");
-        if (!json_is_object(llm1)) {
-            json_decref(body);
-            o->kind = OUTCOME_PERMANENT;
-            snprintf(o->error, sizeof o->error, "no llm1 result to send to llm2");
-            return NULL;
-        }
-        json_object_set(body, "llm1", llm1);
+    json_t *llm1 = json_object_get(j->prev, "llm1");
+    if (j->stage == STAGE_LLM2 && !json_is_object(llm1)) {
+        o->kind = OUTCOME_PERMANENT;
+        snprintf(o->error, sizeof o->error, "no llm1 result to send to llm2");
+        return NULL;
     }
-    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
-    json_decref(body);
+    if (j->stage != STAGE_LLM2) {
+        llm1 = NULL;
+    }
+    char *text = NULL;
+    if (cfg->llm_openai) {
+        text = openai_request(cfg, j, transcript, language, llm1);
+    } else {
+        json_t *body =
+            json_pack("{s:s, s:I, s:O, s:O}", "call_id", j->call_id_str, "batch_id",
+                      (json_int_t)j->batch_id, "language", language, "transcript", transcript);
+        if (body != NULL && llm1 != NULL) {
+            json_object_set(body, "llm1", llm1);
+        }
+        text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+    }
     if (text == NULL) {
         o->kind = OUTCOME_RETRY;
         snprintf(o->error, sizeof o->error, "out of memory");
@@ -141,10 +164,43 @@ static char *llm_body(const struct job *j, struct job_outcome *o)
     return text;
 }
 
+/* True once the lane stops, aborts or may not send (lease). */
+static bool lane_halted(struct llm_lane *l)
+{
+    pthread_mutex_lock(&l->mu);
+    bool stop = l->stop;
+    pthread_mutex_unlock(&l->mu);
+    return stop || atomic_load(&l->abort) || !l->host.lease_ok(l->host.ctx);
+}
+
+/* Waits for j's share of the cluster's NLP budgets (holding j's permit). Returns false when
+ * the lane halted meanwhile (j is to be given back). */
+static bool wait_budget(struct llm_lane *l, const struct job *j, int64_t ticket[2])
+{
+    if (l->host.nlp_budget == NULL) {
+        return true;
+    }
+    json_t *t = json_object_get(json_object_get(j->prev, "stt"), "transcript");
+    size_t bytes = json_is_string(t) ? json_string_length(t) : 0;
+    while (!l->host.nlp_budget(l->host.ctx, bytes, ticket)) {
+        if (lane_halted(l)) {
+            return false;
+        }
+        clock_sleep_ms(20);
+    }
+    return true;
+}
+
 static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct job *j)
 {
     const struct cofi_config *cfg = l->cfg;
     struct job_outcome o;
+    int64_t ticket[2] = {0, 0};
+    if (!wait_budget(l, j, ticket)) {
+        job_outcome_init(&o, LANE_GIVEN_BACK);
+        l->host.report(l->host.ctx, j, &o);
+        return;
+    }
     if (!l->host.admit(l->host.ctx, j)) {
         job_outcome_init(&o, LANE_NOT_VALID);
         l->host.report(l->host.ctx, j, &o);
@@ -154,11 +210,12 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
     j->attempts++;
     l->host.inflight(l->host.ctx, j->stage, 1);
     atomic_fetch_add(&l->in_flight, 1);
-    char *body = llm_body(j, &o);
+    char *body = llm_body(cfg, j, &o);
     if (body != NULL) {
         char url[1200];
         char rid[200];
-        snprintf(url, sizeof url, "%s/%s", cfg->llm_url, stage_name(j->stage));
+        snprintf(url, sizeof url, "%s/%s", cfg->llm_url,
+                 cfg->llm_openai ? "v1/chat/completions" : stage_name(j->stage));
         l->host.request_id(l->host.ctx, j, rid, sizeof rid);
         /* No curl_easy_reset: every request of this thread is the same kind of POST and
          * exchange_prepare sets every option that differs (a reset throws away the
@@ -173,6 +230,15 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
             curl_easy_setopt(easy, CURLOPT_XFERINFODATA, l);
             CURLcode rc = curl_easy_perform(easy);
             exchange_outcome(easy, rc, x, &o);
+            if (cfg->llm_openai) {
+                openai_outcome(&o);
+            }
+            if (l->host.nlp_settle != NULL) {
+                l->host.nlp_settle(l->host.ctx, ticket, o.usage_tokens);
+            }
+            if (l->host.nlp_answer != NULL) {
+                l->host.nlp_answer(l->host.ctx, &o);
+            }
             if (rc == CURLE_ABORTED_BY_CALLBACK && !atomic_load(&l->abort)) {
                 o.not_counted = true;
                 snprintf(o.error, sizeof o.error, "request cut short: lease not renewed in time");
@@ -183,6 +249,12 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
     atomic_fetch_sub(&l->in_flight, 1);
     l->host.inflight(l->host.ctx, j->stage, -1);
     l->host.report(l->host.ctx, j, &o);
+}
+
+/* How long no request may start yet (a Retry-After seen by any instance), in ms. */
+static int64_t pause_ms(struct llm_lane *l)
+{
+    return l->host.nlp_pause_ms != NULL ? l->host.nlp_pause_ms(l->host.ctx) : 0;
 }
 
 static void *worker_main(void *arg)
@@ -199,15 +271,20 @@ static void *worker_main(void *arg)
         /* A job is waiting; take a permit of this instance's share before taking it. */
         pthread_mutex_lock(&l->mu);
         bool lease_ok = l->host.lease_ok(l->host.ctx);
-        while ((l->active >= l->limit || !lease_ok) && !l->stop) {
-            if (lease_ok) {
+        int64_t pause = pause_ms(l);
+        while ((l->active >= l->limit || !lease_ok || pause > 0) && !l->stop) {
+            if (lease_ok && pause == 0) {
+                if (l->limit > 0) {
+                    atomic_store(&l->limited, true);
+                }
                 pthread_cond_wait(&l->permit_cv, &l->mu);
             } else {
-                /* Fenced: look again shortly (the lease thread does not signal). */
-                struct timespec dl = clock_deadline_ms(100);
+                /* Fenced or paused: look again shortly (no one signals the end of either). */
+                struct timespec dl = clock_deadline_ms(pause > 0 && pause < 100 ? pause : 100);
                 pthread_cond_timedwait(&l->permit_cv, &l->mu, &dl);
             }
             lease_ok = l->host.lease_ok(l->host.ctx);
+            pause = pause_ms(l);
         }
         struct job *j = jobq_pop(&l->q);
         bool stop = l->stop;
@@ -336,6 +413,11 @@ int llm_lane_in_flight(struct llm_lane *l)
     int n = l->active;
     pthread_mutex_unlock(&l->mu);
     return n;
+}
+
+bool llm_lane_take_limited(struct llm_lane *l)
+{
+    return atomic_exchange(&l->limited, false);
 }
 
 int llm_lane_limit(struct llm_lane *l)

@@ -32,6 +32,10 @@ int llm_lane_in_flight(struct llm_lane *l);
 /* The limit set last (this instance's share of the NLP API). Thread-safe. */
 int llm_lane_limit(struct llm_lane *l);
 
+/* True when, since the last call, a thread waited for a permit with every permit of the share
+ * in use (the share, not the work, was the limit). Clears the flag. Thread-safe. */
+bool llm_lane_take_limited(struct llm_lane *l);
+
 /* Hands back up to n queued jobs (not those in flight) as LANE_GIVEN_BACK. Thread-safe. */
 void llm_lane_give_back(struct llm_lane *l, size_t n);
 

@@ -62,4 +62,5 @@ void job_outcome_init(struct job_outcome *o, enum lane_event event)
     o->event = event;
     o->kind = OUTCOME_RETRY;
     o->retry_after_ms = -1;
+    o->usage_tokens = -1;
 }

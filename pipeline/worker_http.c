@@ -105,6 +105,7 @@ void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_ou
 {
     memset(o, 0, sizeof *o);
     o->retry_after_ms = -1;
+    o->usage_tokens = -1;
     o->latency_us = clock_mono_us() - x->start_us;
     if (x->reply_too_large) {
         o->kind = OUTCOME_PERMANENT;
@@ -123,6 +124,7 @@ void exchange_outcome(CURL *easy, CURLcode rc, struct exchange *x, struct job_ou
     }
     long status = 0;
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+    o->http_status = (int)status;
     json_t *body = NULL;
     if (x->reply.len > 0) {
         body = json_loadb(x->reply.data, x->reply.len, 0, NULL);

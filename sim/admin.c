@@ -100,6 +100,23 @@ static void serve_rules(struct sim_port *p, struct sim_req *req, struct sim_repl
     json_decref(body);
 }
 
+/* POST /admin/capacity {"capacity": K} on the NLP port: the capacity from now on. */
+static void serve_capacity(struct sim_port *p, struct sim_req *req, struct sim_reply *r)
+{
+    json_t *body = parse_object(req, r);
+    if (body == NULL) {
+        return;
+    }
+    const json_t *k = json_object_get(body, "capacity");
+    if (!json_is_integer(k) || json_integer_value(k) < 1 || json_integer_value(k) > 100000) {
+        sim_reply_error(r, 400, "capacity must be an integer from 1 to 100000");
+    } else {
+        sim_meter_set_capacity(&p->sim->meter, (int)json_integer_value(k));
+        r->status = 204;
+    }
+    json_decref(body);
+}
+
 void sim_admin_serve(struct sim_port *p, struct sim_req *req, struct sim_reply *r)
 {
     enum sim_mode mode = SIM_MODE_UP;
@@ -114,6 +131,9 @@ void sim_admin_serve(struct sim_port *p, struct sim_req *req, struct sim_reply *
         return;
     case SIM_R_ADMIN_RULES:
         serve_rules(p, req, r);
+        return;
+    case SIM_R_ADMIN_CAPACITY:
+        serve_capacity(p, req, r);
         return;
     default:
         sim_reply_error(r, 404, "not found");

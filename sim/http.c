@@ -149,8 +149,27 @@ static int route(struct sim_port *p, const char *url, const char *method, struct
     };
     static const char *const allows[] = {ALLOW_GET, ALLOW_POST, ALLOW_RULES};
     enum sim_ep ep;
-    if (url[0] == '/' && sim_ep_parse(url + 1, &ep) == 0 && strcmp(url + 1, "distribute") != 0 &&
-        sim_ep_in_role(ep, p->role)) {
+    bool openai = p->role == SIM_ROLE_NLP && p->sim->cfg.nlp_protocol == SIM_PROTO_OPENAI;
+    if (openai && strcmp(url, "/v1/chat/completions") == 0) {
+        if (!is_post(method)) {
+            *allow = ALLOW_POST;
+            return 405;
+        }
+        req->route = SIM_R_WORKER;
+        req->ep = SIM_EP_LLM1; /* until the Idempotency-Key says which stage */
+        return 0;
+    }
+    if (p->role == SIM_ROLE_NLP && strcmp(url, "/admin/capacity") == 0) {
+        if (!is_post(method)) {
+            *allow = ALLOW_POST;
+            return 405;
+        }
+        req->route = SIM_R_ADMIN_CAPACITY;
+        req->target = p;
+        return 0;
+    }
+    if (!openai && url[0] == '/' && sim_ep_parse(url + 1, &ep) == 0 &&
+        strcmp(url + 1, "distribute") != 0 && sim_ep_in_role(ep, p->role)) {
         if (!is_post(method)) {
             *allow = ALLOW_POST;
             return 405;
@@ -367,11 +386,15 @@ static void dispatch(struct sim_port *p, struct http_req *h, struct sim_reply *r
         return;
     case SIM_R_STATS_RESET:
         sim_stats_reset(p);
+        if (p->role == SIM_ROLE_NLP) {
+            sim_meter_reset(&p->sim->meter);
+        }
         r->status = 204;
         return;
     case SIM_R_ADMIN_DOWN:
     case SIM_R_ADMIN_UP:
     case SIM_R_ADMIN_RULES:
+    case SIM_R_ADMIN_CAPACITY:
         sim_admin_serve(p, req, r);
         return;
     }

@@ -23,6 +23,11 @@ static const char usage[] =
     "  --node-capacity C      requests a node works on at once; the rest queue (default 8)\n"
     "  --nlp-port Q           port of the NLP API, required\n"
     "  --nlp-capacity K       requests the NLP API works on at once; beyond: 429 (default 100)\n"
+    "  --nlp-capacity-schedule T1=K1[,T2=K2...]\n"
+    "                         the NLP capacity becomes Ki at Ti seconds from start\n"
+    "  --nlp-tokens-per-minute N  token budget of the NLP API (prompt = text length / 4,\n"
+    "                         completion 20); beyond: 429 with Retry-After (default: none)\n"
+    "  --nlp-protocol P       cofi (/llm1, /llm2) or openai (/v1/chat/completions)\n"
     "  --latency-ms LIST      STAGE=MS[,STAGE=MS...], STAGE one of upload (alias distribute),\n"
     "                         denoise, ivr, lid, stt, llm1, llm2, default (default 0 ms)\n"
     "  --jitter-pct J         spread every latency uniformly by +-J percent (default 0)\n"
@@ -126,6 +131,25 @@ static int parse_args(int argc, char **argv, struct sim_config *cfg, enum log_le
             rc = cli_int(flag, value, 1, 65535, &cfg->nlp_port);
         } else if (strcmp(flag, "--nlp-capacity") == 0) {
             rc = cli_int(flag, value, 1, 100000, &cfg->nlp_capacity);
+        } else if (strcmp(flag, "--nlp-capacity-schedule") == 0) {
+            char err[160];
+            cfg->nschedule =
+                sim_schedule_parse(value, cfg->schedule, SIM_SCHEDULE_MAX, err, sizeof err);
+            if (cfg->nschedule < 0) {
+                return cli_bad(flag, "%s", err);
+            }
+        } else if (strcmp(flag, "--nlp-tokens-per-minute") == 0) {
+            int n = 0;
+            rc = cli_int(flag, value, 1, 2000000000, &n);
+            cfg->nlp_tokens_per_minute = n;
+        } else if (strcmp(flag, "--nlp-protocol") == 0) {
+            if (strcmp(value, "cofi") == 0) {
+                cfg->nlp_protocol = SIM_PROTO_COFI;
+            } else if (strcmp(value, "openai") == 0) {
+                cfg->nlp_protocol = SIM_PROTO_OPENAI;
+            } else {
+                return cli_bad(flag, "expected cofi or openai, got '%s'", value);
+            }
         } else if (strcmp(flag, "--latency-ms") == 0) {
             rc = parse_latency(flag, value, cfg);
         } else if (strcmp(flag, "--jitter-pct") == 0) {
@@ -224,7 +248,7 @@ int main(int argc, char **argv)
         return 1;
     }
     int status = 1;
-    if (sim_ports_init(s) != 0) {
+    if (sim_meter_init(&s->meter, &s->cfg) != 0 || sim_ports_init(s) != 0) {
         log_error("out of memory");
         goto out;
     }
@@ -237,6 +261,10 @@ int main(int argc, char **argv)
             goto out_stop;
         }
     }
+    if (sim_sampler_start(s) != 0) {
+        log_error("cannot start the NLP sampler");
+        goto out_stop;
+    }
     const struct sim_config *cfg = &s->cfg;
     log_info("cofi-sim ready: nodes %s:%d..%d, nlp %s:%d", cfg->host, cfg->base_port,
              cfg->base_port + cfg->nodes - 1, cfg->host, cfg->nlp_port);
@@ -245,9 +273,11 @@ int main(int argc, char **argv)
     status = 0;
 
 out_stop:
+    sim_sampler_stop(s);
     stop_all(s);
 out:
     sim_ports_free(s);
+    sim_meter_free(&s->meter);
     sim_control_free(s);
     return status;
 }

@@ -68,6 +68,7 @@ int sim_nlp_validate(struct sim_port *p, struct sim_job *job, struct sim_reply *
         sim_reply_error(r, 400, "llm1 must be the llm1 result (a JSON object)");
         return -1;
     }
+    job->prompt_tokens = (int64_t)(json_string_length(transcript) / 4);
     if (check_carried(p, job, json_string_value(language), json_string_value(transcript), r) != 0) {
         return -1;
     }

@@ -93,7 +93,6 @@ static int port_init(struct sim_port *p)
     atomic_init(&p->listening, false);
     atomic_init(&p->quiesced_fd, -1);
     atomic_init(&p->mode, SIM_MODE_UP);
-    atomic_init(&p->nlp_busy, 0);
     p->slots_used = 0;
     p->daemon = NULL;
     /* Counters: the struct was calloc'ed, and all-zero bytes are a valid zero atomic here. */

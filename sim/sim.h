@@ -19,17 +19,20 @@ struct MHD_PostProcessor;
 /* ------------------------------------------------------------------------------------------
  * Limits. Every buffer the simulator fills from the network is capped by one of these.
  */
-#define SIM_MAX_NODES      1024
-#define SIM_JSON_BODY_MAX  (1024 * 1024)      /* JSON request bodies; uploads are streamed */
-#define SIM_KEY_MAX        512                /* longest Idempotency-Key / X-Request-Id accepted */
-#define SIM_FIELD_MAX      1024               /* longest call_id form field or upload file name */
-#define SIM_KEY_SHARDS     64                 /* shards of the per-port idempotency-key table */
-#define SIM_MAX_RULES      256                /* failure rules per port */
-#define SIM_MAX_RULE_CALLS 100000             /* call ids per failure rule */
-#define SIM_HANG_MAX_MS    60000              /* longest a request waits on a "hang" node */
-#define SIM_STATUS_MAX     600                /* HTTP statuses counted: 0..599 */
-#define SIM_RULE_BYTES_MAX (64 * 1024 * 1024) /* largest body_bytes of a failure rule */
-#define SIM_HOST_MAX       64
+#define SIM_MAX_NODES         1024
+#define SIM_JSON_BODY_MAX     (1024 * 1024) /* JSON request bodies; uploads are streamed */
+#define SIM_KEY_MAX           512           /* longest Idempotency-Key / X-Request-Id accepted */
+#define SIM_FIELD_MAX         1024          /* longest call_id form field or upload file name */
+#define SIM_KEY_SHARDS        64            /* shards of the per-port idempotency-key table */
+#define SIM_MAX_RULES         256           /* failure rules per port */
+#define SIM_MAX_RULE_CALLS    100000        /* call ids per failure rule */
+#define SIM_HANG_MAX_MS       60000         /* longest a request waits on a "hang" node */
+#define SIM_STATUS_MAX        600           /* HTTP statuses counted: 0..599 */
+#define SIM_RULE_BYTES_MAX    (64 * 1024 * 1024) /* largest body_bytes of a failure rule */
+#define SIM_HOST_MAX          64
+#define SIM_SCHEDULE_MAX      64   /* steps of --nlp-capacity-schedule */
+#define SIM_SERIES_SECONDS    3600 /* seconds of NLP history kept for GET /stats */
+#define SIM_COMPLETION_TOKENS 20   /* tokens of every NLP answer (the completion), fixed */
 
 /* ------------------------------------------------------------------------------------------
  * Worker endpoints. Nodes serve UPLOAD..STT, the NLP API LLM1 and LLM2.
@@ -46,6 +49,9 @@ enum sim_ep {
 };
 
 enum sim_role { SIM_ROLE_NODE, SIM_ROLE_NLP };
+
+/* How the NLP API is spoken: cofi's §4 (/llm1, /llm2) or OpenAI chat completions. */
+enum sim_protocol { SIM_PROTO_COFI = 0, SIM_PROTO_OPENAI };
 
 /* The endpoint's path segment and stats key: "upload", "denoise", ... Static string. */
 const char *sim_ep_name(enum sim_ep ep);
@@ -75,7 +81,97 @@ struct sim_config {
     double fail_rate;                 /* 0..1: share of worker requests answered 503 */
     uint64_t seed;
     char host[SIM_HOST_MAX];
+    struct sim_cap_step {
+        double at_s;  /* seconds from start */
+        int capacity; /* the NLP capacity from then on */
+    } schedule[SIM_SCHEDULE_MAX];
+    int nschedule;
+    int64_t nlp_tokens_per_minute; /* 0 = not metered */
+    enum sim_protocol nlp_protocol;
 };
+
+/* ------------------------------------------------------------------------------------------
+ * The NLP API's meter (meter.c): capacity over time, tokens per minute, per-second history.
+ */
+
+/* Parses T1=K1[,T2=K2...] (seconds from start, capacity), in time order, into out (at most
+ * max). Returns the number of steps, or -1 with a message in err. Pure. */
+int sim_schedule_parse(const char *s, struct sim_cap_step *out, int max, char *err, size_t errlen);
+
+/* Applies the steps from index next whose time has come at elapsed_s: *capacity gets the last
+ * one's. Returns the index of the first step still to come. Pure. */
+int sim_schedule_due(const struct sim_cap_step *steps, int n, int next, double elapsed_s,
+                     int *capacity);
+
+/* A token bucket: per_minute tokens, refilled continuously, holding at most per_minute. */
+struct sim_bucket {
+    int64_t per_minute; /* 0 = unlimited */
+    double level;
+    int64_t last_us;
+};
+
+/* Takes `want` tokens at now_us: returns 0 when taken, else the seconds (>= 1) after which
+ * they would be there (the Retry-After), taking nothing. A request larger than the whole
+ * budget is let through once the bucket is full (the level goes negative). Pure. */
+int64_t sim_bucket_take(struct sim_bucket *b, int64_t now_us, int64_t want);
+
+/* One second of NLP history. */
+struct sim_second {
+    int64_t sec;       /* seconds from start; -1 = unused */
+    int max_in_flight; /* the most requests worked on at once during it */
+    int capacity;      /* the lowest capacity during it */
+    int arrivals;      /* worker requests that reached the capacity check */
+    int admitted;      /* ... and were taken (started) */
+    int rejected;      /* ... and were answered 429 (capacity or tokens) */
+    int ok;            /* requests that ended 2xx */
+    int64_t tokens;    /* tokens of the admitted requests */
+};
+
+struct sim_meter {
+    bool ready;
+    pthread_mutex_t mu; /* guards everything below */
+    int64_t start_us;
+    int capacity;
+    int busy; /* requests being worked on */
+    struct sim_cap_step steps[SIM_SCHEDULE_MAX];
+    int nsteps;
+    int next_step;
+    struct sim_bucket bucket;
+    int64_t tokens_total;
+    int64_t rejected_capacity;
+    int64_t rejected_tokens;
+    struct sim_second *series; /* owned, SIM_SERIES_SECONDS */
+};
+
+/* Sets up m from cfg. Returns 0 or -1 (out of memory). */
+int sim_meter_init(struct sim_meter *m, const struct sim_config *cfg);
+
+/* Frees m. Accepts an m that was never set up. */
+void sim_meter_free(struct sim_meter *m);
+
+/* Takes a slot for a request of `tokens`: returns 0 when taken (the caller calls
+ * sim_meter_leave later), else the Retry-After in seconds (*over_tokens tells whether the
+ * token budget, not the capacity, refused it). Thread-safe. */
+int64_t sim_meter_admit(struct sim_meter *m, int64_t tokens, bool *over_tokens);
+
+/* Counts a request answered by a failure rule (an arrival; a 429 is a rejection). */
+void sim_meter_injected(struct sim_meter *m, int status);
+
+/* Gives the slot back; ok: the answer is 2xx. Thread-safe. */
+void sim_meter_leave(struct sim_meter *m, bool ok);
+
+/* Sets the capacity now (POST /admin/capacity). Thread-safe. */
+void sim_meter_set_capacity(struct sim_meter *m, int capacity);
+
+/* Applies the schedule and records the in-flight count (the sampler, every 20 ms). */
+void sim_meter_sample(struct sim_meter *m);
+
+/* Clears the history and the counters (POST /stats/reset). */
+void sim_meter_reset(struct sim_meter *m);
+
+/* Adds capacity, rejected_capacity, rejected_tokens, tokens, tokens_per_minute, seconds and
+ * series to o. Returns 0 or -1 (out of memory). */
+int sim_meter_json(struct sim_meter *m, json_t *o);
 
 /* ------------------------------------------------------------------------------------------
  * Deterministic hashing and results (results.c). Thread-safe; no state.
@@ -225,7 +321,6 @@ struct sim_port {
     pthread_cond_t slot_cv;  /* a node slot was freed, or the mode changed */
     pthread_cond_t state_cv; /* the mode changed */
     int slots_used;          /* node: requests worked on; under mu */
-    atomic_int nlp_busy;     /* NLP: requests worked on; lock-free try-acquire */
 
     struct sim_stats stats;
     struct sim_keys keys;
@@ -247,7 +342,17 @@ struct sim {
     uint64_t ctl_next_seq; /* under ctl_mu */
     uint64_t ctl_done_seq; /* under ctl_mu */
     bool quitting;         /* under ctl_mu */
+
+    struct sim_meter meter; /* the NLP API's */
+    pthread_t sampler;
+    pthread_cond_t sampler_cv; /* with ctl_mu */
+    bool sampler_stop;         /* under ctl_mu */
+    bool sampler_running;
 };
+
+/* Starts / stops the thread that applies the capacity schedule and samples the NLP series. */
+int sim_sampler_start(struct sim *s);
+void sim_sampler_stop(struct sim *s);
 
 /* Allocates and initialises every port of s (after s->cfg is set). Returns 0 or -1. */
 int sim_ports_init(struct sim *s);
@@ -267,7 +372,8 @@ enum sim_route {
     SIM_R_STATS_RESET,
     SIM_R_ADMIN_DOWN, /* target: this port or another one */
     SIM_R_ADMIN_UP,
-    SIM_R_ADMIN_RULES
+    SIM_R_ADMIN_RULES,
+    SIM_R_ADMIN_CAPACITY
 };
 
 struct sim_req {
@@ -335,9 +441,11 @@ void sim_http_quiesce(struct sim_port *p);
 /* What a worker request is about, once parsed. */
 struct sim_job {
     enum sim_ep ep;
-    json_t *body;        /* parsed JSON body (owned), NULL for uploads */
-    const char *call_id; /* borrowed from body or from the request's form field */
-    const char *key;     /* the Idempotency-Key header (borrowed) */
+    json_t *body;                      /* parsed JSON body (owned), NULL for uploads */
+    const char *call_id;               /* borrowed from body or from the request's form field */
+    const char *key;                   /* the Idempotency-Key header (borrowed) */
+    char call_id_buf[SIM_KEY_MAX + 1]; /* OpenAI protocol: the call id, from the key */
+    int64_t prompt_tokens;             /* NLP: the request's prompt, in tokens (length / 4) */
 };
 
 /* Serves a worker request whose body is complete; fills r (status 0 = drop). */
@@ -355,6 +463,12 @@ void sim_node_produce(struct sim_port *p, struct sim_req *req, struct sim_job *j
                       struct sim_reply *r);
 int sim_nlp_validate(struct sim_port *p, struct sim_job *job, struct sim_reply *r);
 void sim_nlp_produce(struct sim_port *p, struct sim_job *job, struct sim_reply *r);
+
+/* The OpenAI chat-completions form of the NLP API (openai.c). The stage comes from the
+ * Idempotency-Key ({call_id}:llm1|llm2). Parse: fills job (ep, call_id, body) or r. */
+int sim_openai_parse(struct sim_req *req, struct sim_job *job, struct sim_reply *r);
+int sim_openai_validate(struct sim_port *p, struct sim_job *job, struct sim_reply *r);
+void sim_openai_produce(struct sim_port *p, struct sim_job *job, struct sim_reply *r);
 
 /* ------------------------------------------------------------------------------------------
  * Stats and keys (stats.c).

@@ -153,6 +153,12 @@ json_t *sim_stats_json(struct sim_port *p)
     rc |= json_object_set_new(o, "down", json_boolean(mode != SIM_MODE_UP));
     rc |= json_object_set_new(o, "down_mode",
                               mode == SIM_MODE_UP ? json_null() : json_string(sim_mode_name(mode)));
+    if (p->role == SIM_ROLE_NLP) {
+        rc |= sim_meter_json(&p->sim->meter, o); /* capacity: the current one */
+        rc |= json_object_set_new(
+            o, "protocol",
+            json_string(p->sim->cfg.nlp_protocol == SIM_PROTO_OPENAI ? "openai" : "cofi"));
+    }
     if (p->role == SIM_ROLE_NODE) {
         pthread_mutex_lock(&p->files_mu);
         size_t files = p->files.count;

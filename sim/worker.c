@@ -136,23 +136,6 @@ static void node_slot_give(struct sim_port *p)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Takes an NLP slot without waiting. Returns 0, or -1 when all are taken. */
-static int nlp_slot_try(struct sim_port *p)
-{
-    int cur = atomic_load(&p->nlp_busy);
-    while (cur < p->capacity) {
-        if (atomic_compare_exchange_weak(&p->nlp_busy, &cur, cur + 1)) {
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static void nlp_slot_give(struct sim_port *p)
-{
-    atomic_fetch_sub(&p->nlp_busy, 1);
-}
-
 /* The configured latency of the job's endpoint, spread by the jitter (a deterministic draw). */
 static int64_t latency_us(const struct sim_port *p, const struct sim_job *job, uint64_t seen)
 {
@@ -208,6 +191,17 @@ static int validate(struct sim_port *p, struct sim_req *req, struct sim_job *job
     if (read_headers(req, job, r) != 0) {
         return -1;
     }
+    if (p->role == SIM_ROLE_NLP && p->sim->cfg.nlp_protocol == SIM_PROTO_OPENAI) {
+        if (sim_openai_parse(req, job, r) != 0) {
+            return -1;
+        }
+        if (job->ep != req->ep) { /* counted as the stage the key names */
+            atomic_fetch_sub(&p->stats.requests[req->ep], 1);
+            atomic_fetch_add(&p->stats.requests[job->ep], 1);
+            req->ep = job->ep;
+        }
+        return sim_openai_validate(p, job, r);
+    }
     if (job->ep != SIM_EP_UPLOAD && parse_json_body(req, job, r) != 0) {
         return -1;
     }
@@ -234,16 +228,24 @@ static void run(struct sim_port *p, struct sim_req *req, struct sim_job *job, ui
         if (waited) {
             start_us = clock_mono_us();
         }
-    } else if (nlp_slot_try(p) != 0) {
-        sim_reply_error(r, 429, "too many requests");
-        snprintf(r->retry_after, sizeof r->retry_after, "1");
-        return;
+    } else {
+        bool over_tokens = false;
+        int64_t wait_s = sim_meter_admit(&p->sim->meter, job->prompt_tokens + SIM_COMPLETION_TOKENS,
+                                         &over_tokens);
+        if (wait_s > 0) {
+            sim_reply_error(r, 429, "%s",
+                            over_tokens ? "tokens per minute exceeded" : "too many requests");
+            snprintf(r->retry_after, sizeof r->retry_after, "%lld", (long long)wait_s);
+            return;
+        }
     }
     in_flight_enter(st, job->ep);
     if (work(p, start_us, latency_us(p, job, seen)) != 0) {
         r->status = 0;
     } else if (p->role == SIM_ROLE_NODE) {
         sim_node_produce(p, req, job, r);
+    } else if (p->sim->cfg.nlp_protocol == SIM_PROTO_OPENAI) {
+        sim_openai_produce(p, job, r);
     } else {
         sim_nlp_produce(p, job, r);
     }
@@ -254,7 +256,7 @@ static void run(struct sim_port *p, struct sim_req *req, struct sim_job *job, ui
     if (p->role == SIM_ROLE_NODE) {
         node_slot_give(p);
     } else {
-        nlp_slot_give(p);
+        sim_meter_leave(&p->sim->meter, r->status >= 200 && r->status < 300);
     }
 }
 
@@ -288,6 +290,9 @@ void sim_worker_serve(struct sim_port *p, struct sim_req *req, struct sim_reply 
     struct sim_injected inj = {0};
     if (sim_rules_match(&p->rules, job.ep, job.call_id, job.key, &inj)) {
         sim_reply_error(r, inj.status, "injected");
+        if (p->role == SIM_ROLE_NLP) {
+            sim_meter_injected(&p->sim->meter, inj.status);
+        }
         if (inj.body != NULL) {
             json_decref(r->body);
             r->body = NULL;

@@ -352,6 +352,108 @@ static void test_log_format(void **state)
     }
 }
 
+static void test_llm_adaptive(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *head = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                       "\"http://1\"}], \"llm\": {\"url\": \"http://x\"";
+    char text[512];
+    snprintf(text, sizeof text, "%s}}", head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_true(cfg.llm_adaptive); /* on unless said otherwise */
+    config_free(&cfg);
+    snprintf(text, sizeof text, "%s, \"adaptive\": false}}", head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_false(cfg.llm_adaptive);
+    config_free(&cfg);
+    snprintf(text, sizeof text, "%s, \"adaptive\": 1}}", head);
+    assert_int_not_equal(config_parse(text, &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "llm.adaptive"));
+}
+
+static void test_llm_budgets(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *head = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                       "\"http://1\"}], \"llm\": {\"url\": \"http://x\"";
+    char text[512];
+    snprintf(text, sizeof text, "%s}}", head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_int_equal(cfg.llm_tokens_per_minute, 0); /* no budget unless set */
+    assert_int_equal(cfg.llm_requests_per_minute, 0);
+    assert_int_equal(cfg.llm_completion_tokens, 256);
+    config_free(&cfg);
+    snprintf(text, sizeof text,
+             "%s, \"tokens_per_minute\": 90000, \"requests_per_minute\": 500, "
+             "\"completion_tokens\": 40}}",
+             head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_int_equal(cfg.llm_tokens_per_minute, 90000);
+    assert_int_equal(cfg.llm_requests_per_minute, 500);
+    assert_int_equal(cfg.llm_completion_tokens, 40);
+    config_free(&cfg);
+    static const char *const bad[] = {"\"tokens_per_minute\": 0", "\"requests_per_minute\": -1",
+                                      "\"tokens_per_minute\": \"1000\"",
+                                      "\"completion_tokens\": -5"};
+    static const char *const named[] = {"llm.tokens_per_minute", "llm.requests_per_minute",
+                                        "llm.tokens_per_minute", "llm.completion_tokens"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(text, sizeof text, "%s, %s}}", head, bad[i]);
+        assert_int_not_equal(config_parse(text, &cfg, &err), 0);
+        assert_non_null(strstr(err.msg, named[i]));
+    }
+}
+
+static void test_llm_openai_protocol(void **state)
+{
+    (void)state;
+    struct cofi_config cfg;
+    struct cofi_err err;
+    const char *head = "{\"input_root\": \"/tmp\", \"nodes\": [{\"id\": \"a\", \"url\": "
+                       "\"http://1\"}], \"llm\": {\"url\": \"http://x\"";
+    char text[1024];
+    snprintf(text, sizeof text, "%s}}", head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_false(cfg.llm_openai); /* the cofi protocol unless said otherwise */
+    assert_null(cfg.llm_prompts[0]);
+    config_free(&cfg);
+    snprintf(text, sizeof text,
+             "%s, \"protocol\": \"openai\", \"model\": \"m-1\", \"prompts\": {\"llm1\": "
+             "\"Sum up {transcript} ({language}) as {\\\"summary\\\": ...}\", \"llm2\": "
+             "\"{llm1} {transcript}\"}}}",
+             head);
+    assert_int_equal(config_parse(text, &cfg, &err), 0);
+    assert_true(cfg.llm_openai);
+    assert_string_equal(cfg.llm_model, "m-1");
+    assert_non_null(strstr(cfg.llm_prompts[0], "{transcript}"));
+    assert_string_equal(cfg.llm_prompts[1], "{llm1} {transcript}");
+    config_free(&cfg);
+    static const char *const bad[] = {
+        "\"protocol\": \"grpc\"",
+        "\"protocol\": \"openai\"",
+        "\"protocol\": \"openai\", \"model\": \"\"",
+        "\"model\": \"m\", \"prompts\": []",
+        "\"model\": \"m\", \"prompts\": {\"llm3\": \"x\"}",
+        "\"model\": \"m\", \"prompts\": {\"llm1\": \"{llm1}\"}",
+        "\"model\": \"m\", \"prompts\": {\"llm2\": \"{transcrpt}\"}",
+        "\"model\": \"m\", \"prompts\": {\"llm1\": 5}",
+    };
+    static const char *const named[] = {"llm.protocol",     "llm.model",        "llm.model",
+                                        "llm.prompts",      "llm.prompts.llm3", "llm.prompts.llm1",
+                                        "llm.prompts.llm2", "llm.prompts.llm1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(text, sizeof text, "%s, %s}}", head, bad[i]);
+        assert_int_not_equal(config_parse(text, &cfg, &err), 0);
+        if (strstr(err.msg, named[i]) == NULL) {
+            fail_msg("case %zu: \"%s\" does not name %s", i, err.msg, named[i]);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -368,6 +470,9 @@ int main(void)
         cmocka_unit_test(test_many_nodes_are_accepted),
         cmocka_unit_test(test_http_defences),
         cmocka_unit_test(test_log_format),
+        cmocka_unit_test(test_llm_adaptive),
+        cmocka_unit_test(test_llm_budgets),
+        cmocka_unit_test(test_llm_openai_protocol),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

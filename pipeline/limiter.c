@@ -1,0 +1,260 @@
+/* The cluster's adaptive NLP limit on this instance (see limiter.h). */
+#include "pipeline/limiter.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "pipeline/aimd.h"
+
+/* Window means kept for the latency floor: about half a minute of beats. */
+#define FLOOR_WINDOWS 30
+
+struct nlp_limiter {
+    const struct cofi_config *cfg;
+    char instance[160];
+
+    /* The window, filled by the lane threads and taken by the lease thread. */
+    atomic_int answers;
+    atomic_int throttled;
+    atomic_llong latency_sum_us;
+    atomic_llong throttled_total;
+    atomic_llong pause_until_mono; /* ms: no NLP request starts before */
+    atomic_bool pause_to_write;    /* a Retry-After seen here, not yet in the database */
+    atomic_llong decreased_mono;   /* ms: when the limit last fell here; refusals of requests
+                                      sent before it are old news */
+    atomic_llong woke_mono;        /* ms: when a refusal last asked for a beat */
+
+    /* Lease thread only. */
+    bool started; /* the first beat looked whether this instance starts alone */
+    int clean_streak;
+    int last_clean;
+    double floors[FLOOR_WINDOWS];
+    int nfloors;
+    int floor_pos;
+
+    /* The last beat's state, for readers. */
+    pthread_mutex_t mu;
+    struct llm_limit_snapshot snap;
+};
+
+int limiter_new(struct nlp_limiter **out, const struct cofi_config *cfg, const char *instance)
+{
+    struct nlp_limiter *l = calloc(1, sizeof *l);
+    if (l == NULL) {
+        return -1;
+    }
+    l->cfg = cfg;
+    snprintf(l->instance, sizeof l->instance, "%s", instance);
+    pthread_mutex_init(&l->mu, NULL);
+    l->snap.adaptive = cfg->llm_adaptive;
+    l->snap.limit = cfg->llm_concurrency;
+    l->snap.max = cfg->llm_concurrency;
+    *out = l;
+    return 0;
+}
+
+void limiter_free(struct nlp_limiter *l)
+{
+    if (l == NULL) {
+        return;
+    }
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+/* Raises an atomic to at least v. */
+static void atomic_raise(atomic_llong *a, long long v)
+{
+    long long cur = atomic_load(a);
+    while (cur < v && !atomic_compare_exchange_weak(a, &cur, v)) {
+    }
+}
+
+bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
+{
+    if (o->event != LANE_ANSWERED || o->http_status == 0) {
+        return false; /* no answer from the API: a connection failure says nothing of its limit */
+    }
+    int64_t now = clock_mono_ms();
+    bool throttled = o->http_status == 429 || o->http_status == 503;
+    if (!l->cfg->llm_adaptive) {
+        if (throttled) {
+            atomic_fetch_add(&l->throttled_total, 1);
+        }
+        return false; /* a fixed limit: each request honours its own Retry-After */
+    }
+    if (o->retry_after_ms >= 0) {
+        int64_t ms = o->retry_after_ms;
+        if (ms > l->cfg->llm.retry_after_max_ms) {
+            ms = l->cfg->llm.retry_after_max_ms;
+        }
+        atomic_raise(&l->pause_until_mono, now + ms);
+        atomic_store(&l->pause_to_write, true);
+    }
+    if (throttled) {
+        atomic_fetch_add(&l->throttled_total, 1);
+    }
+    int64_t sent = now - o->latency_us / 1000;
+    if (throttled && sent < atomic_load(&l->decreased_mono)) {
+        return false; /* sent under the limit before its last decrease */
+    }
+    atomic_fetch_add(&l->answers, 1);
+    atomic_fetch_add(&l->latency_sum_us, o->latency_us);
+    if (!throttled) {
+        return false;
+    }
+    atomic_fetch_add(&l->throttled, 1);
+    long long woke = atomic_load(&l->woke_mono);
+    return now - woke >= LIMITER_WAKE_MS &&
+           atomic_compare_exchange_strong(&l->woke_mono, &woke, (long long)now);
+}
+
+int64_t limiter_pause_ms(struct nlp_limiter *l)
+{
+    int64_t left = atomic_load(&l->pause_until_mono) - clock_mono_ms();
+    return left > 0 ? left : 0;
+}
+
+/* Adds a window's mean to the floor's ring and returns the floor of the windows before it. */
+static double floor_push(struct nlp_limiter *l, double mean_ms)
+{
+    double fl = 0;
+    for (int i = 0; i < l->nfloors; i++) {
+        if (fl == 0 || l->floors[i] < fl) {
+            fl = l->floors[i];
+        }
+    }
+    l->floors[l->floor_pos] = mean_ms;
+    l->floor_pos = (l->floor_pos + 1) % FLOOR_WINDOWS;
+    if (l->nfloors < FLOOR_WINDOWS) {
+        l->nfloors++;
+    }
+    return fl;
+}
+
+/* The window's AIMD step against row; returns the limit from now on. */
+static int adapt(struct nlp_limiter *l, PGconn *c, bool limited, const struct limiter_row *row,
+                 int limit, struct cofi_err *err, int *rc)
+{
+    struct aimd_in in = {.limit = limit,
+                         .max = l->cfg->llm_concurrency,
+                         .ceiling = row->ceiling,
+                         .clean_streak = l->clean_streak,
+                         .limited = limited,
+                         .last_clean = l->last_clean,
+                         .failed_probes = row->probes_refused};
+    in.answers = atomic_exchange(&l->answers, 0);
+    in.throttled = atomic_exchange(&l->throttled, 0);
+    long long sum = atomic_exchange(&l->latency_sum_us, 0);
+    if (in.answers > 0) {
+        in.mean_ms = (double)sum / in.answers / 1000.0;
+    }
+    if (in.answers >= AIMD_MIN_ANSWERS && in.throttled == 0) {
+        in.floor_ms = floor_push(l, in.mean_ms);
+    }
+    struct aimd_out out;
+    aimd_next(&in, &out);
+    l->clean_streak = out.clean_streak;
+    l->last_clean = out.last_clean;
+    if (out.reason == AIMD_HOLD && out.limit == limit) {
+        return limit;
+    }
+    bool applied = false;
+    struct limiter_step step = {.from = row->limit,
+                                .to = out.limit,
+                                .ceiling = out.ceiling,
+                                .probes_refused = out.failed_probes,
+                                .min_age_ms = LIMITER_INCREASE_MS,
+                                .reason = aimd_reason_name(out.reason)};
+    if (out.reason == AIMD_PROBE) {
+        /* The cluster probes once per wait, whichever instance asks: the windows of a probe
+         * (doubled per refused one) pass on the database's clock. */
+        step.min_age_ms = aimd_probe_windows(row->probes_refused) * LIMITER_WINDOW_MS;
+    }
+    *rc = limiter_db_change(c, l->instance, in.max, &step, &applied, err);
+    if (*rc != 0 || !applied) {
+        return limit;
+    }
+    if (out.limit < limit) {
+        atomic_store(&l->decreased_mono, clock_mono_ms());
+    }
+    log_info("engine: NLP limit %d -> %d of %d (%s: %d answers, %d refused, mean %.0f ms, "
+             "floor %.0f ms)",
+             limit, out.limit, in.max, aimd_reason_name(out.reason), in.answers, in.throttled,
+             in.mean_ms, in.floor_ms);
+    return out.limit;
+}
+
+static void publish(struct nlp_limiter *l, const struct limiter_row *row, int limit)
+{
+    pthread_mutex_lock(&l->mu);
+    l->snap.limit = limit;
+    l->snap.ceiling = row->ceiling;
+    l->snap.paused_until_ms = row->pause_left_ms > 0 ? row->pause_until_ms : 0;
+    l->snap.throttled_total = atomic_load(&l->throttled_total);
+    memcpy(l->snap.history, row->history, sizeof l->snap.history);
+    l->snap.nhistory = row->nhistory;
+    pthread_mutex_unlock(&l->mu);
+}
+
+int limiter_beat(struct nlp_limiter *l, PGconn *c, bool limited, struct cofi_err *err)
+{
+    const int max = l->cfg->llm_concurrency;
+    struct limiter_row row;
+    int rc = 0;
+    if (atomic_exchange(&l->pause_to_write, false)) {
+        int64_t left = limiter_pause_ms(l);
+        rc = left > 0 ? limiter_db_pause(c, l->instance, left, err) : 0;
+        if (rc != 0) {
+            atomic_store(&l->pause_to_write, true);
+            return rc;
+        }
+    }
+    rc = limiter_db_read(c, max, &row, err);
+    if (rc == 0 && !l->started) {
+        bool reset = false;
+        rc = limiter_db_restart(c, l->instance, max, l->cfg->lease_ms, &reset, err);
+        if (rc == 0 && reset) {
+            rc = limiter_db_read(c, max, &row, err);
+        }
+        l->started = rc == 0;
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    if (row.pause_left_ms > 0 && l->cfg->llm_adaptive) {
+        atomic_raise(&l->pause_until_mono, clock_mono_ms() + row.pause_left_ms);
+    }
+    int limit = row.limit < max ? row.limit : max;
+    if (!l->cfg->llm_adaptive) {
+        limit = max;
+    } else {
+        int was = limit;
+        limit = adapt(l, c, limited, &row, limit, err, &rc);
+        if (rc == 0 && limit != was) {
+            rc = limiter_db_read(c, max, &row, err);
+            limit = row.limit < max ? row.limit : max;
+        }
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    publish(l, &row, limit);
+    return limit < 1 ? 1 : limit;
+}
+
+void limiter_snapshot(struct nlp_limiter *l, struct llm_limit_snapshot *out)
+{
+    if (l == NULL) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    pthread_mutex_lock(&l->mu);
+    *out = l->snap;
+    pthread_mutex_unlock(&l->mu);
+}

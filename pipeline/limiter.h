@@ -1,0 +1,60 @@
+/* The cluster's adaptive NLP limit on this instance: what its NLP answers say (lane threads),
+ * the pause every instance keeps after a Retry-After (lane threads read it at every
+ * admission), and once per lease beat the AIMD step (pipeline/aimd.h) against the row in
+ * PostgreSQL (db/limiter_db.h), whose limit the shares of "nlp" then split. */
+#ifndef COFI_LIMITER_H
+#define COFI_LIMITER_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "common/error.h"
+#include "db/limiter_db.h"
+#include "pipeline/lane.h"
+
+struct nlp_limiter;
+
+#define LIMITER_WAKE_MS 250
+
+/* The limiter's state for /stages/{llm}/status and /metrics. */
+struct llm_limit_snapshot {
+    bool adaptive;           /* llm.adaptive */
+    int limit;               /* the cluster's limit now (llm.concurrency when not adaptive) */
+    int max;                 /* llm.concurrency */
+    int ceiling;             /* the limit at the last decrease, 0 = none */
+    int64_t paused_until_ms; /* Unix ms until which no NLP request starts, 0 = not paused */
+    int64_t throttled_total; /* 429/503 answers this instance saw */
+    struct limiter_change history[LIMITER_HISTORY_MAX]; /* newest first */
+    int nhistory;
+};
+
+/* A new limiter (instance is copied). Returns 0 or -1 (memory). */
+int limiter_new(struct nlp_limiter **out, const struct cofi_config *cfg, const char *instance);
+
+/* Frees l. Accepts NULL. */
+void limiter_free(struct nlp_limiter *l);
+
+/* Takes one NLP answer into the window; a Retry-After pauses this instance's new NLP
+ * requests at once (and every instance's from the next beat on). Returns true when the lease
+ * thread should beat at once: a fresh refusal (at most once per LIMITER_WAKE_MS), so the
+ * decrease lands before the pause ends instead of up to a beat later. Without llm.adaptive it
+ * only counts refusals: the limit is fixed and each request honours its own Retry-After.
+ * Any thread. */
+bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o);
+
+/* How long no NLP request may start yet, in ms (0 = go). Any thread. */
+int64_t limiter_pause_ms(struct nlp_limiter *l);
+
+/* The lease beat's step: writes this instance's pause, reads the cluster's row, adopts its
+ * pause, and (adaptive) applies the window's AIMD decision in one rate-limited UPDATE.
+ * limited: every permit of this instance was in use at some moment of the window. Returns
+ * the limit the shares of "nlp" split (1..llm.concurrency), or a negative status with err
+ * (the caller keeps the limit it had). Lease thread only. */
+int limiter_beat(struct nlp_limiter *l, PGconn *c, bool limited, struct cofi_err *err);
+
+/* Copies the state as of the last beat. Any thread; accepts l NULL (zeroes out). */
+void limiter_snapshot(struct nlp_limiter *l, struct llm_limit_snapshot *out);
+
+#endif

@@ -1,0 +1,151 @@
+/* The cluster's adaptive NLP limit in PostgreSQL (db/limiter_db.c, migration 010): the row is
+ * created at the limit's maximum, a change lands only from the value it was read as and only
+ * as often as its rate limit allows (two instances deciding at once change it once), the pause
+ * is kept on the database's clock, the history is capped, and a lone instance starts afresh. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "db/limiter_db.h"
+#include "db/work_db.h"
+#include "support.h"
+
+static bool change(PGconn *c, const char *who, int from, int to, int min_age_ms)
+{
+    struct limiter_step s = {.from = from,
+                             .to = to,
+                             .ceiling = from,
+                             .probes_refused = 0,
+                             .min_age_ms = min_age_ms,
+                             .reason = to < from ? "throttled" : "increase"};
+    bool applied = false;
+    struct cofi_err err;
+    assert_int_equal(limiter_db_change(c, who, 100, &s, &applied, &err), 0);
+    return applied;
+}
+
+static void test_row_starts_at_max_and_changes_by_compare(void **state)
+{
+    struct fixture *f = *state;
+    struct limiter_row row;
+    struct cofi_err err;
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(row.limit, 100);
+    assert_int_equal(row.ceiling, 0);
+    assert_int_equal(row.pause_left_ms, 0);
+    assert_int_equal(row.nhistory, 0);
+    /* Read as 90 by someone: the row says 100, nothing lands. */
+    assert_false(change(f->c, "a", 90, 63, 0));
+    assert_true(change(f->c, "a", 100, 70, 0));
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(row.limit, 70);
+    assert_int_equal(row.ceiling, 100);
+    assert_int_equal(row.nhistory, 1);
+    assert_int_equal(row.history[0].limit, 70);
+    assert_string_equal(row.history[0].reason, "throttled");
+    assert_true(row.history[0].at_ms > 0);
+}
+
+static void test_two_instances_decrease_once_per_second(void **state)
+{
+    struct fixture *f = *state;
+    PGconn *other = db_test_connect(f);
+    struct limiter_row row;
+    struct cofi_err err;
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    /* Both read 100 and saw the same storm: one decrease lands. */
+    int landed = change(f->c, "a", 100, 70, 0) + change(other, "b", 100, 70, 0);
+    assert_int_equal(landed, 1);
+    /* A second decrease within a second does not land, from anyone. */
+    assert_false(change(other, "b", 70, 49, 0));
+    /* An increase right after a change waits for its own age. */
+    assert_false(change(other, "b", 70, 80, 500));
+    db_test_exec(f->c, "UPDATE nlp_limiter SET changed_at = changed_at - interval '2 s',"
+                       " decreased_at = decreased_at - interval '2 s'");
+    assert_true(change(other, "b", 70, 49, 0));
+    db_test_exec(f->c, "UPDATE nlp_limiter SET changed_at = changed_at - interval '600 ms'");
+    assert_false(change(f->c, "a", 49, 50, 3000)); /* a probe waits longer */
+    assert_true(change(f->c, "a", 49, 59, 500));
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(row.limit, 59);
+    PQfinish(other);
+}
+
+static void test_pause_on_the_database_clock(void **state)
+{
+    struct fixture *f = *state;
+    struct limiter_row row;
+    struct cofi_err err;
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(limiter_db_pause(f->c, "a", 5000, &err), 0);
+    assert_int_equal(limiter_db_pause(f->c, "b", 1000, &err), 0); /* never shortens it */
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_true(row.pause_left_ms > 4000 && row.pause_left_ms <= 5000);
+    assert_true(row.pause_until_ms > 0);
+    assert_int_equal(row.nhistory, 2);
+    assert_string_equal(row.history[1].reason, "retry_after 5000 ms");
+}
+
+static void test_history_is_capped(void **state)
+{
+    struct fixture *f = *state;
+    struct limiter_row row;
+    struct cofi_err err;
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    for (int i = 0; i < LIMITER_HISTORY_MAX + 5; i++) {
+        assert_int_equal(limiter_db_pause(f->c, "a", 10, &err), 0);
+    }
+    assert_true(change(f->c, "a", 100, 70, 0));
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(row.nhistory, LIMITER_HISTORY_MAX);
+    assert_int_equal(row.history[0].limit, 70);
+    assert_int_equal(db_test_long(f->c, "SELECT jsonb_array_length(history) FROM nlp_limiter"),
+                     LIMITER_HISTORY_MAX);
+}
+
+static void test_a_lone_instance_starts_afresh(void **state)
+{
+    struct fixture *f = *state;
+    struct limiter_row row;
+    struct cofi_err err;
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_true(change(f->c, "a", 100, 70, 0));
+    assert_int_equal(limiter_db_pause(f->c, "a", 5000, &err), 0);
+    /* Another instance is alive: what the cluster learned stands. */
+    assert_int_equal(work_register(f->c, "b", "h", 2, &err), 0);
+    bool reset = true;
+    assert_int_equal(limiter_db_restart(f->c, "a", 100, 15000, &reset, &err), 0);
+    assert_false(reset);
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(row.limit, 70);
+    /* Alone: back to the maximum, no ceiling, no pause. */
+    db_test_exec(f->c, "UPDATE instances SET heartbeat_at = heartbeat_at - interval '1 min'");
+    assert_int_equal(limiter_db_restart(f->c, "a", 100, 15000, &reset, &err), 0);
+    assert_true(reset);
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(row.limit, 100);
+    assert_int_equal(row.ceiling, 0);
+    assert_int_equal(row.pause_left_ms, 0);
+    assert_string_equal(row.history[0].reason, "restart");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_row_starts_at_max_and_changes_by_compare,
+                                        db_test_setup, db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_two_instances_decrease_once_per_second, db_test_setup,
+                                        db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_pause_on_the_database_clock, db_test_setup,
+                                        db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_history_is_capped, db_test_setup, db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_a_lone_instance_starts_afresh, db_test_setup,
+                                        db_test_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
