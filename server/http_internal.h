@@ -3,6 +3,7 @@
 #define COFI_HTTP_INTERNAL_H
 
 #include <microhttpd.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -11,6 +12,46 @@
 #include "handlers/handlers.h"
 #include "server/router.h"
 #include "server/status_cache.h"
+
+/* ---- server/http.c: the server ---- */
+
+struct auth_keys;
+struct conn_guard;
+struct handler_pool;
+struct http_metrics;
+struct refresher;
+
+/* The server (server/http.h): made by http_start, read by every request. */
+struct http_server {
+    struct MHD_Daemon *daemon;
+    struct cofi_app *app;
+    MHD_socket listen_fd;
+    int port;
+    atomic_int active;             /* requests between their headers and their completion */
+    struct status_cache *cache;    /* owned; NULL when status_cache_ms is 0 */
+    struct refresher *refresh;     /* started with the cache; NULL without */
+    struct conn_guard *guard;      /* owned: the deadline of every request */
+    struct auth_keys *keys;        /* owned: the tokens, replaced on SIGHUP */
+    struct handler_pool *handlers; /* owned: where handlers run */
+    struct http_metrics *metrics;  /* owned: requests by route and status */
+    char *tls_cert, *tls_key;      /* owned: the PEM texts of tls.cert_file and tls.key_file */
+    atomic_bool draining;          /* shutting down: writes and /readyz answer 503 */
+};
+
+/* ---- server/http_request.c: one request's life, as MHD's callbacks (cls is the server) ---- */
+
+/* MHD_OPTION_URI_LOG_CALLBACK: the request line has arrived; checks the target and returns the
+ * request's context (NULL when out of memory). */
+void *http__on_uri(void *cls, const char *uri, struct MHD_Connection *conn);
+
+/* MHD_AccessHandlerCallback: the headers, each piece of the body, and its end. */
+enum MHD_Result http__on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls);
+
+/* MHD_OPTION_NOTIFY_COMPLETED: logs the request and frees its context. */
+void http__on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                        enum MHD_RequestTerminationCode toe);
 
 /* ---- server/http_reply.c: building answers ---- */
 
@@ -33,8 +74,6 @@ char *http__reply_text(const struct http_reply *rep);
 struct MHD_Response *http__cached_response(struct status_cache_answer *answer);
 
 /* ---- server/http_stream.c: streamed answers ---- */
-
-struct handler_pool;
 
 /* A finished response (a new reference) that sends src's pieces as they are made (chunked),
  * with content_type (static; NULL for none), for a request on conn. src is stolen, also on
