@@ -32,196 +32,6 @@
 /* After a request body at least this large, free heap pages go back to the system. */
 #define TRIM_AFTER_BODY_BYTES ((size_t)1 << 20)
 
-/* One request, from its headers to its completion (MHD's per-request context). */
-struct request {
-    struct route_match match;
-    enum route_result result;
-    struct buf body;
-    struct cofi_err refusal; /* why the request is refused, when `refused` */
-    bool refused;            /* refused from its headers alone */
-    bool answered;           /* an answer was queued before the body was read */
-    bool too_large;          /* the body passed the limit: drop the rest and answer 413 */
-    bool malformed;          /* refused by the strict checks: answered at once, then closed */
-    bool started;            /* its headers have been seen */
-    /* Handled on a handler thread (server/handler_pool.h) while the connection is suspended:
-     * the answer waits in ready_* until an I/O thread queues it. */
-    struct MHD_Connection *conn;
-    struct http_server *srv;
-    const char *url, *method; /* MHD's, valid until the request completes */
-    bool deferred;
-    struct MHD_Response *ready_resp; /* owned */
-    int ready_status;
-    char key[STATUS_CACHE_KEY_MAX]; /* the status cache key of a cached GET, key_len bytes */
-    size_t key_len;
-    struct status_cache_ticket ticket;
-    size_t dropped; /* body bytes of a refused request read and dropped */
-    int64_t start_us;
-    struct conn_guard_entry *guarded; /* the connection's deadline (borrowed; may be NULL) */
-    char created[64];             /* the Location a write answered (the resource it made), or "" */
-    char who[64];                 /* the caller: its token's environment variable, or "anonymous" */
-    int status;                   /* the status answered, for the access log */
-    size_t bytes;                 /* the length of the body answered, for the access log */
-    char line[96];                /* "METHOD /path" (cut), for the audit line */
-    char rid[REQUEST_ID_MAX + 1]; /* X-Request-Id: the client's when valid, else a new one */
-};
-
-/* Answers resp (stolen: the caller's reference is dropped, MHD holds its own until the answer
- * is sent; never a response shared with other requests: the request's X-Request-Id is added
- * to it) with a body of bytes bytes: queued at once, or, for a request handled on a handler
- * thread, kept until an I/O thread queues it. Returns MHD_NO when resp is NULL. */
-static enum MHD_Result queue(struct request *rq, int status, struct MHD_Response *resp,
-                             size_t bytes)
-{
-    if (resp == NULL) {
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, REQUEST_ID_HEADER, rq->rid);
-    rq->bytes = bytes;
-    if (rq->deferred) {
-        rq->ready_resp = resp;
-        rq->ready_status = status;
-        return MHD_YES;
-    }
-    enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned int)status, resp);
-    MHD_destroy_response(resp);
-    return ret;
-}
-
-/* Answers with the problem for err; ext (stolen) adds members; allow adds an Allow header. */
-static enum MHD_Result answer_problem_ex(struct request *rq, const struct cofi_err *err,
-                                         json_t *ext, const char *allow, bool close)
-{
-    int status = problem_http_status(err->code);
-    json_t *p = problem_new(err, ext);
-    char *text = p != NULL ? json_dumps(p, JSON_COMPACT) : NULL;
-    json_decref(p);
-    struct MHD_Response *resp;
-    size_t bytes = text != NULL ? strlen(text) : 0;
-    if (text != NULL) {
-        resp = MHD_create_response_from_buffer(bytes, text, MHD_RESPMEM_MUST_FREE);
-        if (resp == NULL) {
-            free(text);
-        }
-    } else {
-        static const char oom[] = "{\"type\":\"https://cofi.dev/problems/internal\","
-                                  "\"title\":\"Internal Server Error\",\"status\":500}";
-        status = 500;
-        bytes = sizeof oom - 1;
-        resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
-    }
-    if (resp == NULL) {
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, PROBLEM_CONTENT_TYPE);
-    if (status == 401) {
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    }
-    if (allow != NULL) {
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-    }
-    if (status == 503) {
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, PROBLEM_RETRY_AFTER_S);
-    }
-    if (close) {
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-    }
-    http__final_headers(resp);
-    return queue(rq, status, resp, bytes);
-}
-
-static enum MHD_Result answer_problem(struct request *rq, const struct cofi_err *err, json_t *ext,
-                                      const char *allow)
-{
-    return answer_problem_ex(rq, err, ext, allow, /* close= */ false);
-}
-
-/* Answers a JSON success body: text (length len, stolen) with location as the Location
- * header when not empty. */
-static enum MHD_Result answer_json(struct request *rq, int status, char *text, size_t len,
-                                   const char *location)
-{
-    return queue(rq, status, http__json_response(text, len, location), len);
-}
-
-static enum MHD_Result answer_out_of_memory(struct request *rq)
-{
-    struct cofi_err err;
-    cofi_err_set(&err, COFI_E_NOMEM, "out of memory while encoding a reply");
-    return answer_problem(rq, &err, NULL, NULL);
-}
-
-static enum MHD_Result answer_reply(struct request *rq, struct http_reply *rep)
-{
-    int status = rep->status != 0 ? rep->status : 200;
-    if (rep->stream.next != NULL) {
-        struct MHD_Response *resp =
-            http__stream_response(rq->conn, rq->srv->handlers, &rep->stream, rep->content_type);
-        return resp != NULL ? queue(rq, status, resp, 0) : answer_out_of_memory(rq);
-    }
-    if (rep->raw != NULL || rep->text != NULL) {
-        /* A body served as it is: static (raw), or the reply's own text, which MHD frees. */
-        bool own = rep->raw == NULL;
-        size_t len = own ? rep->text_len : rep->raw_len;
-        struct MHD_Response *resp =
-            MHD_create_response_from_buffer(len, own ? rep->text : (void *)rep->raw,
-                                            own ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
-        if (resp == NULL) {
-            return MHD_NO;
-        }
-        if (own) {
-            rep->text = NULL;
-        }
-        const char *type = rep->content_type != NULL ? rep->content_type : HTTP_JSON_TYPE;
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-        if (strcmp(type, HTTP_HTML_TYPE) == 0) {
-            http__page_headers(resp);
-        }
-        http__final_headers(resp);
-        return queue(rq, status, resp, len);
-    }
-    if (status == 204) {
-        struct MHD_Response *resp =
-            MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-        if (resp == NULL) {
-            return MHD_NO;
-        }
-        http__final_headers(resp);
-        return queue(rq, status, resp, 0);
-    }
-    char *text = http__reply_text(rep);
-    if (text == NULL) {
-        return answer_out_of_memory(rq);
-    }
-    return answer_json(rq, status, text, strlen(text), rep->location);
-}
-
-/* Answers a successful reply of a cached route and gives the ticket back: a 200 is stored
- * in the cache, anything else is not. What is stored is the JSON text of the body, which
- * every hit serves in a response of its own (http__cached_response: its own X-Request-Id,
- * the body shared, not copied). Its size in the cache is the body's. */
-static enum MHD_Result answer_and_store(struct status_cache *cache, struct request *rq,
-                                        const char *key, size_t key_len,
-                                        const struct status_cache_ticket *ticket,
-                                        struct http_reply *rep)
-{
-    bool storable = (rep->status == 0 || rep->status == 200) && rep->raw == NULL &&
-                    rep->text == NULL && rep->location[0] == '\0';
-    char *text = storable ? http__reply_text(rep) : NULL;
-    if (text == NULL) {
-        status_cache_drop(cache, key, key_len, ticket);
-        return answer_reply(rq, rep);
-    }
-    size_t len = strlen(text);
-    struct status_cache_answer *answer = status_cache_answer_new(text, len, free);
-    if (answer == NULL) {
-        status_cache_drop(cache, key, key_len, ticket);
-        return answer_json(rq, 200, text, len, NULL);
-    }
-    status_cache_put(cache, key, key_len, ticket, answer);
-    /* The response takes our reference to the answer. */
-    return queue(rq, 200, http__cached_response(answer), len);
-}
-
 static const char *query_value(const struct http_req *req, const char *name)
 {
     return MHD_lookup_connection_value(req->query_ctx, MHD_GET_ARGUMENT_KIND, name);
@@ -269,7 +79,7 @@ static size_t cache_key(struct MHD_Connection *conn, const char *path, char *out
 }
 
 /* The Allow header of a refusal: only for 405. */
-static const char *refusal_allow(const struct request *rq)
+static const char *refusal_allow(const struct http_request *rq)
 {
     return rq->refusal.code == COFI_E_METHOD ? rq->match.allow : NULL;
 }
@@ -309,7 +119,7 @@ static bool expects_continue(struct MHD_Connection *conn)
  *   more than drain_limit (MHD closes the connection);
  * - otherwise after the body was read and dropped, which keeps the connection usable. */
 static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection *conn,
-                                  struct request *rq, const char *url, const char *method)
+                                  struct http_request *rq, const char *url, const char *method)
 {
     const struct cofi_config *cfg = srv->app->cfg;
     struct cofi_err *err = &rq->refusal;
@@ -321,7 +131,7 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
         rq->refused = true;
         rq->answered = true;
         rq->status = problem_http_status(err->code);
-        return answer_problem_ex(rq, err, NULL, NULL, /* close= */ true);
+        return http__answer_problem_ex(rq, err, NULL, NULL, /* close= */ true);
     }
     rq->result = router_match(method, url, &rq->match);
     bool public_route = rq->result != ROUTE_NOT_FOUND && rq->match.public_path;
@@ -361,12 +171,12 @@ static enum MHD_Result on_headers(struct http_server *srv, struct MHD_Connection
     }
     rq->answered = true;
     rq->status = problem_http_status(err->code);
-    return answer_problem(rq, err, NULL, refusal_allow(rq));
+    return http__answer_problem(rq, err, NULL, refusal_allow(rq));
 }
 
 /* Runs the handler of rq (a route found, its whole body read) and answers: on the I/O thread
  * for the routes that never wait (runs_inline), on a handler thread otherwise. */
-static enum MHD_Result render(struct request *rq)
+static enum MHD_Result render(struct http_request *rq)
 {
     struct http_server *srv = rq->srv;
     struct MHD_Connection *conn = rq->conn;
@@ -412,14 +222,14 @@ static enum MHD_Result render(struct request *rq)
         json_t *ext = rep.problem_ext;
         rep.problem_ext = NULL;
         rq->status = problem_http_status(err.code);
-        ret = answer_problem(rq, &err, ext, NULL);
+        ret = http__answer_problem(rq, &err, ext, NULL);
     } else {
         rq->status = rep.status != 0 ? rep.status : 200;
         snprintf(rq->created, sizeof rq->created, "%s", rep.location);
         if (rq->key_len > 0) {
-            ret = answer_and_store(srv->cache, rq, rq->key, rq->key_len, &rq->ticket, &rep);
+            ret = http__answer_and_store(srv->cache, rq, rq->key, rq->key_len, &rq->ticket, &rep);
         } else {
-            ret = answer_reply(rq, &rep);
+            ret = http__answer_reply(rq, &rep);
         }
     }
     http_reply_free(&rep);
@@ -430,7 +240,7 @@ static enum MHD_Result render(struct request *rq)
  * calls on_request again to queue the answer. */
 static void render_deferred(void *arg)
 {
-    struct request *rq = arg;
+    struct http_request *rq = arg;
     if (render(rq) != MHD_YES && rq->ready_resp == NULL) {
         log_warn("http: no answer could be made for %s", rq->line);
     }
@@ -458,7 +268,7 @@ static bool runs_inline(const struct route *route)
 }
 
 /* Queues the answer a handler thread made (on_request, after MHD_resume_connection). */
-static enum MHD_Result queue_ready(struct request *rq)
+static enum MHD_Result queue_ready(struct http_request *rq)
 {
     if (rq->ready_resp == NULL) {
         return MHD_NO; /* nothing could be made: MHD closes the connection */
@@ -473,11 +283,11 @@ static enum MHD_Result queue_ready(struct request *rq)
 /* The last call, with the whole body: answer refusals and cached answers at once, hand the
  * handler to a handler thread. */
 static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connection *conn,
-                                   struct request *rq, const char *url, const char *method)
+                                   struct http_request *rq, const char *url, const char *method)
 {
     if (rq->refused) {
         rq->status = problem_http_status(rq->refusal.code);
-        return answer_problem(rq, &rq->refusal, NULL, refusal_allow(rq));
+        return http__answer_problem(rq, &rq->refusal, NULL, refusal_allow(rq));
     }
     struct cofi_err err;
     cofi_err_clear(&err);
@@ -485,7 +295,7 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
         cofi_err_set(&err, COFI_E_TOO_LARGE, "the body is larger than %zu bytes",
                      srv->app->cfg->max_body_bytes);
         rq->status = 413;
-        return answer_problem(rq, &err, NULL, NULL);
+        return http__answer_problem(rq, &err, NULL, NULL);
     }
     rq->url = url;
     rq->method = method;
@@ -508,7 +318,7 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
              * the response of this request takes it. */
             rq->status = 200;
             size_t len = status_cache_answer_size(hit);
-            return queue(rq, 200, http__cached_response(hit), len);
+            return http__queue(rq, 200, http__cached_response(hit), len);
         }
     }
     if (runs_inline(route) || srv->handlers == NULL) {
@@ -525,7 +335,7 @@ static enum MHD_Result on_complete(struct http_server *srv, struct MHD_Connectio
                      "every request handler is busy and %d requests wait already; try again",
                      srv->app->cfg->http.handler_queue);
         rq->status = 503;
-        answer_problem(rq, &err, NULL, NULL);
+        http__answer_problem(rq, &err, NULL, NULL);
         MHD_resume_connection(conn);
     }
     return MHD_YES;
@@ -546,9 +356,9 @@ static void request_line(char *out, size_t cap, const char *method, const char *
 }
 
 /* A new request's context, or NULL when out of memory. */
-static struct request *request_new(struct http_server *srv)
+static struct http_request *request_new(struct http_server *srv)
 {
-    struct request *rq = calloc(1, sizeof *rq);
+    struct http_request *rq = calloc(1, sizeof *rq);
     if (rq == NULL) {
         return NULL;
     }
@@ -564,7 +374,7 @@ void *http__on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     (void)conn;
     struct http_server *srv = cls;
-    struct request *rq = request_new(srv);
+    struct http_request *rq = request_new(srv);
     if (rq == NULL) {
         return NULL;
     }
@@ -591,7 +401,7 @@ enum MHD_Result http__on_request(void *cls, struct MHD_Connection *conn, const c
 {
     (void)version;
     struct http_server *srv = cls;
-    struct request *rq = *con_cls;
+    struct http_request *rq = *con_cls;
     if (rq == NULL) {
         rq = request_new(srv);
         if (rq == NULL) {
@@ -650,7 +460,7 @@ void http__on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                         enum MHD_RequestTerminationCode toe)
 {
     struct http_server *srv = cls;
-    struct request *rq = *con_cls;
+    struct http_request *rq = *con_cls;
     if (rq == NULL) {
         return;
     }
