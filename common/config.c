@@ -5,10 +5,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
-#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 
 #include "common/config_parse.h"
