@@ -221,7 +221,9 @@ static void server_free(struct http_server *srv)
     free(srv);
 }
 
-int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *err)
+/* Makes the server and everything it owns but its socket and daemon. Returns 0 with *out
+ * set, or a negative cofi_status with err filled and nothing left to free. */
+static int server_new(struct http_server **out, struct cofi_app *app, struct cofi_err *err)
 {
     *out = NULL;
     const struct cofi_config *cfg = app->cfg;
@@ -262,6 +264,19 @@ int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *
     }
     if (srv->cache != NULL && refresher_start(&srv->refresh, app, srv->cache) != 0) {
         log_warn("http: no refresher thread: polls re-render cached answers themselves");
+    }
+    *out = srv;
+    return 0;
+}
+
+int http_start(struct http_server **out, struct cofi_app *app, struct cofi_err *err)
+{
+    *out = NULL;
+    const struct cofi_config *cfg = app->cfg;
+    struct http_server *srv = NULL;
+    int rc = server_new(&srv, app, err);
+    if (rc != 0) {
+        return rc;
     }
     int family = AF_INET;
     int fd = open_listener(cfg->listen_host, cfg->listen_port, &family, &srv->port, err);
