@@ -1,5 +1,5 @@
 /* The REST handlers, one file per resource, and the request/reply types they share with
- * server/http.c. A handler knows nothing of libmicrohttpd: it reads a struct http_req,
+ * server/http_request.c. A handler knows nothing of libmicrohttpd: it reads a struct http_req,
  * fills a struct http_reply on success, or returns a negative cofi_status with err filled
  * (server/problem.c turns that into the HTTP error). */
 #ifndef COFI_HANDLERS_H

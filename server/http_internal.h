@@ -2,15 +2,122 @@
 #ifndef COFI_HTTP_INTERNAL_H
 #define COFI_HTTP_INTERNAL_H
 
+#include <jansson.h>
 #include <microhttpd.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/buf.h"
 #include "common/error.h"
 #include "handlers/handlers.h"
+#include "server/request_id.h"
 #include "server/router.h"
 #include "server/status_cache.h"
+
+/* ---- server/http.c: the server ---- */
+
+struct auth_keys;
+struct conn_guard;
+struct conn_guard_entry;
+struct handler_pool;
+struct http_metrics;
+struct refresher;
+
+/* The server (server/http.h): made by http_start, read by every request. */
+struct http_server {
+    struct MHD_Daemon *daemon;
+    struct cofi_app *app;
+    MHD_socket listen_fd;
+    int port;
+    atomic_int active;             /* requests between their headers and their completion */
+    struct status_cache *cache;    /* owned; NULL when status_cache_ms is 0 */
+    struct refresher *refresh;     /* started with the cache; NULL without */
+    struct conn_guard *guard;      /* owned: the deadline of every request */
+    struct auth_keys *keys;        /* owned: the tokens, replaced on SIGHUP */
+    struct handler_pool *handlers; /* owned: where handlers run */
+    struct http_metrics *metrics;  /* owned: requests by route and status */
+    char *tls_cert, *tls_key;      /* owned: the PEM texts of tls.cert_file and tls.key_file */
+    atomic_bool draining;          /* shutting down: writes and /readyz answer 503 */
+};
+
+/* One request (server/http_request.c), from its headers to its completion (MHD's per-request
+ * context). */
+struct http_request {
+    struct route_match match;
+    enum route_result result;
+    struct buf body;
+    struct cofi_err refusal; /* why the request is refused, when `refused` */
+    bool refused;            /* refused from its headers alone */
+    bool answered;           /* an answer was queued before the body was read */
+    bool too_large;          /* the body passed the limit: drop the rest and answer 413 */
+    bool malformed;          /* refused by the strict checks: answered at once, then closed */
+    bool started;            /* its headers have been seen */
+    /* Handled on a handler thread (server/handler_pool.h) while the connection is suspended:
+     * the answer waits in ready_* until an I/O thread queues it. */
+    struct MHD_Connection *conn;
+    struct http_server *srv;
+    const char *url, *method; /* MHD's, valid until the request completes */
+    bool deferred;
+    struct MHD_Response *ready_resp; /* owned */
+    int ready_status;
+    char key[STATUS_CACHE_KEY_MAX]; /* the status cache key of a cached GET, key_len bytes */
+    size_t key_len;
+    struct status_cache_ticket ticket;
+    size_t dropped; /* body bytes of a refused request read and dropped */
+    int64_t start_us;
+    struct conn_guard_entry *guarded; /* the connection's deadline (borrowed; may be NULL) */
+    char created[64];             /* the Location a write answered (the resource it made), or "" */
+    char who[64];                 /* the caller: its token's environment variable, or "anonymous" */
+    int status;                   /* the status answered, for the access log */
+    size_t bytes;                 /* the length of the body answered, for the access log */
+    char line[96];                /* "METHOD /path" (cut), for the audit line */
+    char rid[REQUEST_ID_MAX + 1]; /* X-Request-Id: the client's when valid, else a new one */
+};
+
+/* ---- server/http_answer.c: answering one request ---- */
+
+/* Answers resp (stolen: MHD holds its own reference until the answer is sent; never a
+ * response shared with other requests: the request's X-Request-Id is added to it) with a body
+ * of bytes bytes: queued at once, or, for a request handled on a handler thread, kept until an
+ * I/O thread queues it. Returns MHD_NO when resp is NULL. */
+enum MHD_Result http__queue(struct http_request *rq, int status, struct MHD_Response *resp,
+                            size_t bytes);
+
+/* Answers with the problem for err; ext (stolen) adds members; allow (may be NULL) adds an
+ * Allow header; close asks for the connection to be closed. */
+enum MHD_Result http__answer_problem_ex(struct http_request *rq, const struct cofi_err *err,
+                                        json_t *ext, const char *allow, bool close);
+
+/* http__answer_problem_ex without closing the connection. */
+enum MHD_Result http__answer_problem(struct http_request *rq, const struct cofi_err *err,
+                                     json_t *ext, const char *allow);
+
+/* Answers a handler's reply (its owned parts are taken). */
+enum MHD_Result http__answer_reply(struct http_request *rq, struct http_reply *rep);
+
+/* Answers a successful reply of a cached route and gives the ticket back: a 200 is stored in
+ * cache under key, anything else is not. */
+enum MHD_Result http__answer_and_store(struct status_cache *cache, struct http_request *rq,
+                                       const char *key, size_t key_len,
+                                       const struct status_cache_ticket *ticket,
+                                       struct http_reply *rep);
+
+/* ---- server/http_request.c: one request's life, as MHD's callbacks (cls is the server) ---- */
+
+/* MHD_OPTION_URI_LOG_CALLBACK: the request line has arrived; checks the target and returns the
+ * request's context (NULL when out of memory). */
+void *http__on_uri(void *cls, const char *uri, struct MHD_Connection *conn);
+
+/* MHD_AccessHandlerCallback: the headers, each piece of the body, and its end. */
+enum MHD_Result http__on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls);
+
+/* MHD_OPTION_NOTIFY_COMPLETED: logs the request and frees its context. */
+void http__on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                        enum MHD_RequestTerminationCode toe);
 
 /* ---- server/http_reply.c: building answers ---- */
 
@@ -33,8 +140,6 @@ char *http__reply_text(const struct http_reply *rep);
 struct MHD_Response *http__cached_response(struct status_cache_answer *answer);
 
 /* ---- server/http_stream.c: streamed answers ---- */
-
-struct handler_pool;
 
 /* A finished response (a new reference) that sends src's pieces as they are made (chunked),
  * with content_type (static; NULL for none), for a request on conn. src is stolen, also on

@@ -139,7 +139,8 @@ static void refresh_one(struct refresher *r, struct refresh_job *job)
     }
     struct status_cache_answer *answer = NULL;
     if (text != NULL) {
-        /* What is cached is the body's text (see answer_and_store in server/http.c). */
+        /* What is cached is the body's text (see http__answer_and_store in
+         * server/http_answer.c). */
         answer = status_cache_answer_new(text, strlen(text), free);
         if (answer == NULL) {
             free(text);
