@@ -116,6 +116,20 @@ static inline int engine_nlp_backlog_bound(struct engine *e)
     return NLP_BACKLOG_PER_PERMIT * llm_lane_limit(e->llm);
 }
 
+/* Takes one place in the NLP backlog if one is free, atomically (two threads can't both
+ * take the last one). Returns whether it did. Any thread. */
+static inline bool engine_nlp_reserve(struct engine *e)
+{
+    int bound = engine_nlp_backlog_bound(e);
+    int cur = atomic_load(&e->llm_in_hand);
+    while (cur < bound) {
+        if (atomic_compare_exchange_weak(&e->llm_in_hand, &cur, cur + 1)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* True while this instance holds as many calls at the NLP stages as it may. Any thread. */
 static inline bool engine_nlp_backlog_full(struct engine *e)
 {

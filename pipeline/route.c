@@ -143,14 +143,22 @@ static void advance_job(struct engine *e, struct job *j, struct job_outcome *o)
     j->attempts = 0;
     job_set_str(&j->last_error, NULL);
     j->stage_started_wall = now;
-    engine_in_hand(e, done_stage, -1);
 
     bool finished = j->stage == STAGE_COUNT;
     /* The next stage starts here at once, unless the batch waits (staged, cancelled, paused),
      * the engine drains, or the call would join a full NLP backlog (it then waits in the
-     * database, for whichever instance has room). */
-    bool keep = !finished && !atomic_load(&e->stopping) && batch_goes_on(e, j->batch_id) &&
-                !(stage_is_llm(j->stage) && engine_nlp_backlog_full(e));
+     * database, for whichever instance has room). A call going from llm1 to llm2 keeps its
+     * place in the backlog; one coming to the NLP stages takes one atomically or waits. */
+    bool keep = !finished && !atomic_load(&e->stopping) && batch_goes_on(e, j->batch_id);
+    bool nlp_to_nlp = keep && stage_is_llm(done_stage) && stage_is_llm(j->stage);
+    if (!nlp_to_nlp) {
+        engine_in_hand(e, done_stage, -1);
+        if (keep && stage_is_llm(j->stage)) {
+            keep = engine_nlp_reserve(e);
+        } else if (keep) {
+            engine_in_hand(e, j->stage, 1);
+        }
+    }
     int status = finished ? CALL_DONE : (keep ? CALL_RUNNING : CALL_PENDING);
     struct record r = record_of(j, status);
     r.has_row = true;
@@ -162,7 +170,6 @@ static void advance_job(struct engine *e, struct job *j, struct job_outcome *o)
     if (keep) {
         /* The next request starts only once this result is in the database: a crash then
          * repeats at most the one request each call has in flight. */
-        engine_in_hand(e, j->stage, 1);
         r.cont = j;
         record_queue_push(&e->rq, &r);
         return;
