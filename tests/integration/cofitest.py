@@ -116,6 +116,23 @@ def batch_progress(batch):
     return tuple((s.get("done"), s.get("failed"), s.get("skipped")) for s in batch["stages"])
 
 
+def status_kib(pid, key):
+    """A figure of /proc/<pid>/status in KiB (VmHWM, VmRSS, ...)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
+
+
+def sanitized(pid):
+    """True when the process runs with a sanitizer's allocator (its resident set then says
+    little about the program's own memory)."""
+    with open("/proc/%d/maps" % pid) as f:
+        maps = f.read()
+    return "libasan" in maps or "libtsan" in maps
+
+
 def _short(v, n=2000):
     s = repr(v)
     return s if len(s) <= n else s[:n] + "...(%d chars)" % len(s)

@@ -20,19 +20,6 @@ N = 200000
 RSS_BOUND_MIB = 48
 
 
-def status_kib(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
-
-
-def sanitized(pid):
-    """True when cofid runs under a sanitizer (its allocator's shadow memory is not cofid's)."""
-    with open("/proc/%d/maps" % pid) as f:
-        maps = f.read()
-    return "libasan" in maps or "libtsan" in maps
 
 
 def path_of(i):
@@ -69,9 +56,9 @@ class HugeBatchTest(CofiCase):
 
     def assert_rss_bounded(self, what):
         pid = self.cofid.pid
-        if sanitized(pid):
+        if cofitest.sanitized(pid):
             return
-        hwm = status_kib(pid, "VmHWM") / 1024.0
+        hwm = cofitest.status_kib(pid, "VmHWM") / 1024.0
         cofitest.log("%s: cofid VmHWM %.1f MiB" % (what, hwm))
         self.assertLess(hwm, RSS_BOUND_MIB, "cofid's peak resident set after %s" % what)
 

@@ -13,19 +13,6 @@ MAX_BODY = 16 << 20
 KEYS = 40000  # 40,000 members of 60 bytes: 2.5 MiB of JSON, ~8 MiB parsed by jansson
 
 
-def status_kib(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
-
-
-def sanitized(pid):
-    """True when cofid runs with a sanitizer's allocator (malloc_trim is then not glibc's)."""
-    with open("/proc/%d/maps" % pid) as f:
-        maps = f.read()
-    return "libasan" in maps or "libtsan" in maps
 
 
 class LargeBodyTest(CofiCase):
@@ -47,13 +34,14 @@ class LargeBodyTest(CofiCase):
         self.assertEqual(int(rows[0][0]), KEYS)
 
         pid = self.cofid.pid
-        if sanitized(pid):
+        if cofitest.sanitized(pid):
             self.skipTest("the sanitizer's allocator keeps its own pages: nothing to measure")
         # The trim runs once the answer is out (libmicrohttpd's completion callback): poll.
         # Without it the resident set stays within a few hundred KiB of the peak.
-        cofitest.poll(lambda: status_kib(pid, "VmHWM") - status_kib(pid, "VmRSS") >= 3 * 1024,
+        cofitest.poll(lambda: cofitest.status_kib(pid, "VmHWM")
+                      - cofitest.status_kib(pid, "VmRSS") >= 3 * 1024,
                       10, what="cofid's resident set 3 MiB below its peak after the body "
-                      "(VmHWM %d KiB)" % status_kib(pid, "VmHWM"))
+                      "(VmHWM %d KiB)" % cofitest.status_kib(pid, "VmHWM"))
 
 
 if __name__ == "__main__":

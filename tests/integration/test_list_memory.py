@@ -14,18 +14,6 @@ BATCHES = 200
 PAD = 60000
 
 
-def status_kib(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s in /proc/%d/status" % (key, pid))
-
-
-def sanitized(pid):
-    with open("/proc/%d/maps" % pid) as f:
-        maps = f.read()
-    return "libasan" in maps or "libtsan" in maps
 
 
 class ListMemoryTest(CofiCase):
@@ -40,14 +28,14 @@ class ListMemoryTest(CofiCase):
                 "SELECT 'pad-' || i, 1, jsonb_build_object('pad', repeat('p', %d)) "
                 "FROM generate_series(1, %d) i" % (PAD, BATCHES))
         pid = self.cofid.pid
-        before = status_kib(pid, "VmHWM")
+        before = cofitest.status_kib(pid, "VmHWM")
         for _ in range(4):
             r = self.http("GET", "/batches?limit=1000")
             self.assertStatus(r, 200)
             self.assertLessEqual(len(r.json["batches"]), 2)
             self.assertIsNotNone(r.json["next_cursor"])
-        grown = status_kib(pid, "VmHWM") - before
-        if not sanitized(pid):
+        grown = cofitest.status_kib(pid, "VmHWM") - before
+        if not cofitest.sanitized(pid):
             # Reading every row of the page would hold 12 MiB of metadata as text and again
             # as parsed JSON: the peak would grow by 20 MiB or more.
             self.assertLess(grown, 6 * 1024, "peak resident set grew by %d KiB" % grown)
