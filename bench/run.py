@@ -699,7 +699,7 @@ def sim_latency_arg(lat):
                     for s in STAGES)
 
 
-def write_config(path, port, db_url, base_port, nlp_port, body_bytes, polled):
+def write_config(path, port, db_url, base_port, nlp_port, body_bytes, polled=False):
     cfg = {
         "listen": "127.0.0.1:%d" % port,
         "database_url": db_url,
