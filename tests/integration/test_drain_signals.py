@@ -118,7 +118,10 @@ class DrainSignalsTest(CofiCase):
                     return f.read()
             except FileNotFoundError:
                 return ""
-        self.assertIn("ready: instance", text(path))
+        # GET /readyz answers once the server listens, a moment before the line that says
+        # so is written: wait for the line, not for the status.
+        cofitest.poll(lambda: "ready: instance" in text(path), 10, interval=0.05,
+                      what="the start-up lines in the log file")
         os.rename(path, path + ".1")  # what logrotate does
         c.proc.send_signal(signal.SIGHUP)
         cofitest.poll(lambda: "SIGHUP: log reopened at %s" % path in text(path), 10,
