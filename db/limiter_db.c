@@ -90,7 +90,9 @@ int limiter_db_change(PGconn *c, const char *instance, int max, const struct lim
     snprintf(m, sizeof m, "%d", max);
     snprintf(pr, sizeof pr, "%d", s->probes_refused);
     snprintf(age, sizeof age, "%d", s->to < s->from ? LIMITER_DECREASE_MS : s->min_age_ms);
-    const char *p[] = {f, t, cl, s->reason, instance, m, pr, age};
+    char win[16];
+    snprintf(win, sizeof win, "%d", LIMITER_WINDOW_MS);
+    const char *p[] = {f, t, cl, s->reason, instance, m, pr, age, win};
     /* One statement: the compare (lim = $1) and the rate limit are checked and the row
      * changed atomically, whatever other instances do at the same moment. */
     PGresult *r = db_exec(
@@ -104,9 +106,12 @@ int limiter_db_change(PGconn *c, const char *instance, int max, const struct lim
                   "WHERE id = 1 AND lim = $1::int AND CASE WHEN $2::int < $1::int"
                   " THEN decreased_at IS NULL"
                   " OR decreased_at < clock_timestamp() - $8::int * interval '1 millisecond'"
-                  " ELSE changed_at < clock_timestamp() - $8::int * interval '1 millisecond' END "
+                  " ELSE changed_at < clock_timestamp() - $8::int * interval '1 millisecond'"
+                  " AND (decreased_at IS NULL OR decreased_at < clock_timestamp() - $9::int *"
+                  " interval '1 millisecond') AND (pause_until IS NULL OR pause_until <"
+                  " clock_timestamp() - $9::int * interval '1 millisecond') END "
                   "RETURNING lim",
-        8, p, err);
+        9, p, err);
     if (r == NULL) {
         return err->code;
     }

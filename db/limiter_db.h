@@ -51,7 +51,9 @@ struct limiter_step {
 
 /* Moves the limit as s says, in one UPDATE that takes effect only while the limit is still
  * s->from and the last change of the same kind is old enough: a decrease (to < from) the
- * last decrease LIMITER_DECREASE_MS, an increase the last change s->min_age_ms. *applied says
+ * last decrease LIMITER_DECREASE_MS, an increase the last change s->min_age_ms, and the last
+ * decrease and the end of the last pause a window (LIMITER_WINDOW_MS): one instance's clean
+ * window is no reason to raise a limit the API refused to another a moment ago. *applied says
  * whether it did; reason and instance go into the history (the oldest entries beyond
  * LIMITER_HISTORY_MAX dropped). Returns 0 or a negative status. */
 int limiter_db_change(PGconn *c, const char *instance, int max, const struct limiter_step *s,

@@ -16,13 +16,18 @@ static void decrease(const struct aimd_in *in, double beta, enum aimd_reason why
                      struct aimd_out *out)
 {
     int next = (int)((double)in->limit * beta);
-    if (why == AIMD_THROTTLED && in->last_clean > next && in->last_clean < in->limit) {
-        next = in->last_clean; /* it took that much a moment ago */
+    if (why == AIMD_THROTTLED) {
+        /* It took that much a moment ago: the capacity is between the two. */
+        int passed = in->raised_from > 0 ? in->raised_from : in->last_clean;
+        if (passed > next && passed < in->limit) {
+            next = passed;
+        }
     }
     out->limit = clamp(next, 1, in->max);
     out->ceiling = in->limit;
     out->clean_streak = 0;
-    bool probe = near_ceiling(in->limit, in->ceiling + 1) && in->ceiling > 0;
+    bool probe = (near_ceiling(in->limit, in->ceiling + 1) && in->ceiling > 0) ||
+                 (why == AIMD_THROTTLED && in->raised_from == in->limit - 1);
     out->failed_probes = probe ? in->failed_probes + 1 : 0;
     out->reason = out->limit < in->limit ? why : AIMD_HOLD;
 }

@@ -10,9 +10,14 @@
  *   - any 429/503: decrease, and the limit that was refused becomes the ceiling. Where the
  *     limit had reached 95 % of the last ceiling the refusal only says a probe went one step
  *     too far: x AIMD_BETA_PROBE (0.95). Anywhere else the API's capacity fell: x
- *     AIMD_BETA_DROP (0.7), but not below the last limit this instance saw answered cleanly
- *     while it used every permit (last_clean), when that is under the refused one: the
- *     capacity is between the two.
+ *     AIMD_BETA_DROP (0.7). (The share of a window's requests refused is no measure of how
+ *     far: each instance stops at its first refusal, for the Retry-After.) Never below a
+ *     limit known to pass when that is under the refused one: the capacity is between the
+ *     two. Known to pass: the limit the cluster had just before an increase of the last
+ *     AIMD_RAISE_WINDOWS windows (raised_from: the refusal answers that increase, and costs
+ *     a pause, so dropping further would pay twice), else the last limit this instance saw
+ *     answered cleanly while it used every permit (last_clean). A refusal one step above
+ *     raised_from is a refused probe, whatever the ceiling said.
  *   - the window's mean latency above AIMD_LATENCY_FACTOR (3) x its recent floor plus
  *     AIMD_LATENCY_SLACK_MS (50 ms), with at least AIMD_MIN_ANSWERS answers: the API queues;
  *     x AIMD_BETA_LATENCY (0.9).
@@ -36,6 +41,7 @@
 #include <stdbool.h>
 
 #define AIMD_BETA_DROP        0.7
+#define AIMD_RAISE_WINDOWS    3   /* an increase this recent is what a refusal answers */
 #define AIMD_BETA_PROBE       0.95
 #define AIMD_BETA_LATENCY     0.9
 #define AIMD_NEAR_CEILING     0.95 /* a refusal this close to the ceiling was a probe */
@@ -60,6 +66,7 @@ struct aimd_in {
     bool limited;      /* every permit was in use at some moment, with work waiting */
     int last_clean;    /* the last limit of a clean limited window here, 0 = none */
     int failed_probes; /* probes refused in a row (each doubles the wait before the next) */
+    int raised_from;   /* the limit before an increase of the last AIMD_RAISE_WINDOWS, 0 = none */
 };
 
 struct aimd_out {

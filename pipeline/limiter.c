@@ -31,6 +31,9 @@ struct nlp_limiter {
 
     /* Lease thread only. */
     bool started; /* the first beat looked whether this instance starts alone */
+    int seen_limit;        /* the cluster's limit at the last beat */
+    int raised_from;       /* the limit before the cluster's last increase, 0 = none */
+    long long raised_mono; /* ms: when this instance saw that increase */
     int clean_streak;
     int last_clean;
     double floors[FLOOR_WINDOWS];
@@ -148,6 +151,9 @@ static int adapt(struct nlp_limiter *l, PGconn *c, bool limited, const struct li
                          .limited = limited,
                          .last_clean = l->last_clean,
                          .failed_probes = row->probes_refused};
+    if (clock_mono_ms() - l->raised_mono <= AIMD_RAISE_WINDOWS * LIMITER_WINDOW_MS) {
+        in.raised_from = l->raised_from;
+    }
     in.answers = atomic_exchange(&l->answers, 0);
     in.throttled = atomic_exchange(&l->throttled, 0);
     long long sum = atomic_exchange(&l->latency_sum_us, 0);
@@ -202,6 +208,18 @@ static void publish(struct nlp_limiter *l, const struct limiter_row *row, int li
     pthread_mutex_unlock(&l->mu);
 }
 
+/* Notes an increase of the cluster's limit (whoever made it) for the next refusal. */
+static void see_limit(struct nlp_limiter *l, int limit)
+{
+    if (l->seen_limit > 0 && limit > l->seen_limit) {
+        l->raised_from = l->seen_limit;
+        l->raised_mono = clock_mono_ms();
+    } else if (limit < l->seen_limit) {
+        l->raised_from = 0;
+    }
+    l->seen_limit = limit;
+}
+
 int limiter_beat(struct nlp_limiter *l, PGconn *c, bool limited, struct cofi_err *err)
 {
     const int max = l->cfg->llm_concurrency;
@@ -234,6 +252,7 @@ int limiter_beat(struct nlp_limiter *l, PGconn *c, bool limited, struct cofi_err
     if (!l->cfg->llm_adaptive) {
         limit = max;
     } else {
+        see_limit(l, limit);
         int was = limit;
         limit = adapt(l, c, limited, &row, limit, err, &rc);
         if (rc == 0 && limit != was) {
@@ -243,6 +262,7 @@ int limiter_beat(struct nlp_limiter *l, PGconn *c, bool limited, struct cofi_err
         if (rc != 0) {
             return rc;
         }
+        see_limit(l, limit);
     }
     publish(l, &row, limit);
     return limit < 1 ? 1 : limit;

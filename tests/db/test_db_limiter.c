@@ -69,6 +69,10 @@ static void test_two_instances_decrease_once_per_second(void **state)
                        " decreased_at = decreased_at - interval '2 s'");
     assert_true(change(other, "b", 70, 49, 0));
     db_test_exec(f->c, "UPDATE nlp_limiter SET changed_at = changed_at - interval '600 ms'");
+    /* Old enough for an increase, but a decrease of the last window says the API refused
+     * someone a moment ago. */
+    assert_false(change(f->c, "a", 49, 59, 500));
+    db_test_exec(f->c, "UPDATE nlp_limiter SET decreased_at = decreased_at - interval '1 s'");
     assert_false(change(f->c, "a", 49, 50, 3000)); /* a probe waits longer */
     assert_true(change(f->c, "a", 49, 59, 500));
     assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
@@ -89,6 +93,25 @@ static void test_pause_on_the_database_clock(void **state)
     assert_true(row.pause_until_ms > 0);
     assert_int_equal(row.nhistory, 2);
     assert_string_equal(row.history[1].reason, "retry_after 5000 ms");
+}
+
+static void test_no_increase_until_a_window_after_a_pause(void **state)
+{
+    struct fixture *f = *state;
+    struct limiter_row row;
+    struct cofi_err err;
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_true(change(f->c, "a", 100, 70, 0));
+    db_test_exec(f->c, "UPDATE nlp_limiter SET changed_at = changed_at - interval '5 s',"
+                       " decreased_at = decreased_at - interval '5 s'");
+    /* Another instance was refused: its Retry-After holds the cluster for a second. Whoever
+     * saw a clean window meanwhile does not raise the limit until a window after it. */
+    assert_int_equal(limiter_db_pause(f->c, "b", 1000, &err), 0);
+    assert_false(change(f->c, "a", 70, 85, 500));
+    db_test_exec(f->c, "UPDATE nlp_limiter SET pause_until = clock_timestamp() - interval '500 ms'");
+    assert_false(change(f->c, "a", 70, 85, 500));
+    db_test_exec(f->c, "UPDATE nlp_limiter SET pause_until = clock_timestamp() - interval '1100 ms'");
+    assert_true(change(f->c, "a", 70, 85, 500));
 }
 
 static void test_history_is_capped(void **state)
@@ -142,6 +165,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_two_instances_decrease_once_per_second, db_test_setup,
                                         db_test_teardown),
         cmocka_unit_test_setup_teardown(test_pause_on_the_database_clock, db_test_setup,
+                                        db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_no_increase_until_a_window_after_a_pause, db_test_setup,
                                         db_test_teardown),
         cmocka_unit_test_setup_teardown(test_history_is_capped, db_test_setup, db_test_teardown),
         cmocka_unit_test_setup_teardown(test_a_lone_instance_starts_afresh, db_test_setup,

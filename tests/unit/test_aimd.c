@@ -204,6 +204,24 @@ static void test_settles_under_a_capacity(void **state)
     assert_true(in.limit <= 41);
 }
 
+static void test_refusal_after_an_increase_returns_to_it(void **state)
+{
+    (void)state;
+    struct aimd_in in = window(46, 49, 200, 3, true);
+    in.raised_from = 39; /* the cluster went 39 -> 46 a moment ago */
+    struct aimd_out out;
+    aimd_next(&in, &out);
+    assert_int_equal(out.limit, 39);
+    assert_int_equal(out.ceiling, 46);
+    assert_int_equal(out.failed_probes, 0);
+    in = window(41, 46, 200, 1, true); /* one step above what passed: a refused probe */
+    in.raised_from = 40;
+    aimd_next(&in, &out);
+    assert_int_equal(out.limit, 40);
+    assert_int_equal(out.ceiling, 41);
+    assert_int_equal(out.failed_probes, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -217,6 +235,7 @@ int main(void)
         cmocka_unit_test(test_no_increase_when_not_limited_or_idle),
         cmocka_unit_test(test_latency_well_above_floor_decreases),
         cmocka_unit_test(test_settles_under_a_capacity),
+        cmocka_unit_test(test_refusal_after_an_increase_returns_to_it),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
