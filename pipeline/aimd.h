@@ -41,7 +41,7 @@
 #include <stdbool.h>
 
 #define AIMD_BETA_DROP        0.7
-#define AIMD_RAISE_WINDOWS    3   /* an increase this recent is what a refusal answers */
+#define AIMD_RAISE_WINDOWS    3 /* an increase this recent is what a refusal answers */
 #define AIMD_BETA_PROBE       0.95
 #define AIMD_BETA_LATENCY     0.9
 #define AIMD_NEAR_CEILING     0.95 /* a refusal this close to the ceiling was a probe */

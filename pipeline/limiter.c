@@ -30,7 +30,7 @@ struct nlp_limiter {
     atomic_llong woke_mono;        /* ms: when a refusal last asked for a beat */
 
     /* Lease thread only. */
-    bool started; /* the first beat looked whether this instance starts alone */
+    bool started;          /* the first beat looked whether this instance starts alone */
     int seen_limit;        /* the cluster's limit at the last beat */
     int raised_from;       /* the limit before the cluster's last increase, 0 = none */
     long long raised_mono; /* ms: when this instance saw that increase */

@@ -108,9 +108,11 @@ static void test_no_increase_until_a_window_after_a_pause(void **state)
      * saw a clean window meanwhile does not raise the limit until a window after it. */
     assert_int_equal(limiter_db_pause(f->c, "b", 1000, &err), 0);
     assert_false(change(f->c, "a", 70, 85, 500));
-    db_test_exec(f->c, "UPDATE nlp_limiter SET pause_until = clock_timestamp() - interval '500 ms'");
+    db_test_exec(f->c,
+                 "UPDATE nlp_limiter SET pause_until = clock_timestamp() - interval '500 ms'");
     assert_false(change(f->c, "a", 70, 85, 500));
-    db_test_exec(f->c, "UPDATE nlp_limiter SET pause_until = clock_timestamp() - interval '1100 ms'");
+    db_test_exec(f->c,
+                 "UPDATE nlp_limiter SET pause_until = clock_timestamp() - interval '1100 ms'");
     assert_true(change(f->c, "a", 70, 85, 500));
 }
 
@@ -166,8 +168,8 @@ int main(void)
                                         db_test_teardown),
         cmocka_unit_test_setup_teardown(test_pause_on_the_database_clock, db_test_setup,
                                         db_test_teardown),
-        cmocka_unit_test_setup_teardown(test_no_increase_until_a_window_after_a_pause, db_test_setup,
-                                        db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_no_increase_until_a_window_after_a_pause,
+                                        db_test_setup, db_test_teardown),
         cmocka_unit_test_setup_teardown(test_history_is_capped, db_test_setup, db_test_teardown),
         cmocka_unit_test_setup_teardown(test_a_lone_instance_starts_afresh, db_test_setup,
                                         db_test_teardown),
