@@ -2,6 +2,7 @@
 #include "db/db.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,33 @@ PGresult *db_exec_copy_in(PGconn *c, const char *sql, struct cofi_err *err)
     db_result_error(c, r, err);
     PQclear(r);
     return NULL;
+}
+
+int db_wait_notify(PGconn *c, int timeout_ms, char *payload, size_t n, bool *got,
+                   struct cofi_err *err)
+{
+    *got = false;
+    PGnotify *note = PQnotifies(c);
+    if (note == NULL) {
+        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+        if (pfd.fd < 0) {
+            return cofi_err_set(err, COFI_E_UNAVAILABLE, "database: no connection");
+        }
+        int ready = poll(&pfd, 1, timeout_ms);
+        if (ready < 0 && errno != EINTR) {
+            return cofi_err_set(err, COFI_E_UNAVAILABLE, "database: poll: %s", strerror(errno));
+        }
+        if (ready > 0 && PQconsumeInput(c) == 0) {
+            return db_result_error(c, NULL, err);
+        }
+        note = PQnotifies(c);
+    }
+    if (note != NULL) {
+        snprintf(payload, n, "%s", note->extra);
+        *got = true;
+        PQfreemem(note);
+    }
+    return 0;
 }
 
 int db_command(PGconn *c, const char *sql, int nparams, const char *const *params,

@@ -80,6 +80,12 @@ int db_command(PGconn *conn, const char *sql, int nparams, const char *const *pa
 /* True when the connection is usable (CONNECTION_OK). Accepts NULL (false). */
 bool db_conn_ok(PGconn *conn);
 
+/* Waits up to timeout_ms for a notification of a channel conn LISTENs on; when one came,
+ * *got is true and its payload is copied into payload (cut to n - 1 bytes). Returns 0, or a
+ * negative status with err when the connection failed. */
+int db_wait_notify(PGconn *conn, int timeout_ms, char *payload, size_t n, bool *got,
+                   struct cofi_err *err);
+
 /* Builds a list page {key: items, "next_cursor": next} into *out (a new reference). Steals
  * items and next (either may be NULL after an allocation failure); items_rc is the result of
  * filling items (non-zero: something failed). Returns 0, or COFI_E_NOMEM with *out unchanged

@@ -155,9 +155,39 @@ int limiter_db_pause(PGconn *c, const char *instance, int64_t ms, struct cofi_er
     snprintf(v, sizeof v, "%" PRId64, ms);
     snprintf(why, sizeof why, "retry_after %" PRId64 " ms", ms);
     const char *p[] = {v, why, instance};
-    return db_command(c,
-                      "UPDATE nlp_limiter SET pause_until = greatest(pause_until,"
-                      " clock_timestamp() + $1::bigint * interval '1 millisecond'),"
-                      " history = " HISTORY_PUSH("lim", "$2", "$3") " WHERE id = 1",
-                      3, p, err);
+    /* The row and the word to every listening instance in one statement: the notification
+     * is delivered when it commits, so no instance hears of a pause the row does not hold. */
+    return db_command(
+        c,
+        "WITH u AS (UPDATE nlp_limiter SET pause_until = greatest(pause_until,"
+        " clock_timestamp() + $1::bigint * interval '1 millisecond'),"
+        " history = " HISTORY_PUSH("lim", "$2", "$3") " WHERE id = 1 RETURNING 1)"
+                                                      " SELECT pg_notify('" LIMITER_PAUSE_CHANNEL
+                                                      "', $1 || ' ' || $3) FROM u",
+        3, p, err);
+}
+
+int limiter_db_listen(PGconn *c, struct cofi_err *err)
+{
+    return db_command(c, "LISTEN " LIMITER_PAUSE_CHANNEL, 0, NULL, err);
+}
+
+int limiter_db_wait_pause(PGconn *c, int timeout_ms, struct limiter_pause_note *out, bool *got,
+                          struct cofi_err *err)
+{
+    char payload[256];
+    *got = false;
+    int rc = db_wait_notify(c, timeout_ms, payload, sizeof payload, got, err);
+    if (rc != 0 || !*got) {
+        return rc;
+    }
+    long long ms = 0;
+    int used = 0;
+    if (sscanf(payload, "%lld %n", &ms, &used) != 1 || ms < 0) {
+        *got = false; /* not ours: someone else NOTIFYing on the channel */
+        return 0;
+    }
+    out->ms = (int64_t)ms;
+    snprintf(out->instance, sizeof out->instance, "%s", payload + used);
+    return 0;
 }

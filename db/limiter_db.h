@@ -65,7 +65,26 @@ int limiter_db_change(PGconn *c, const char *instance, int max, const struct lim
 int limiter_db_restart(PGconn *c, const char *instance, int max, int lease_ms, bool *reset,
                        struct cofi_err *err);
 
-/* Makes pause_until at least now + ms (database's clock) and notes it in the history. */
+/* The channel on which a pause is announced: payload "<ms> <instance>". */
+#define LIMITER_PAUSE_CHANNEL "cofi_nlp_pause"
+
+/* Makes pause_until at least now + ms (database's clock), notes it in the history and
+ * announces it on LIMITER_PAUSE_CHANNEL (delivered at commit). */
 int limiter_db_pause(PGconn *c, const char *instance, int64_t ms, struct cofi_err *err);
+
+/* A pause announced by an instance. */
+struct limiter_pause_note {
+    int64_t ms;         /* how long from when it was written */
+    char instance[160]; /* who wrote it */
+};
+
+/* Subscribes c (a connection of its own) to the announcements. Returns 0 or a negative
+ * status. */
+int limiter_db_listen(PGconn *c, struct cofi_err *err);
+
+/* Waits up to timeout_ms for the next announcement on c; *got says whether one came.
+ * Returns 0, or a negative status when the connection failed. */
+int limiter_db_wait_pause(PGconn *c, int timeout_ms, struct limiter_pause_note *out, bool *got,
+                          struct cofi_err *err);
 
 #endif

@@ -12,6 +12,7 @@
 #include "db/db.h"
 #include "pipeline/engine_state.h"
 #include "pipeline/metrics.h"
+#include "pipeline/pause_watch.h"
 
 /* ---- the lanes' host ------------------------------------------------------------------- */
 
@@ -212,6 +213,10 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     if (llm_lane_start(&e->llm, &host, err) != 0) {
         goto fail;
     }
+    if (cfg->llm_adaptive &&
+        pause_watch_start(&e->pause_watch, cfg->database_url, e->instance, e->limiter, err) != 0) {
+        goto fail;
+    }
     if (start_threads(e, err) != 0) {
         goto fail;
     }
@@ -219,6 +224,7 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     return 0;
 fail:
     atomic_store(&e->stopping, true);
+    pause_watch_stop(e->pause_watch);
     if (e->llm != NULL) {
         llm_lane_stop(e->llm, clock_mono_ms());
     }
@@ -243,6 +249,8 @@ void engine_stop(struct engine *e, int grace_ms)
     llm_lane_close(e->llm);
     mediator_lane_stop(e->med, deadline);
     llm_lane_stop(e->llm, deadline);
+    pause_watch_stop(e->pause_watch);
+    e->pause_watch = NULL;
     stop_dispatcher_thread(e);
     record_queue_stop(&e->rq);
     pthread_join(e->flusher, NULL);

@@ -38,8 +38,9 @@ struct engine {
     struct stage_metrics *metrics;
     struct mediator_lane *med;
     struct llm_lane *llm;
-    struct nlp_limiter *limiter; /* the cluster's adaptive NLP limit, this instance's side */
-    struct nlp_budget *budget;   /* the cluster's NLP token and request budgets, this side */
+    struct nlp_limiter *limiter;     /* the cluster's adaptive NLP limit, this instance's side */
+    struct pause_watch *pause_watch; /* the other instances' Retry-After (llm.adaptive) */
+    struct nlp_budget *budget;       /* the cluster's NLP token and request budgets, this side */
     atomic_bool stopping;
     atomic_int med_in_hand; /* jobs this instance holds at stages 0..4 */
     atomic_int llm_in_hand; /* jobs this instance holds at stages 5..6 */

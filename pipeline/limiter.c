@@ -117,6 +117,17 @@ bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
            atomic_compare_exchange_strong(&l->woke_mono, &woke, (long long)now);
 }
 
+void limiter_hold(struct nlp_limiter *l, int64_t ms)
+{
+    if (!l->cfg->llm_adaptive || ms <= 0) {
+        return;
+    }
+    if (ms > l->cfg->llm.retry_after_max_ms) {
+        ms = l->cfg->llm.retry_after_max_ms;
+    }
+    atomic_raise(&l->pause_until_mono, clock_mono_ms() + ms);
+}
+
 int64_t limiter_pause_ms(struct nlp_limiter *l)
 {
     int64_t left = atomic_load(&l->pause_until_mono) - clock_mono_ms();

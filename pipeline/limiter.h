@@ -37,12 +37,17 @@ int limiter_new(struct nlp_limiter **out, const struct cofi_config *cfg, const c
 void limiter_free(struct nlp_limiter *l);
 
 /* Takes one NLP answer into the window; a Retry-After pauses this instance's new NLP
- * requests at once (and every instance's from the next beat on). Returns true when the lease
- * thread should beat at once: a fresh refusal (at most once per LIMITER_WAKE_MS), so the
- * decrease lands before the pause ends instead of up to a beat later. Without llm.adaptive it
+ * requests at once (and, once the lease thread wrote it, every instance's: pause_watch.h).
+ * Returns true when the lease thread should beat at once: a fresh refusal (at most once per
+ * LIMITER_WAKE_MS), so the pause is written and the decrease lands before the pause ends
+ * instead of up to a beat later. Without llm.adaptive it
  * only counts refusals: the limit is fixed and each request honours its own Retry-After.
  * Any thread. */
 bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o);
+
+/* Holds this instance's new NLP requests for ms (capped by llm.retry_after_max_ms): a pause
+ * another instance announced. Only with llm.adaptive. Any thread. */
+void limiter_hold(struct nlp_limiter *l, int64_t ms);
 
 /* How long no NLP request may start yet, in ms (0 = go). Any thread. */
 int64_t limiter_pause_ms(struct nlp_limiter *l);

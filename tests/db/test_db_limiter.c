@@ -116,6 +116,36 @@ static void test_no_increase_until_a_window_after_a_pause(void **state)
     assert_true(change(f->c, "a", 70, 85, 500));
 }
 
+static void test_a_pause_is_announced_to_listeners(void **state)
+{
+    struct fixture *f = *state;
+    PGconn *other = db_test_connect(f);
+    struct limiter_row row;
+    struct cofi_err err;
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(limiter_db_listen(other, &err), 0);
+    struct limiter_pause_note note;
+    bool got = true;
+    assert_int_equal(limiter_db_wait_pause(other, 0, &note, &got, &err), 0);
+    assert_false(got); /* nothing yet */
+    assert_int_equal(limiter_db_pause(f->c, "vm:1", 5000, &err), 0);
+    /* Delivered at the writer's commit; a deadline, not a fixed wait. */
+    for (int i = 0; i < 100 && !got; i++) {
+        assert_int_equal(limiter_db_wait_pause(other, 100, &note, &got, &err), 0);
+    }
+    assert_true(got);
+    assert_int_equal(note.ms, 5000);
+    assert_string_equal(note.instance, "vm:1");
+    /* Someone else's word on the channel is not a pause. */
+    db_test_exec(f->c, "NOTIFY " LIMITER_PAUSE_CHANNEL ", 'hello'");
+    got = false;
+    for (int i = 0; i < 10 && !got; i++) {
+        assert_int_equal(limiter_db_wait_pause(other, 100, &note, &got, &err), 0);
+    }
+    assert_false(got);
+    PQfinish(other);
+}
+
 static void test_history_is_capped(void **state)
 {
     struct fixture *f = *state;
@@ -170,6 +200,8 @@ int main(void)
                                         db_test_teardown),
         cmocka_unit_test_setup_teardown(test_no_increase_until_a_window_after_a_pause,
                                         db_test_setup, db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_a_pause_is_announced_to_listeners, db_test_setup,
+                                        db_test_teardown),
         cmocka_unit_test_setup_teardown(test_history_is_capped, db_test_setup, db_test_teardown),
         cmocka_unit_test_setup_teardown(test_a_lone_instance_starts_afresh, db_test_setup,
                                         db_test_teardown),

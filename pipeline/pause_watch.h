@@ -1,0 +1,21 @@
+/* The word of a Retry-After from the other instances: a thread on a connection of its own
+ * LISTENs for the pauses they write (db/limiter_db.h) and holds this instance's new NLP
+ * requests at once, instead of at its next lease beat. The lease beat still reads the row,
+ * so a missed word (a reconnect) costs at most a beat. */
+#ifndef COFI_PAUSE_WATCH_H
+#define COFI_PAUSE_WATCH_H
+
+#include "common/error.h"
+#include "pipeline/limiter.h"
+
+struct pause_watch;
+
+/* Starts the thread (conninfo and instance are copied; l must outlive the watch). Returns 0
+ * or a negative status with err. */
+int pause_watch_start(struct pause_watch **out, const char *conninfo, const char *instance,
+                      struct nlp_limiter *l, struct cofi_err *err);
+
+/* Stops the thread and frees w. Accepts NULL. */
+void pause_watch_stop(struct pause_watch *w);
+
+#endif
