@@ -10,31 +10,41 @@
 #include "db/db.h"
 #include "db/webhooks_db.h"
 
+/* Runs `sql`, a conditional UPDATE ... RETURNING BATCH_COLS of batch params[0]: 0 with *out
+ * the batch when it changed it; else 0 with *current the batch as it is now (read outside
+ * any transaction); or an error with both NULL. */
+static int update_or_current(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                             json_t **out, json_t **current, struct cofi_err *err)
+{
+    *current = NULL;
+    PGresult *r = db_exec(conn, sql, nparams, params, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    if (PQntuples(r) == 1) {
+        return batch_returned(r, params[0], out, err);
+    }
+    PQclear(r);
+    return batch_select(conn, params[0], /* in_tx= */ false, current, err);
+}
+
 int batches_db_run(PGconn *conn, int64_t id, const char *mode, json_t **out, struct cofi_err *err)
 {
     *out = NULL;
     char id_text[ID_TEXT_LEN];
     snprintf(id_text, sizeof id_text, "%" PRId64, id);
     const char *params[2] = {id_text, mode};
-    PGresult *r = db_exec(conn,
+    json_t *batch;
+    int rc =
+        update_or_current(conn,
                           "UPDATE batches AS b SET state = 'running', mode = coalesce($2, b.mode), "
                           "started_at = coalesce(b.started_at, now()) "
                           "WHERE b.id = $1::bigint AND b.state = 'created' RETURNING " BATCH_COLS,
-                          2, params, err);
-    if (r == NULL) {
-        return err->code;
-    }
-    if (PQntuples(r) == 1) {
-        return batch_returned(r, id_text, out, err);
-    }
-    PQclear(r);
-
-    /* Not created (any more): answer from its current state. */
-    json_t *batch;
-    int rc = batch_select(conn, id_text, /* in_tx= */ false, &batch, err);
-    if (rc != 0) {
+                          2, params, out, &batch, err);
+    if (rc != 0 || batch == NULL) {
         return rc;
     }
+    /* Not created (any more): answer from its current state. */
     const char *state = json_string_value(json_object_get(batch, "state"));
     const char *cur_mode = json_string_value(json_object_get(batch, "mode"));
     if (strcmp(state, "running") != 0) {
@@ -157,20 +167,12 @@ int batches_db_transition(PGconn *conn, int64_t id, const char *from, const char
     char id_text[ID_TEXT_LEN];
     snprintf(id_text, sizeof id_text, "%" PRId64, id);
     const char *params[3] = {id_text, from, to};
-    PGresult *r = db_exec(conn,
-                          "UPDATE batches AS b SET state = $3 "
-                          "WHERE b.id = $1::bigint AND b.state = $2 RETURNING " BATCH_COLS,
-                          3, params, err);
-    if (r == NULL) {
-        return err->code;
-    }
-    if (PQntuples(r) == 1) {
-        return batch_returned(r, id_text, out, err);
-    }
-    PQclear(r);
     json_t *batch;
-    int rc = batch_select(conn, id_text, /* in_tx= */ false, &batch, err);
-    if (rc != 0) {
+    int rc = update_or_current(conn,
+                               "UPDATE batches AS b SET state = $3 "
+                               "WHERE b.id = $1::bigint AND b.state = $2 RETURNING " BATCH_COLS,
+                               3, params, out, &batch, err);
+    if (rc != 0 || batch == NULL) {
         return rc;
     }
     cofi_err_set(err, COFI_E_CONFLICT, "batch %s is %s, not %s", id_text,
