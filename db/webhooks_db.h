@@ -11,7 +11,7 @@
 /* The SQL that queues one delivery per batch with a callback_url among the rows of `cte`, a
  * CTE of the statement that ends those batches (it must return id and callback_url): used by
  * that statement itself, so a batch never ends without its delivery (db/work_db.c and
- * db/batches_db.c). */
+ * db/batch_ops_db.c). */
 #define WEBHOOKS_DB_QUEUE_FROM(cte)                                                                \
     "INSERT INTO webhook_deliveries (batch_id, url) SELECT id, callback_url FROM " cte             \
     " WHERE callback_url IS NOT NULL"

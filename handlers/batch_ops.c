@@ -7,7 +7,7 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/stages.h"
-#include "db/batches_db.h"
+#include "db/batch_ops_db.h"
 
 /* A retry body's array literals stay below this many bytes (a body is at most
  * max_body_bytes, and each element costs at most its text plus a comma). */

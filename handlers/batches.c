@@ -19,6 +19,8 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "db/batch_create_db.h"
+#include "db/batch_ops_db.h"
 #include "db/batches_db.h"
 #include "handlers/batch_body.h"
 

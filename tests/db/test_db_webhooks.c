@@ -14,7 +14,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "db/batches_db.h"
+#include "db/batch_ops_db.h"
 #include "db/db.h"
 #include "db/webhooks_db.h"
 #include "db/work_db.h"

@@ -1,5 +1,5 @@
-/* db/batches_db.c and db/calls_db.c pure parts: COPY lines, progress counts, eta, the
- * per-stage view of a call. */
+/* db/batch_create_db.c, db/batch_row.c and db/calls_db.c pure parts: COPY lines, progress counts,
+ * eta, the per-stage view of a call. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,7 +9,8 @@
 
 #include <cmocka.h>
 
-#include "db/batches_db.h"
+#include "db/batch_create_db.h"
+#include "db/batch_row.h"
 #include "db/calls_db.h"
 #include "handlers/handlers.h"
 
