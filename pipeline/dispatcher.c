@@ -209,9 +209,11 @@ static void release_rows(struct engine *e, PGconn *c, const struct work_claimed 
     buf_free(&b);
 }
 
-/* Claims up to limit calls in stages [lo, hi] of the active batches and submits them. */
+/* Claims up to limit calls in stages [lo, hi] of the active batches and submits them;
+ * *claimed is how many it kept. NLP-stage calls count in the backlog as they come, unless
+ * nlp_reserved: their places were taken before (engine_nlp_reserve_up_to). */
 static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, bool skip_pipelined,
-                 int *claimed, struct cofi_err *err)
+                 bool nlp_reserved, int *claimed, struct cofi_err *err)
 {
     *claimed = 0;
     char *spec = claim_spec(e, lo, hi, limit, skip_pipelined);
@@ -247,7 +249,9 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, bool sk
         if (j == NULL) {
             break;
         }
-        engine_in_hand(e, j->stage, 1);
+        if (!(nlp_reserved && stage_is_llm(j->stage))) {
+            engine_in_hand(e, j->stage, 1);
+        }
         bool lost_node = j->stage > STAGE_DISTRIBUTE && j->stage <= STAGE_STT &&
                          (j->node < 0 || j->file_name == NULL);
         jobq_push(lost_node ? &restart : &jobs, j);
@@ -262,7 +266,7 @@ static int claim(struct engine *e, PGconn *c, int lo, int hi, int limit, bool sk
         j = jobq_pop(&restart);
     }
     engine_submit_all(e, &jobs);
-    *claimed = (int)n;
+    *claimed = (int)i;
     return 0;
 }
 
@@ -316,18 +320,24 @@ static int claim_for_lanes(struct engine *e, PGconn *c, bool *more, struct cofi_
     bool nlp_full = llm >= llm_target;
     int got = 0;
     if (cap > 0 && med <= med_target / 2) {
-        int rc = claim(e, c, STAGE_DISTRIBUTE, STAGE_STT, med_target - med, nlp_full, &got, err);
+        int rc =
+            claim(e, c, STAGE_DISTRIBUTE, STAGE_STT, med_target - med, nlp_full, false, &got, err);
         if (rc != 0) {
             return rc;
         }
         *more = got == med_target - med;
     }
     if (llm <= llm_target * 3 / 4) {
-        int rc = claim(e, c, STAGE_LLM1, STAGE_LLM2, llm_target - llm, false, &got, err);
+        /* The places first: a stt -> llm1 continuation may take one while the claim reads. */
+        int places = engine_nlp_reserve_up_to(e, llm_target - llm);
+        got = 0;
+        int rc =
+            places > 0 ? claim(e, c, STAGE_LLM1, STAGE_LLM2, places, false, true, &got, err) : 0;
+        atomic_fetch_sub(&e->llm_in_hand, places - (rc == 0 ? got : 0));
         if (rc != 0) {
             return rc;
         }
-        *more = *more || got == llm_target - llm;
+        *more = *more || (places > 0 && got == places);
     }
     if (llm > llm_target) {
         /* The share shrank: what waits beyond the bound goes back, for whoever has room. */

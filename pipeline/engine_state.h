@@ -131,6 +131,22 @@ static inline bool engine_nlp_reserve(struct engine *e)
     return false;
 }
 
+/* Takes up to n places in the NLP backlog at once (as many as are free), atomically against
+ * engine_nlp_reserve: a claim takes its places before it reads the database, so continuations
+ * arriving meanwhile cannot take the same ones. Returns how many it took. Any thread. */
+static inline int engine_nlp_reserve_up_to(struct engine *e, int n)
+{
+    int bound = engine_nlp_backlog_bound(e);
+    int cur = atomic_load(&e->llm_in_hand);
+    while (cur < bound) {
+        int k = bound - cur < n ? bound - cur : n;
+        if (atomic_compare_exchange_weak(&e->llm_in_hand, &cur, cur + k)) {
+            return k;
+        }
+    }
+    return 0;
+}
+
 /* True while this instance holds as many calls at the NLP stages as it may. Any thread. */
 static inline bool engine_nlp_backlog_full(struct engine *e)
 {
