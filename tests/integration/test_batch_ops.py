@@ -132,13 +132,16 @@ class BatchOpsTest(CofiCase):
         self.assertNotIn("waiting_for", self.get_call(b["id"], last))
 
     def test_waiting_for_while_running(self):
-        n = 60
+        n = 120
         b = self.create_batch(self.files(n, "wait"))
         self.run_batch(b["id"])
         seen = set()
 
         def look():
-            for c in self.list_all_calls(b["id"]):
+            # The last calls of the batch wait longest: look at them first, so that a loaded
+            # machine, where each call read may see the call before it already ended, still
+            # finds one that waits.
+            for c in reversed(self.list_all_calls(b["id"])):
                 if c["state"] not in ("pending", "running"):
                     self.assertNotIn("waiting_for", c)
                     continue
