@@ -2,7 +2,8 @@
 database, against a cofi-sim whose NLP capacity changes while the batch runs:
 
 - capacity 100 -> 40 mid-run: the cluster's limit (/stages/llm1/status `adaptive.limit` of
-  both instances) follows within seconds; 429s stay under 2 % of the NLP requests of the run;
+  both instances) follows within seconds; 429s stay under 2 % of the NLP requests of the run
+  (20 s at the cap, 20 s at 40, the return) and of those after the limit followed;
   the NLP throughput while the capacity is 40 is a good part of what the API allowed
   (capacity / latency; see the comment at the assertion); capacity back at 100: the limit and the API's in-flight are back at
   the cap within seconds; never more than llm.concurrency requests at the API at once.
@@ -25,7 +26,7 @@ NODE_CAPACITY = 8
 LLM_CONCURRENCY = 100
 LOW = 40
 LOW_SECONDS = 20
-HIGH_SECONDS = 10
+HIGH_SECONDS = 20
 
 
 class NlpAdaptiveTest(CofiCase):
@@ -73,7 +74,7 @@ class NlpAdaptiveTest(CofiCase):
                                                         b["rejected"], b["ok"]))
 
     def test_a_capacity_drop_and_recovery(self):
-        sim, pair, bid = self.start_cluster("drop", 4000)
+        sim, pair, bid = self.start_cluster("drop", 5500)
         t_cap = self.wait_at_cap(sim, LLM_CONCURRENCY, cofitest.scaled(60),
                                  "the two instances to reach the NLP cap")
         cofitest.poll(lambda: sim.nlp_stats()["seconds"] >= t_cap + HIGH_SECONDS or None,
@@ -123,7 +124,17 @@ class NlpAdaptiveTest(CofiCase):
         rejected = sum(b["rejected"] for b in run)
         cofitest.log("NLP requests %d, 429s %d (%.2f %%)"
                      % (arrivals, rejected, 100.0 * rejected / max(arrivals, 1)))
+        # The drop itself costs a fixed number of refusals, whatever the run's length: the
+        # requests that start in the millisecond before the first refusal is seen, and one
+        # burst per decrease until the limit is down (about 60-110 under ASan on a busy
+        # machine). So the share is asserted over a run of some length (20 s at the cap
+        # before the drop, as a run has), and, apart from it, once the limit had followed.
         self.assertLess(rejected, 0.02 * arrivals, "429s over 2 % of the NLP requests")
+        after = [b for t, b in series.items() if t > int(t_followed) and b["arrivals"] > 0]
+        late = sum(b["rejected"] for b in after)
+        late_arrivals = sum(b["arrivals"] for b in after)
+        cofitest.log("after the limit followed: NLP requests %d, 429s %d" % (late_arrivals, late))
+        self.assertLess(late, 0.02 * late_arrivals, "429s over 2 % once the limit had followed")
         # Throughput while the capacity was 40, once the limit had followed it (asserted
         # above to take a few seconds) to the second the capacity came back.
         low = [series[t] for t in range(int(t_followed) + 1, int(t_up)) if t in series]
