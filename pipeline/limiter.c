@@ -78,6 +78,17 @@ static void atomic_raise(atomic_llong *a, long long v)
     }
 }
 
+void limiter_hold(struct nlp_limiter *l, int64_t ms)
+{
+    if (!l->cfg->llm_adaptive || ms <= 0) {
+        return;
+    }
+    if (ms > l->cfg->llm.retry_after_max_ms) {
+        ms = l->cfg->llm.retry_after_max_ms;
+    }
+    atomic_raise(&l->pause_until_mono, clock_mono_ms() + ms);
+}
+
 bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
 {
     if (o->event != LANE_ANSWERED || o->http_status == 0) {
@@ -92,11 +103,7 @@ bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
         return false; /* a fixed limit: each request honours its own Retry-After */
     }
     if (o->retry_after_ms >= 0) {
-        int64_t ms = o->retry_after_ms;
-        if (ms > l->cfg->llm.retry_after_max_ms) {
-            ms = l->cfg->llm.retry_after_max_ms;
-        }
-        atomic_raise(&l->pause_until_mono, now + ms);
+        limiter_hold(l, o->retry_after_ms);
         atomic_store(&l->pause_to_write, true);
     }
     if (throttled) {
@@ -115,17 +122,6 @@ bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
     long long woke = atomic_load(&l->woke_mono);
     return now - woke >= LIMITER_WAKE_MS &&
            atomic_compare_exchange_strong(&l->woke_mono, &woke, (long long)now);
-}
-
-void limiter_hold(struct nlp_limiter *l, int64_t ms)
-{
-    if (!l->cfg->llm_adaptive || ms <= 0) {
-        return;
-    }
-    if (ms > l->cfg->llm.retry_after_max_ms) {
-        ms = l->cfg->llm.retry_after_max_ms;
-    }
-    atomic_raise(&l->pause_until_mono, clock_mono_ms() + ms);
 }
 
 int64_t limiter_pause_ms(struct nlp_limiter *l)
