@@ -129,12 +129,33 @@ def summarise(samples, st, t0_sim, history):
     total = {k: sum(p[k] for p in phases.values()) for k in ("ok", "allowed", "arrivals",
                                                               "rejected")}
     phases["run"] = total
+    # The same phases without their transitions, which the issue times apart ("following
+    # within a few seconds", "back at the cap within seconds"): from the second after the
+    # cluster's limit first came down to the capacity, and after the API's in-flight was
+    # first back at 90 % of the cap.
+    drop, up = SCHEDULE[1], SCHEDULE[2]
+    t_followed = next((t for t, _, _, lim in samples if t >= drop[0] and lim <= drop[1]), None)
+    t_back = next((t for t, inflight, _, _ in samples if t >= up[0] and inflight >= 90), None)
+    steady = (("40, followed", t_followed, up[0]), ("100, back", t_back, end - t0_sim))
+    for name, a, b in steady:
+        if a is None:
+            continue
+        ph = phases.setdefault(name, {"ok": 0, "allowed": 0.0, "arrivals": 0, "rejected": 0})
+        for bk in series:
+            if int(a) + 1 <= bk["t"] - t0_sim < int(b):
+                ph["ok"] += bk["ok"]
+                ph["allowed"] += bk["capacity"] * 1000.0 / LLM_MS
+                ph["arrivals"] += bk["arrivals"]
+                ph["rejected"] += bk["rejected"]
     lines = []
     for name, p in phases.items():
         lines.append("%-13s NLP answers %5d of %6.0f allowed (%5.1f %%), requests %5d, 429s %3d "
                      "(%.2f %%)" % (name, p["ok"], p["allowed"], 100.0 * p["ok"] / p["allowed"],
                                     p["arrivals"], p["rejected"],
                                     100.0 * p["rejected"] / max(p["arrivals"], 1)))
+    lines.append("following the drop took %s s; at the cap again %s s after the capacity came "
+                 "back" % ("%.1f" % (t_followed - drop[0]) if t_followed is not None else "-",
+                           "%.1f" % (t_back - up[0]) if t_back is not None else "-"))
     draw_svg(samples)
     return {"phases": phases, "lines": lines, "history": history,
             "max_concurrent": st["max_concurrent"]}

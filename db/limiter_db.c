@@ -89,7 +89,8 @@ int limiter_db_change(PGconn *c, const char *instance, int max, const struct lim
     snprintf(cl, sizeof cl, "%d", s->ceiling);
     snprintf(m, sizeof m, "%d", max);
     snprintf(pr, sizeof pr, "%d", s->probes_refused);
-    snprintf(age, sizeof age, "%d", s->to < s->from ? LIMITER_DECREASE_MS : s->min_age_ms);
+    snprintf(age, sizeof age, "%d",
+             s->to < s->from ? (s->refine ? 0 : LIMITER_DECREASE_MS) : s->min_age_ms);
     char win[16];
     snprintf(win, sizeof win, "%d", LIMITER_WINDOW_MS);
     const char *p[] = {f, t, cl, s->reason, instance, m, pr, age, win};
@@ -165,6 +166,47 @@ int limiter_db_pause(PGconn *c, const char *instance, int64_t ms, struct cofi_er
                                                       " SELECT pg_notify('" LIMITER_PAUSE_CHANNEL
                                                       "', $1 || ' ' || $3) FROM u",
         3, p, err);
+}
+
+int limiter_db_report(PGconn *c, int accepted, int lease_ms, struct limiter_est *out,
+                      struct cofi_err *err)
+{
+    char a[16];
+    char w[16];
+    char ls[16];
+    snprintf(a, sizeof a, "%d", accepted);
+    snprintf(w, sizeof w, "%d", LIMITER_EST_WINDOW_MS);
+    snprintf(ls, sizeof ls, "%d", lease_ms);
+    const char *p[] = {a, w, ls};
+    /* The SET expressions read the row as it is once locked: two instances reporting at the
+     * same moment add up, neither overwrites the other. */
+    PGresult *r = db_exec(
+        c,
+        "UPDATE nlp_limiter SET"
+        " est_sum = CASE WHEN est_at > clock_timestamp() - $2::int * interval '1 millisecond'"
+        " THEN est_sum + $1::int ELSE $1::int END,"
+        " est_n = CASE WHEN est_at > clock_timestamp() - $2::int * interval '1 millisecond'"
+        " THEN est_n + 1 ELSE 1 END,"
+        " est_at = CASE WHEN est_at > clock_timestamp() - $2::int * interval '1 millisecond'"
+        " THEN est_at ELSE clock_timestamp() END "
+        "WHERE id = 1 RETURNING est_sum, est_n, (SELECT count(*) FROM instances WHERE"
+        " heartbeat_at > clock_timestamp() - $3::int * interval '1 millisecond'), lim,"
+        " probes_refused",
+        3, p, err);
+    if (r == NULL) {
+        return err->code;
+    }
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        return cofi_err_set(err, COFI_E_INTERNAL, "nlp_limiter has no row");
+    }
+    out->sum = atoi(PQgetvalue(r, 0, 0));
+    out->n = atoi(PQgetvalue(r, 0, 1));
+    out->live = atoi(PQgetvalue(r, 0, 2));
+    out->limit = atoi(PQgetvalue(r, 0, 3));
+    out->probes_refused = atoi(PQgetvalue(r, 0, 4));
+    PQclear(r);
+    return 0;
 }
 
 int limiter_db_listen(PGconn *c, struct cofi_err *err)

@@ -46,6 +46,8 @@ struct limiter_step {
     int ceiling;        /* the new ceiling */
     int probes_refused; /* the new count */
     int min_age_ms;     /* an increase lands only when the last change is at least this old */
+    bool refine;        /* a decrease that refines the last one (the same refusal, measured):
+                           not held back by LIMITER_DECREASE_MS */
     const char *reason; /* for the history */
 };
 
@@ -64,6 +66,25 @@ int limiter_db_change(PGconn *c, const char *instance, int max, const struct lim
  * are forgotten. *reset says whether it did. Returns 0 or a negative status. */
 int limiter_db_restart(PGconn *c, const char *instance, int max, int lease_ms, bool *reset,
                        struct cofi_err *err);
+
+/* The reports of one refusal (migration 011) arrive within this many ms of the first. */
+#define LIMITER_EST_WINDOW_MS 500
+
+/* The sum of the reports of a refusal so far. */
+struct limiter_est {
+    int sum;            /* requests the API held, over the instances that reported */
+    int n;              /* instances that reported */
+    int live;           /* instances whose heartbeat is younger than lease_ms */
+    int limit;          /* the cluster's limit now */
+    int probes_refused; /* as in the row */
+};
+
+/* Adds this instance's report of the latest refusal (accepted: its requests the API held at
+ * that moment) to the reports of the same refusal, or starts them over when the last began
+ * more than LIMITER_EST_WINDOW_MS ago; *out is the sum with this report. Returns 0 or a
+ * negative status. */
+int limiter_db_report(PGconn *c, int accepted, int lease_ms, struct limiter_est *out,
+                      struct cofi_err *err);
 
 /* The channel on which a pause is announced: payload "<ms> <instance>". */
 #define LIMITER_PAUSE_CHANNEL "cofi_nlp_pause"

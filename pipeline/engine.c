@@ -88,11 +88,22 @@ static void host_nlp_settle(void *ctx, const int64_t ticket[2], long long used_t
     budget_settle(e->budget, ticket[0], (uint64_t)ticket[1], used_tokens);
 }
 
-static void host_nlp_answer(void *ctx, const struct job_outcome *o)
+static void host_nlp_answer(void *ctx, const struct job_outcome *o, int in_flight,
+                            int64_t counted_us)
 {
     struct engine *e = ctx;
-    if (limiter_on_answer(e->limiter, o)) {
+    if (limiter_on_answer(e->limiter, o, in_flight, counted_us)) {
         wake_lease(e); /* a fresh refusal: decrease and shares now instead of later */
+    }
+}
+
+/* A pause another instance announced (the pause watch's thread, started once the lane is):
+ * held here at once, and counted for the limiter's report, which the lease thread makes. */
+static void engine_heard_pause(void *ctx, int64_t ms)
+{
+    struct engine *e = ctx;
+    if (limiter_heard_pause(e->limiter, ms, llm_lane_requests(e->llm))) {
+        wake_lease(e);
     }
 }
 
@@ -213,8 +224,8 @@ int engine_start(struct engine **out, const struct cofi_config *cfg, const char 
     if (llm_lane_start(&e->llm, &host, err) != 0) {
         goto fail;
     }
-    if (cfg->llm_adaptive &&
-        pause_watch_start(&e->pause_watch, cfg->database_url, e->instance, e->limiter, err) != 0) {
+    if (cfg->llm_adaptive && pause_watch_start(&e->pause_watch, cfg->database_url, e->instance,
+                                               engine_heard_pause, e, err) != 0) {
         goto fail;
     }
     if (start_threads(e, err) != 0) {

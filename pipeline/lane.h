@@ -62,7 +62,9 @@ struct lane_host {
     bool (*lease_ok)(void *ctx);
     /* NLP lane only (NULL elsewhere): how long no NLP request may start yet (ms, 0 = go: a
      * Retry-After seen by any instance pauses them all), and what each answer said (o after
-     * the request: status, latency, Retry-After), for the adaptive limit. Cheap. */
+     * the request: status, latency, Retry-After; in_flight: the lane's requests in flight,
+     * this one included; counted_us: when the lane counted this one in flight, monotonic),
+     * for the adaptive limit. Cheap. */
     int64_t (*nlp_pause_ms)(void *ctx);
     /* NLP lane only (NULL elsewhere): takes a request's share of the cluster's token and
      * request budgets (transcript_bytes / 4 + llm.completion_tokens, and one request); false
@@ -70,7 +72,7 @@ struct lane_host {
     bool (*nlp_budget)(void *ctx, size_t transcript_bytes, int64_t ticket[2]);
     /* Settles the ticket nlp_budget filled with what the answer said it used (-1: unknown). */
     void (*nlp_settle)(void *ctx, const int64_t ticket[2], long long used_tokens);
-    void (*nlp_answer)(void *ctx, const struct job_outcome *o);
+    void (*nlp_answer)(void *ctx, const struct job_outcome *o, int in_flight, int64_t counted_us);
 };
 
 #endif

@@ -240,6 +240,9 @@ void *engine_lease_main(void *arg)
             if (beat(e, c, &err) != 0) {
                 log_warn("engine: heartbeat: %s", err.msg);
                 wait = period / 4;
+            } else {
+                int64_t due = limiter_due_ms(e->limiter);
+                wait = due >= 0 && due < wait ? due : wait;
             }
             int64_t took = clock_mono_ms() - t0;
             if (took > cfg->lease_ms / 2) {

@@ -29,6 +29,13 @@ struct nlp_limiter {
                                       sent before it are old news */
     atomic_llong woke_mono;        /* ms: when a refusal last asked for a beat */
 
+    /* The latest refusal as this instance counts it (LIMITER_REPORT_MS in limiter.h). */
+    pthread_mutex_t ev_mu;
+    int64_t ev_us;    /* µs (monotonic): when this instance learned of it, 0 = never */
+    int ev_in_flight; /* its NLP requests in flight then */
+    int ev_refused;   /* of them, refused since */
+    bool ev_pending;  /* not reported yet */
+
     /* Lease thread only. */
     bool started;          /* the first beat looked whether this instance starts alone */
     int seen_limit;        /* the cluster's limit at the last beat */
@@ -36,6 +43,7 @@ struct nlp_limiter {
     long long raised_mono; /* ms: when this instance saw that increase */
     int clean_streak;
     int last_clean;
+    long long resumed_for; /* the pause_until_mono whose end this thread beat before */
     double floors[FLOOR_WINDOWS];
     int nfloors;
     int floor_pos;
@@ -54,6 +62,7 @@ int limiter_new(struct nlp_limiter **out, const struct cofi_config *cfg, const c
     l->cfg = cfg;
     snprintf(l->instance, sizeof l->instance, "%s", instance);
     pthread_mutex_init(&l->mu, NULL);
+    pthread_mutex_init(&l->ev_mu, NULL);
     l->snap.adaptive = cfg->llm_adaptive;
     l->snap.limit = cfg->llm_concurrency;
     l->snap.max = cfg->llm_concurrency;
@@ -67,6 +76,7 @@ void limiter_free(struct nlp_limiter *l)
         return;
     }
     pthread_mutex_destroy(&l->mu);
+    pthread_mutex_destroy(&l->ev_mu);
     free(l);
 }
 
@@ -78,7 +88,7 @@ static void atomic_raise(atomic_llong *a, long long v)
     }
 }
 
-void limiter_hold(struct nlp_limiter *l, int64_t ms)
+static void limiter_hold(struct nlp_limiter *l, int64_t ms)
 {
     if (!l->cfg->llm_adaptive || ms <= 0) {
         return;
@@ -89,7 +99,40 @@ void limiter_hold(struct nlp_limiter *l, int64_t ms)
     atomic_raise(&l->pause_until_mono, clock_mono_ms() + ms);
 }
 
-bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
+/* Counts a refusal into the latest one or, when that began LIMITER_EST_WINDOW_MS ago or
+ * more, starts a new one with in_flight (this instance's requests in flight now, the refused
+ * one included). sent_us: when the refused request was counted in flight (µs, monotonic; -1:
+ * the refusal was another instance's). */
+static bool count_refusal(struct nlp_limiter *l, int64_t sent_us, int in_flight)
+{
+    int64_t now = clock_mono_us();
+    bool opened = false;
+    pthread_mutex_lock(&l->ev_mu);
+    if (l->ev_us == 0 || now - l->ev_us >= LIMITER_EST_WINDOW_MS * 1000) {
+        l->ev_us = now;
+        l->ev_in_flight = in_flight;
+        l->ev_refused = sent_us >= 0 ? 1 : 0;
+        l->ev_pending = true;
+        opened = true;
+    } else if (l->ev_pending && sent_us >= 0 && sent_us < l->ev_us) {
+        l->ev_refused++; /* it was counted in flight: the API did not hold it */
+    }
+    pthread_mutex_unlock(&l->ev_mu);
+    return opened;
+}
+
+bool limiter_heard_pause(struct nlp_limiter *l, int64_t ms, int in_flight)
+{
+    if (!l->cfg->llm_adaptive || ms <= 0) {
+        return false;
+    }
+    limiter_hold(l, ms);
+    count_refusal(l, -1, in_flight);
+    return true; /* the report, and the beat before the pause ends */
+}
+
+bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o, int in_flight,
+                       int64_t counted_us)
 {
     if (o->event != LANE_ANSWERED || o->http_status == 0) {
         return false; /* no answer from the API: a connection failure says nothing of its limit */
@@ -106,12 +149,14 @@ bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
         limiter_hold(l, o->retry_after_ms);
         atomic_store(&l->pause_to_write, true);
     }
+    int64_t sent = now - o->latency_us / 1000;
+    bool opened = false; /* a refusal to count and report: the lease thread has work */
     if (throttled) {
         atomic_fetch_add(&l->throttled_total, 1);
+        opened = count_refusal(l, counted_us, in_flight);
     }
-    int64_t sent = now - o->latency_us / 1000;
     if (throttled && sent < atomic_load(&l->decreased_mono)) {
-        return false; /* sent under the limit before its last decrease */
+        return opened; /* sent under the limit before its last decrease */
     }
     atomic_fetch_add(&l->answers, 1);
     atomic_fetch_add(&l->latency_sum_us, o->latency_us);
@@ -120,8 +165,9 @@ bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o)
     }
     atomic_fetch_add(&l->throttled, 1);
     long long woke = atomic_load(&l->woke_mono);
-    return now - woke >= LIMITER_WAKE_MS &&
-           atomic_compare_exchange_strong(&l->woke_mono, &woke, (long long)now);
+    bool wake = now - woke >= LIMITER_WAKE_MS &&
+                atomic_compare_exchange_strong(&l->woke_mono, &woke, (long long)now);
+    return wake || opened;
 }
 
 int64_t limiter_pause_ms(struct nlp_limiter *l)
@@ -130,8 +176,8 @@ int64_t limiter_pause_ms(struct nlp_limiter *l)
     return left > 0 ? left : 0;
 }
 
-/* Adds a window's mean to the floor's ring and returns the floor of the windows before it. */
-static double floor_push(struct nlp_limiter *l, double mean_ms)
+/* The lowest window mean of the recent windows, 0 = none yet. */
+static double floor_now(const struct nlp_limiter *l)
 {
     double fl = 0;
     for (int i = 0; i < l->nfloors; i++) {
@@ -139,6 +185,13 @@ static double floor_push(struct nlp_limiter *l, double mean_ms)
             fl = l->floors[i];
         }
     }
+    return fl;
+}
+
+/* Adds a window's mean to the floor's ring and returns the floor of the windows before it. */
+static double floor_push(struct nlp_limiter *l, double mean_ms)
+{
+    double fl = floor_now(l);
     l->floors[l->floor_pos] = mean_ms;
     l->floor_pos = (l->floor_pos + 1) % FLOOR_WINDOWS;
     if (l->nfloors < FLOOR_WINDOWS) {
@@ -227,6 +280,83 @@ static void see_limit(struct nlp_limiter *l, int limit)
     l->seen_limit = limit;
 }
 
+int64_t limiter_due_ms(struct nlp_limiter *l)
+{
+    if (!l->cfg->llm_adaptive) {
+        return -1;
+    }
+    int64_t now = clock_mono_ms();
+    int64_t due = -1;
+    pthread_mutex_lock(&l->ev_mu);
+    if (l->ev_pending) {
+        int64_t us = l->ev_us + LIMITER_REPORT_MS * 1000 - clock_mono_us();
+        due = us > 0 ? (us + 999) / 1000 : 0;
+    }
+    pthread_mutex_unlock(&l->ev_mu);
+    long long until = atomic_load(&l->pause_until_mono);
+    if (until != l->resumed_for && until - LIMITER_RESUME_LEAD_MS > now) {
+        int64_t resume = until - LIMITER_RESUME_LEAD_MS - now;
+        due = due < 0 || resume < due ? resume : due;
+    }
+    return due;
+}
+
+/* This instance's count of the latest refusal, once due: true with *accepted when it should
+ * be reported now (see LIMITER_REPORT_MS). */
+static bool report_due(struct nlp_limiter *l, int *accepted)
+{
+    bool due = false;
+    pthread_mutex_lock(&l->ev_mu);
+    if (l->ev_pending && clock_mono_us() >= l->ev_us + LIMITER_REPORT_MS * 1000) {
+        l->ev_pending = false;
+        *accepted = l->ev_in_flight > l->ev_refused ? l->ev_in_flight - l->ev_refused : 0;
+        due = true;
+    }
+    pthread_mutex_unlock(&l->ev_mu);
+    return due;
+}
+
+/* Reports the latest refusal's count; the last instance to report lowers a limit above what
+ * the API held to it (LIMITER_REPORT_MS). */
+static int report(struct nlp_limiter *l, PGconn *c, int accepted, struct cofi_err *err)
+{
+    if (floor_now(l) < LIMITER_EST_MIN_LATENCY_MS) {
+        log_debug("engine: NLP refusal: %d accepted here, not reported (latency floor %.0f ms)",
+                  accepted, floor_now(l));
+        return 0;
+    }
+    struct limiter_est est;
+    int rc = limiter_db_report(c, accepted, l->cfg->lease_ms, &est, err);
+    if (rc != 0) {
+        return rc;
+    }
+    log_debug("engine: NLP refusal: %d accepted here; %d of %d instances reported %d; limit %d",
+              accepted, est.n, est.live, est.sum, est.limit);
+    /* Only a fall: a probe one over what the API takes is the AIMD rule's (aimd.h), and a
+     * request or two over before the others heard of the refusal would only lower it. */
+    if (est.n < est.live || est.sum < 1 ||
+        (double)est.sum > AIMD_NEAR_CEILING * (double)est.limit) {
+        return 0;
+    }
+    char why[48];
+    snprintf(why, sizeof why, "accepted %d", est.sum);
+    struct limiter_step step = {.from = est.limit,
+                                .to = est.sum,
+                                .ceiling = est.sum + 1,
+                                .probes_refused = est.probes_refused,
+                                .refine = true,
+                                .reason = why};
+    bool applied = false;
+    rc = limiter_db_change(c, l->instance, l->cfg->llm_concurrency, &step, &applied, err);
+    if (rc == 0 && applied) {
+        atomic_store(&l->decreased_mono, clock_mono_ms());
+        log_info("engine: NLP limit %d -> %d of %d (accepted: the API held %d requests when "
+                 "it refused, counted by %d instances)",
+                 est.limit, est.sum, l->cfg->llm_concurrency, est.sum, est.n);
+    }
+    return rc;
+}
+
 int limiter_beat(struct nlp_limiter *l, PGconn *c, bool limited, struct cofi_err *err)
 {
     const int max = l->cfg->llm_concurrency;
@@ -237,6 +367,13 @@ int limiter_beat(struct nlp_limiter *l, PGconn *c, bool limited, struct cofi_err
         rc = left > 0 ? limiter_db_pause(c, l->instance, left, err) : 0;
         if (rc != 0) {
             atomic_store(&l->pause_to_write, true);
+            return rc;
+        }
+    }
+    int accepted = 0;
+    if (l->cfg->llm_adaptive && l->started && report_due(l, &accepted)) {
+        rc = report(l, c, accepted, err);
+        if (rc != 0) {
             return rc;
         }
     }
@@ -254,6 +391,10 @@ int limiter_beat(struct nlp_limiter *l, PGconn *c, bool limited, struct cofi_err
     }
     if (row.pause_left_ms > 0 && l->cfg->llm_adaptive) {
         atomic_raise(&l->pause_until_mono, clock_mono_ms() + row.pause_left_ms);
+    }
+    long long until = atomic_load(&l->pause_until_mono);
+    if (until - clock_mono_ms() <= LIMITER_RESUME_LEAD_MS + 10) {
+        l->resumed_for = until; /* this beat is the one before the pause ends */
     }
     int limit = row.limit < max ? row.limit : max;
     if (!l->cfg->llm_adaptive) {

@@ -18,6 +18,21 @@ struct nlp_limiter;
 
 #define LIMITER_WAKE_MS 250
 
+/* A refusal, measured: each instance counts the requests the API had accepted and was still
+ * working on when it refused (those this instance had in flight at that moment, less those
+ * refused with it), and reports them LIMITER_REPORT_MS later, once the refusals are back,
+ * while the accepted ones are still in flight. Once every live instance reported, the sum is
+ * what the API held when it refused: at most its capacity, and the capacity itself in the
+ * burst that follows a pause, when nothing older is still in flight. A limit above the sum
+ * falls to it, and the sum + 1 becomes the ceiling (db/limiter_db.h, migration 011). Only
+ * where the API's answers take LIMITER_EST_MIN_LATENCY_MS or more: with faster answers the
+ * ones accepted would be over before the other instances hear of the refusal. */
+#define LIMITER_REPORT_MS          100
+#define LIMITER_EST_MIN_LATENCY_MS 100
+/* The lease thread beats this long before a pause ends, so the lanes start again under the
+ * limit the cluster learned during the pause. */
+#define LIMITER_RESUME_LEAD_MS 60
+
 /* The limiter's state for /stages/{llm}/status and /metrics. */
 struct llm_limit_snapshot {
     bool adaptive;           /* llm.adaptive */
@@ -38,16 +53,25 @@ void limiter_free(struct nlp_limiter *l);
 
 /* Takes one NLP answer into the window; a Retry-After pauses this instance's new NLP
  * requests at once (and, once the lease thread wrote it, every instance's: pause_watch.h).
+ * in_flight: this instance's NLP requests in flight, this one included, and counted_us when
+ * this one was counted in (monotonic µs): a refusal's count.
  * Returns true when the lease thread should beat at once: a fresh refusal (at most once per
  * LIMITER_WAKE_MS), so the pause is written and the decrease lands before the pause ends
  * instead of up to a beat later. Without llm.adaptive it
  * only counts refusals: the limit is fixed and each request honours its own Retry-After.
  * Any thread. */
-bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o);
+bool limiter_on_answer(struct nlp_limiter *l, const struct job_outcome *o, int in_flight,
+                       int64_t counted_us);
 
 /* Holds this instance's new NLP requests for ms (capped by llm.retry_after_max_ms): a pause
- * another instance announced. Only with llm.adaptive. Any thread. */
-void limiter_hold(struct nlp_limiter *l, int64_t ms);
+ * another instance announced; in_flight (this instance's NLP requests in flight now) is its
+ * count of that refusal. Returns true when the lease thread should beat now (limiter_due_ms
+ * has changed). Only with llm.adaptive. Any thread. */
+bool limiter_heard_pause(struct nlp_limiter *l, int64_t ms, int in_flight);
+
+/* How long until the limiter needs a beat (a refusal's report, or the end of a pause), in ms;
+ * -1: none. Lease thread. */
+int64_t limiter_due_ms(struct nlp_limiter *l);
 
 /* How long no NLP request may start yet, in ms (0 = go). Any thread. */
 int64_t limiter_pause_ms(struct nlp_limiter *l);

@@ -210,6 +210,7 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
     j->attempts++;
     l->host.inflight(l->host.ctx, j->stage, 1);
     atomic_fetch_add(&l->in_flight, 1);
+    int64_t counted_us = clock_mono_us();
     char *body = llm_body(cfg, j, &o);
     if (body != NULL) {
         char url[1200];
@@ -237,7 +238,7 @@ static void run_one(struct llm_lane *l, CURL *easy, struct exchange *x, struct j
                 l->host.nlp_settle(l->host.ctx, ticket, o.usage_tokens);
             }
             if (l->host.nlp_answer != NULL) {
-                l->host.nlp_answer(l->host.ctx, &o);
+                l->host.nlp_answer(l->host.ctx, &o, atomic_load(&l->in_flight), counted_us);
             }
             if (rc == CURLE_ABORTED_BY_CALLBACK && !atomic_load(&l->abort)) {
                 o.not_counted = true;
@@ -403,6 +404,11 @@ void llm_lane_free(struct llm_lane *l)
     pthread_mutex_destroy(&l->mu);
     free(l->threads);
     free(l);
+}
+
+int llm_lane_requests(struct llm_lane *l)
+{
+    return atomic_load(&l->in_flight);
 }
 
 int llm_lane_in_flight(struct llm_lane *l)

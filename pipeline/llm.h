@@ -29,6 +29,9 @@ void llm_lane_free(struct llm_lane *l);
 /* Requests holding a permit (sent or about to be). Thread-safe. */
 int llm_lane_in_flight(struct llm_lane *l);
 
+/* The requests being sent or answered now (no permit waiting to send). Any thread. */
+int llm_lane_requests(struct llm_lane *l);
+
 /* The limit set last (this instance's share of the NLP API). Thread-safe. */
 int llm_lane_limit(struct llm_lane *l);
 

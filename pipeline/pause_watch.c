@@ -18,7 +18,8 @@
 struct pause_watch {
     char *conninfo;
     char instance[160];
-    struct nlp_limiter *limiter;
+    void (*heard)(void *ctx, int64_t ms);
+    void *ctx;
     atomic_bool stop;
     pthread_t thread;
 };
@@ -48,7 +49,7 @@ static void listen_on(struct pause_watch *w, PGconn *c)
             return;
         }
         if (got && strcmp(note.instance, w->instance) != 0) {
-            limiter_hold(w->limiter, note.ms);
+            w->heard(w->ctx, note.ms);
         }
     }
 }
@@ -83,7 +84,7 @@ static void *watch_main(void *arg)
 }
 
 int pause_watch_start(struct pause_watch **out, const char *conninfo, const char *instance,
-                      struct nlp_limiter *l, struct cofi_err *err)
+                      void (*heard)(void *ctx, int64_t ms), void *ctx, struct cofi_err *err)
 {
     struct pause_watch *w = calloc(1, sizeof *w);
     if (w == NULL || (w->conninfo = strdup(conninfo)) == NULL) {
@@ -91,7 +92,8 @@ int pause_watch_start(struct pause_watch **out, const char *conninfo, const char
         return cofi_err_set(err, COFI_E_NOMEM, "out of memory");
     }
     snprintf(w->instance, sizeof w->instance, "%s", instance);
-    w->limiter = l;
+    w->heard = heard;
+    w->ctx = ctx;
     if (pthread_create(&w->thread, NULL, watch_main, w) != 0) {
         free(w->conninfo);
         free(w);

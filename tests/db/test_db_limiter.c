@@ -1,7 +1,8 @@
 /* The cluster's adaptive NLP limit in PostgreSQL (db/limiter_db.c, migration 010): the row is
  * created at the limit's maximum, a change lands only from the value it was read as and only
  * as often as its rate limit allows (two instances deciding at once change it once), the pause
- * is kept on the database's clock, the history is capped, and a lone instance starts afresh. */
+ * is kept on the database's clock, the history is capped, a lone instance starts afresh, and
+ * the instances' reports of a refusal add up (migration 011). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -189,6 +190,50 @@ static void test_a_lone_instance_starts_afresh(void **state)
     assert_string_equal(row.history[0].reason, "restart");
 }
 
+static void test_refusal_reports_add_up(void **state)
+{
+    struct fixture *f = *state;
+    PGconn *other = db_test_connect(f);
+    struct limiter_row row;
+    struct limiter_est est;
+    struct cofi_err err;
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(work_register(f->c, "a", "h", 1, &err), 0);
+    assert_int_equal(work_register(f->c, "b", "h", 2, &err), 0);
+    assert_true(change(f->c, "a", 100, 70, 0));
+    /* The first report of a refusal: one of the two live instances. */
+    assert_int_equal(limiter_db_report(f->c, 22, 15000, &est, &err), 0);
+    assert_int_equal(est.sum, 22);
+    assert_int_equal(est.n, 1);
+    assert_int_equal(est.live, 2);
+    assert_int_equal(est.limit, 70);
+    /* The other's, from its own connection, adds up. */
+    assert_int_equal(limiter_db_report(other, 18, 15000, &est, &err), 0);
+    assert_int_equal(est.sum, 40);
+    assert_int_equal(est.n, 2);
+    /* The refinement of a decrease is not held back by the decrease a moment ago. */
+    struct limiter_step s = {.from = 70,
+                             .to = 40,
+                             .ceiling = 41,
+                             .probes_refused = 0,
+                             .refine = true,
+                             .reason = "accepted 40"};
+    bool applied = false;
+    assert_int_equal(limiter_db_change(f->c, "b", 100, &s, &applied, &err), 0);
+    assert_true(applied);
+    assert_int_equal(limiter_db_read(f->c, 100, &row, &err), 0);
+    assert_int_equal(row.limit, 40);
+    assert_int_equal(row.ceiling, 41);
+    assert_string_equal(row.history[0].reason, "accepted 40");
+    /* A report after the window is the first of another refusal. */
+    db_test_exec(f->c, "UPDATE nlp_limiter SET est_at = est_at - interval '600 ms'");
+    assert_int_equal(limiter_db_report(other, 5, 15000, &est, &err), 0);
+    assert_int_equal(est.sum, 5);
+    assert_int_equal(est.n, 1);
+    assert_int_equal(est.limit, 40);
+    PQfinish(other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -203,6 +248,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_pause_is_announced_to_listeners, db_test_setup,
                                         db_test_teardown),
         cmocka_unit_test_setup_teardown(test_history_is_capped, db_test_setup, db_test_teardown),
+        cmocka_unit_test_setup_teardown(test_refusal_reports_add_up, db_test_setup,
+                                        db_test_teardown),
         cmocka_unit_test_setup_teardown(test_a_lone_instance_starts_afresh, db_test_setup,
                                         db_test_teardown),
     };

@@ -4,9 +4,11 @@ database, against a cofi-sim whose NLP capacity changes while the batch runs:
 - capacity 100 -> 40 mid-run: the cluster's limit (/stages/llm1/status `adaptive.limit` of
   both instances) follows within seconds; 429s stay under 2 % of the NLP requests of the run
   (20 s at the cap, 20 s at 40, the return) and of those after the limit followed;
-  the NLP throughput while the capacity is 40 is a good part of what the API allowed
-  (capacity / latency; see the comment at the assertion); capacity back at 100: the limit and the API's in-flight are back at
-  the cap within seconds; never more than llm.concurrency requests at the API at once.
+  the limit comes down to a count of what the API held when it refused, and never under
+  the capacity once it followed; the NLP throughput while the capacity is 40 is most of what
+  the API allowed (capacity / latency; see the comment at the assertion); capacity back at
+  100: the limit and the API's in-flight are back at the cap within seconds; never more than
+  llm.concurrency requests at the API at once.
 - a `Retry-After: 5` given to one request (of one instance) holds every instance's new NLP
   requests for 5 s: the sim's per-second series shows no request arriving in the seconds in
   between (from the second on: the other instance hears of the pause through PostgreSQL's
@@ -90,6 +92,16 @@ class NlpAdaptiveTest(CofiCase):
                             what="the cluster's limit to follow the capacity down")
         t_followed = sim.nlp_stats()["seconds"]
         cofitest.log("limit %s after %.1f s" % (lim, t_followed - t_drop))
+        # Down by the count of what the API held when it refused (pipeline/limiter.h), not by
+        # halving until under: the burst after the first pause meets the API with nothing
+        # older in flight, so the two instances' counts add up to its capacity. (Before, the
+        # limit went 70, 49, 34 and bisected back, 28 on the way: 8-11 s of refusals and
+        # under-use.)
+        hist = self.adaptive(pair[0])["history"]
+        counted = [h["limit"] for h in hist if h["reason"].startswith("accepted")]
+        cofitest.log("history: %s" % [(h["limit"], h["reason"]) for h in reversed(hist)])
+        self.assertTrue(counted, "the limit did not come down to a count of what the API held")
+        self.assertTrue(LOW - 3 <= counted[-1] <= LOW, counted)
         # The same limit on GET /metrics (what Prometheus and the dashboard read).
         for c in pair:
             text = self.http("GET", "/metrics", cofid=c).raw.decode()
@@ -97,9 +109,17 @@ class NlpAdaptiveTest(CofiCase):
                    if l.startswith("cofi_nlp_limit ")]
             self.assertEqual(len(got), 1, "cofi_nlp_limit on /metrics")
             self.assertLess(got[0], LLM_CONCURRENCY)
-        cofitest.poll(lambda: sim.nlp_stats()["seconds"] >= t_drop + LOW_SECONDS or None,
-                      LOW_SECONDS + cofitest.scaled(10), interval=0.2,
+        lowest = [min(self.limits(pair))]
+
+        def low_phase_over():
+            lowest[0] = min(lowest[0], min(self.limits(pair)))
+            return sim.nlp_stats()["seconds"] >= t_drop + LOW_SECONDS or None
+        cofitest.poll(low_phase_over, LOW_SECONDS + cofitest.scaled(10), interval=0.1,
                       what="%d s at capacity %d" % (LOW_SECONDS, LOW))
+        cofitest.log("lowest limit once followed: %d" % lowest[0])
+        # A refused probe (one over the capacity) takes the limit back to where it passed,
+        # never further down (pipeline/aimd.h).
+        self.assertGreaterEqual(lowest[0], LOW - 4, "the limit fell under the capacity")
         t_up = self.set_capacity(sim, LLM_CONCURRENCY)
 
         def back():
@@ -142,10 +162,12 @@ class NlpAdaptiveTest(CofiCase):
         done = sum(b["ok"] for b in low)
         cofitest.log("at capacity %d: %d answers in %d s, %.0f allowed (%.1f %%)"
                      % (LOW, done, len(low), allowed, 100.0 * done / allowed))
-        # The issue asks for 90 %; every refusal (the API's Retry-After: 1 on each request over
-        # its capacity) pauses the whole cluster for a second, and finding the capacity takes
-        # a few: what is reached is ~70-95 % (docs/BENCHMARKS.md). Asserted: well over half.
-        self.assertGreaterEqual(done, 0.6 * allowed, "NLP throughput under 60 % of allowed")
+        # The issue asks for 90 %. Once the limit has followed, what is lost is the refused
+        # probes: each pauses the whole cluster for the API's Retry-After: 1, about a second
+        # of throughput, and two or three fall in these 20 s (3, 6, 12 windows apart):
+        # 88-93 % in the runs made (docs/BENCHMARKS.md). Asserted with room for a third probe
+        # and a busy machine.
+        self.assertGreaterEqual(done, 0.8 * allowed, "NLP throughput under 80 % of allowed")
         cofitest.log("history: %s" % [(h["limit"], h["reason"])
                                       for h in reversed(self.adaptive(pair[0])["history"])])
         for c in pair:
