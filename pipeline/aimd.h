@@ -33,6 +33,8 @@
  *     additive step alone, +1 or even +max/10 a second, would leave most of it unused for
  *     tens of seconds; this is TCP's slow start, for the same reason).
  *   - otherwise: hold.
+ * Besides this rule, a refusal is measured (limiter.h, LIMITER_REPORT_MS): what the API held
+ * when it refused, summed over the instances, takes a limit above it straight down to it.
  * The limit stays in [1, max]. The database makes the cluster one client: a decrease lands at
  * most once a second and an increase at most once per 500 ms, whoever asks (limiter_db.h). */
 #ifndef COFI_AIMD_H
