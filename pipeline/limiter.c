@@ -332,9 +332,13 @@ static int report(struct nlp_limiter *l, PGconn *c, int accepted, struct cofi_er
     }
     log_debug("engine: NLP refusal: %d accepted here; %d of %d instances reported %d; limit %d",
               accepted, est.n, est.live, est.sum, est.limit);
-    /* Only a fall: a probe one over what the API takes is the AIMD rule's (aimd.h), and a
-     * request or two over before the others heard of the refusal would only lower it. */
-    if (est.n < est.live || est.sum < 1 ||
+    /* Only a fall of the capacity. A refusal that answers an increase of the last windows is
+     * the AIMD rule's: it goes back to the limit that passed (aimd.h), which a count made
+     * while the API was busy could only undercut (an instance that hears of the refusal late
+     * misses what ended meanwhile); and a request or two less is no fall. */
+    bool answers_increase =
+        est.raised_ago_ms >= 0 && est.raised_ago_ms <= AIMD_RAISE_WINDOWS * LIMITER_WINDOW_MS;
+    if (est.n < est.live || est.sum < 1 || answers_increase ||
         (double)est.sum > AIMD_NEAR_CEILING * (double)est.limit) {
         return 0;
     }
