@@ -191,9 +191,10 @@ int limiter_db_report(PGconn *c, int accepted, int lease_ms, struct limiter_est 
         " THEN est_at ELSE clock_timestamp() END "
         "WHERE id = 1 RETURNING est_sum, est_n, (SELECT count(*) FROM instances WHERE"
         " heartbeat_at > clock_timestamp() - $3::int * interval '1 millisecond'), lim,"
-        " probes_refused, coalesce((extract(epoch FROM clock_timestamp()) * 1000)::bigint -"
-        " (SELECT max((e->>'at')::bigint) FROM jsonb_array_elements(history) e"
-        " WHERE e->>'reason' IN ('increase', 'probe')), -1)",
+        " probes_refused, coalesce((SELECT CASE WHEN e->>'reason' = 'probe' THEN"
+        " (extract(epoch FROM clock_timestamp()) * 1000)::bigint - (e->>'at')::bigint END"
+        " FROM jsonb_array_elements(history) WITH ORDINALITY AS h(e, i)"
+        " WHERE e->>'reason' IN ('increase', 'probe') ORDER BY i LIMIT 1), -1)",
         3, p, err);
     if (r == NULL) {
         return err->code;
@@ -207,7 +208,7 @@ int limiter_db_report(PGconn *c, int accepted, int lease_ms, struct limiter_est 
     out->live = atoi(PQgetvalue(r, 0, 2));
     out->limit = atoi(PQgetvalue(r, 0, 3));
     out->probes_refused = atoi(PQgetvalue(r, 0, 4));
-    out->raised_ago_ms = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
+    out->probe_ago_ms = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
     PQclear(r);
     return 0;
 }

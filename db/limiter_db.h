@@ -72,12 +72,13 @@ int limiter_db_restart(PGconn *c, const char *instance, int max, int lease_ms, b
 
 /* The sum of the reports of a refusal so far. */
 struct limiter_est {
-    int sum;               /* requests the API held, over the instances that reported */
-    int n;                 /* instances that reported */
-    int live;              /* instances whose heartbeat is younger than lease_ms */
-    int limit;             /* the cluster's limit now */
-    int probes_refused;    /* as in the row */
-    int64_t raised_ago_ms; /* since the last increase in the history (ms), -1 = none there */
+    int sum;              /* requests the API held, over the instances that reported */
+    int n;                /* instances that reported */
+    int live;             /* instances whose heartbeat is younger than lease_ms */
+    int limit;            /* the cluster's limit now */
+    int probes_refused;   /* as in the row */
+    int64_t probe_ago_ms; /* since the last increase in the history, when that was a probe
+                             (ms); -1: it was not, or there is none */
 };
 
 /* Adds this instance's report of the latest refusal (accepted: its requests the API held at

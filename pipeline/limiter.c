@@ -237,6 +237,12 @@ static int adapt(struct nlp_limiter *l, PGconn *c, bool limited, const struct li
                                 .probes_refused = out.failed_probes,
                                 .min_age_ms = LIMITER_INCREASE_MS,
                                 .reason = aimd_reason_name(out.reason)};
+    if (out.reason == AIMD_INCREASE && row->ceiling > 0 && out.ceiling == 0) {
+        /* A clean window at the ceiling forgets it, but only a window after the probe: in
+         * the first, an instance's share may not have taken the probe's permit yet, and a
+         * window clean at its old share says nothing of the probed limit. */
+        step.min_age_ms = 2 * LIMITER_WINDOW_MS;
+    }
     if (out.reason == AIMD_PROBE) {
         /* The cluster probes once per wait, whichever instance asks: the windows of a probe
          * (doubled per refused one) pass on the database's clock. */
@@ -332,13 +338,14 @@ static int report(struct nlp_limiter *l, PGconn *c, int accepted, struct cofi_er
     }
     log_debug("engine: NLP refusal: %d accepted here; %d of %d instances reported %d; limit %d",
               accepted, est.n, est.live, est.sum, est.limit);
-    /* Only a fall of the capacity. A refusal that answers an increase of the last windows is
-     * the AIMD rule's: it goes back to the limit that passed (aimd.h), which a count made
-     * while the API was busy could only undercut (an instance that hears of the refusal late
-     * misses what ended meanwhile); and a request or two less is no fall. */
-    bool answers_increase =
-        est.raised_ago_ms >= 0 && est.raised_ago_ms <= AIMD_RAISE_WINDOWS * LIMITER_WINDOW_MS;
-    if (est.n < est.live || est.sum < 1 || answers_increase ||
+    /* Only a fall. A refusal that answers a probe of the last windows (one over the limit
+     * that passed) is the AIMD rule's: back to the limit that passed (aimd.h), which a count
+     * made while requests start and end all the time could only undercut (an instance that
+     * hears of the refusal late misses what ended meanwhile); and a request or two less is
+     * no fall. */
+    bool answers_probe =
+        est.probe_ago_ms >= 0 && est.probe_ago_ms <= AIMD_RAISE_WINDOWS * LIMITER_WINDOW_MS;
+    if (est.n < est.live || est.sum < 1 || answers_probe ||
         (double)est.sum > AIMD_NEAR_CEILING * (double)est.limit) {
         return 0;
     }

@@ -207,7 +207,7 @@ static void test_refusal_reports_add_up(void **state)
     assert_int_equal(est.n, 1);
     assert_int_equal(est.live, 2);
     assert_int_equal(est.limit, 70);
-    assert_int_equal(est.raised_ago_ms, -1); /* no increase in the history */
+    assert_int_equal(est.probe_ago_ms, -1); /* no increase in the history */
     /* The other's, from its own connection, adds up. */
     assert_int_equal(limiter_db_report(other, 18, 15000, &est, &err), 0);
     assert_int_equal(est.sum, 40);
@@ -232,12 +232,19 @@ static void test_refusal_reports_add_up(void **state)
     assert_int_equal(est.sum, 5);
     assert_int_equal(est.n, 1);
     assert_int_equal(est.limit, 40);
-    /* After an increase, the report says how long ago it came. */
+    /* After a probe, the report says how long ago it came; after another increase, -1. */
     db_test_exec(f->c, "UPDATE nlp_limiter SET changed_at = changed_at - interval '2 s',"
                        " decreased_at = decreased_at - interval '2 s'");
-    assert_true(change(f->c, "a", 40, 41, 500));
+    struct limiter_step probe = {
+        .from = 40, .to = 41, .ceiling = 41, .min_age_ms = 500, .reason = "probe"};
+    assert_int_equal(limiter_db_change(f->c, "a", 100, &probe, &applied, &err), 0);
+    assert_true(applied);
     assert_int_equal(limiter_db_report(other, 20, 15000, &est, &err), 0);
-    assert_true(est.raised_ago_ms >= 0 && est.raised_ago_ms < 1000);
+    assert_true(est.probe_ago_ms >= 0 && est.probe_ago_ms < 1000);
+    db_test_exec(f->c, "UPDATE nlp_limiter SET changed_at = changed_at - interval '1 s'");
+    assert_true(change(f->c, "a", 41, 61, 500));
+    assert_int_equal(limiter_db_report(other, 20, 15000, &est, &err), 0);
+    assert_int_equal(est.probe_ago_ms, -1);
     PQfinish(other);
 }
 
