@@ -28,7 +28,9 @@
  *     refused in a row (3, 6, 12 windows): probing slowly where the last refusal came keeps
  *     429s rare, and each refusal pauses the whole cluster for its Retry-After, so a refused
  *     probe costs far more than the one permit it may win. A clean window at
- *     the ceiling forgets it: the API takes more than it did. Without a ceiling by
+ *     the ceiling forgets it: the API takes more than it did (the limiter lets that land
+ *     only two windows after the probe, once every instance's share has taken the probe's
+ *     permit). Without a ceiling by
  *     max(max/10, limit/2): a capacity that came back is found within a few windows (an
  *     additive step alone, +1 or even +max/10 a second, would leave most of it unused for
  *     tens of seconds; this is TCP's slow start, for the same reason).
