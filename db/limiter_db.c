@@ -37,6 +37,19 @@ static void parse_history(const char *text, struct limiter_row *out)
     json_decref(h);
 }
 
+/* 0 when r holds the row of nlp_limiter; else r is cleared and err filled. */
+static int one_row(PGresult *r, struct cofi_err *err)
+{
+    if (r == NULL) {
+        return err->code;
+    }
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        return cofi_err_set(err, COFI_E_INTERNAL, "nlp_limiter has no row");
+    }
+    return 0;
+}
+
 int limiter_db_read(PGconn *c, int max, struct limiter_row *out, struct cofi_err *err)
 {
     char m[16];
@@ -57,12 +70,9 @@ int limiter_db_read(PGconn *c, int max, struct limiter_row *out, struct cofi_err
         " coalesce((extract(epoch FROM pause_until) * 1000)::bigint, 0), history::text "
         "FROM nlp_limiter WHERE id = 1",
         0, NULL, err);
-    if (r == NULL) {
-        return err->code;
-    }
-    if (PQntuples(r) != 1) {
-        PQclear(r);
-        return cofi_err_set(err, COFI_E_INTERNAL, "nlp_limiter has no row");
+    rc = one_row(r, err);
+    if (rc != 0) {
+        return rc;
     }
     out->limit = atoi(PQgetvalue(r, 0, 0));
     out->max = atoi(PQgetvalue(r, 0, 1));
@@ -179,29 +189,28 @@ int limiter_db_report(PGconn *c, int accepted, int lease_ms, struct limiter_est 
     snprintf(ls, sizeof ls, "%d", lease_ms);
     const char *p[] = {a, w, ls};
     /* The SET expressions read the row as it is once locked: two instances reporting at the
-     * same moment add up, neither overwrites the other. */
-    PGresult *r = db_exec(
-        c,
-        "UPDATE nlp_limiter SET"
-        " est_sum = CASE WHEN est_at > clock_timestamp() - $2::int * interval '1 millisecond'"
-        " THEN est_sum + $1::int ELSE $1::int END,"
-        " est_n = CASE WHEN est_at > clock_timestamp() - $2::int * interval '1 millisecond'"
-        " THEN est_n + 1 ELSE 1 END,"
-        " est_at = CASE WHEN est_at > clock_timestamp() - $2::int * interval '1 millisecond'"
-        " THEN est_at ELSE clock_timestamp() END "
-        "WHERE id = 1 RETURNING est_sum, est_n, (SELECT count(*) FROM instances WHERE"
-        " heartbeat_at > clock_timestamp() - $3::int * interval '1 millisecond'), lim,"
-        " probes_refused, coalesce((SELECT CASE WHEN e->>'reason' = 'probe' THEN"
-        " (extract(epoch FROM clock_timestamp()) * 1000)::bigint - (e->>'at')::bigint END"
-        " FROM jsonb_array_elements(history) WITH ORDINALITY AS h(e, i)"
-        " WHERE e->>'reason' IN ('increase', 'probe') ORDER BY i LIMIT 1), -1)",
-        3, p, err);
-    if (r == NULL) {
-        return err->code;
-    }
-    if (PQntuples(r) != 1) {
-        PQclear(r);
-        return cofi_err_set(err, COFI_E_INTERNAL, "nlp_limiter has no row");
+     * same moment add up, neither overwrites the other. now() (this statement's transaction)
+     * rather than clock_timestamp(): the three CASEs must see the same time, or one report
+     * could start a new sum while counting itself into the old one. */
+    PGresult *r =
+        db_exec(c,
+                "UPDATE nlp_limiter SET"
+                " est_sum = CASE WHEN est_at > now() - $2::int * interval '1 millisecond'"
+                " THEN est_sum + $1::int ELSE $1::int END,"
+                " est_n = CASE WHEN est_at > now() - $2::int * interval '1 millisecond'"
+                " THEN est_n + 1 ELSE 1 END,"
+                " est_at = CASE WHEN est_at > now() - $2::int * interval '1 millisecond'"
+                " THEN est_at ELSE now() END "
+                "WHERE id = 1 RETURNING est_sum, est_n, (SELECT count(*) FROM instances WHERE"
+                " heartbeat_at > clock_timestamp() - $3::int * interval '1 millisecond'), lim,"
+                " probes_refused, coalesce((SELECT CASE WHEN e->>'reason' = 'probe' THEN"
+                " (extract(epoch FROM clock_timestamp()) * 1000)::bigint - (e->>'at')::bigint END"
+                " FROM jsonb_array_elements(history) WITH ORDINALITY AS h(e, i)"
+                " WHERE e->>'reason' IN ('increase', 'probe') ORDER BY i LIMIT 1), -1)",
+                3, p, err);
+    int rc = one_row(r, err);
+    if (rc != 0) {
+        return rc;
     }
     out->sum = atoi(PQgetvalue(r, 0, 0));
     out->n = atoi(PQgetvalue(r, 0, 1));
